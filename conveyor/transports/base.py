@@ -1,0 +1,324 @@
+"""The one interface every broker sits behind.
+
+A Transport stores and moves messages; it never decides task routes (that is
+``conveyor.routing``). The contract, which the conformance suite in ``tests/transports/`` checks
+on every implementation:
+
+- Declarations are idempotent: declaring an entity that exists with the same definition does
+  nothing; with a different definition it raises PreconditionFailed naming both.
+- ``publish`` routes by AMQP rules (direct, topic, fanout, headers, the default exchange,
+  alternate exchanges) and returns how many queues took the message. A ``mandatory`` message that
+  reaches no queue raises Unroutable; a non-mandatory one is dropped, and 0 is returned.
+- Delivery is at least once. A delivery stays unacked until ``ack``/``nack``/``reject``; if its
+  consumer cancels without settling it, closes, or dies, it returns to its queue with
+  ``redelivered=True`` and ``delivery_count`` one higher.
+- Priority queues (``x-max-priority`` N) deliver higher priorities first and FIFO within a level;
+  priorities above N count as N. Queues without it are FIFO.
+- ``delay`` holds a message out of its queues until it is due; no consumer holds it meanwhile.
+- Dead-lettering (``x-dead-letter-exchange``) happens on reject without requeue, on expiry, on
+  ``x-max-length`` overflow and on ``x-delivery-limit``, with RabbitMQ's ``x-death`` header.
+- Errors are conveyor errors (``conveyor.errors``); client-library exceptions never escape.
+- Every method may be cancelled; a cancelled publish may or may not have been stored.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from conveyor.protocol.envelope import Envelope
+from conveyor.routing.entities import Exchange, Queue
+
+__all__ = [
+    "Capabilities",
+    "Consumer",
+    "Delivery",
+    "DeliveryTag",
+    "Outgoing",
+    "QueueStats",
+    "Transport",
+]
+
+DeliveryTag = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a transport can do, declared up front so callers never probe.
+
+    ``native_exchanges``: the broker routes itself (RabbitMQ); otherwise conveyor's matchers do.
+    ``max_priority``: the highest priority level ordered exactly (255 everywhere today).
+    ``delayed_delivery``: ``publish(delay=...)`` works without a consumer holding the message.
+    ``direct_reply_to``: replies can use RabbitMQ's ``amq.rabbitmq.reply-to`` pseudo-queue.
+    ``shared``: several processes can use the same broker (false only for ``memory://``).
+    """
+
+    native_exchanges: bool
+    max_priority: int
+    delayed_delivery: bool
+    direct_reply_to: bool
+    shared: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A queue's counters at one moment: messages ready, delivered but unacked, and consumers."""
+
+    name: str
+    ready: int
+    unacked: int
+    consumers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message handed to a consumer (or returned by ``get``), waiting to be settled.
+
+    ``tag`` identifies the delivery to ``ack``/``nack``/``reject`` on the transport that made it.
+    ``delivery_count`` is 1 on the first delivery and grows by one each time the message comes back.
+    """
+
+    envelope: Envelope
+    queue: str
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    delivery_count: int
+    tag: DeliveryTag
+    consumer_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message for :meth:`Transport.publish_many`; the fields mean what ``publish``'s do."""
+
+    envelope: Envelope
+    exchange: str = ""
+    routing_key: str = ""
+    mandatory: bool = False
+    delay: float | None = None
+
+
+class Consumer(abc.ABC):
+    """A subscription to one or more queues, iterated with ``async for``.
+
+    At most ``prefetch`` deliveries are outstanding (handed out and not yet settled) at a time;
+    0 means no limit. Iteration ends after :meth:`cancel` or when the transport closes.
+    """
+
+    tag: str
+    queues: tuple[str, ...]
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        """Yield deliveries as they arrive, waiting while there are none."""
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop receiving. Idempotent.
+
+        Deliveries already yielded stay unacked and can still be settled; deliveries the
+        transport had prefetched but not yielded go back to their queues at once.
+        """
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.cancel()
+
+
+class Transport(abc.ABC):
+    """A connection to one broker. Create with :func:`conveyor.transports.open_transport`.
+
+    Use as ``async with transport:`` or call :meth:`connect` and :meth:`close`. Methods other than
+    ``connect`` raise BrokerUnavailable when the transport is not connected.
+    """
+
+    capabilities: ClassVar[Capabilities]
+    url: str
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Self:
+        """Build an unconnected transport; raise ConfigurationError for a malformed URL."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the connection (idempotent); BrokerUnavailable if the broker can't be reached."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Cancel every consumer and close (idempotent).
+
+        Unsettled deliveries return to their queues; exclusive queues of this connection are
+        deleted; pending acks are flushed first.
+        """
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def declare_exchange(self, exchange: Exchange, *, passive: bool = False) -> None:
+        """Declare ``exchange``. Idempotent.
+
+        ``passive``: only check that it exists (NotFound if not). An exchange that exists with a
+        different type or arguments raises PreconditionFailed. The default exchange needs no
+        declaring.
+        """
+
+    @abc.abstractmethod
+    async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        """Delete exchange ``name`` and its bindings. Deleting a missing exchange is not an error.
+
+        ``if_unused``: raise PreconditionFailed if queues are still bound to it.
+        """
+
+    @abc.abstractmethod
+    async def declare_queue(self, queue: Queue, *, passive: bool = False) -> QueueStats:
+        """Declare ``queue`` with its arguments and bindings, and return its stats. Idempotent.
+
+        Exchanges named in its bindings by an Exchange object are declared first; exchanges
+        named by a string must exist (NotFound otherwise). A queue that exists with different
+        arguments raises PreconditionFailed naming both argument sets. ``passive``: only check
+        that it exists (NotFound if not). An ``exclusive`` queue belongs to this connection and is
+        deleted when it closes or dies.
+        """
+
+    @abc.abstractmethod
+    async def delete_queue(
+        self, name: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete queue ``name`` with its bindings and messages; return how many messages went.
+
+        Deleting a missing queue returns 0. ``if_unused``/``if_empty``: raise PreconditionFailed
+        if it has consumers / messages.
+        """
+
+    @abc.abstractmethod
+    async def purge_queue(self, name: str) -> int:
+        """Remove every ready message of queue ``name``; return how many. Unacked ones stay."""
+
+    @abc.abstractmethod
+    async def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Bind ``queue`` to ``exchange``. Idempotent. NotFound if either does not exist."""
+
+    @abc.abstractmethod
+    async def unbind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Remove that binding. Removing a binding that does not exist is not an error."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        envelope: Envelope,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        mandatory: bool = False,
+        delay: float | None = None,
+    ) -> int:
+        """Route ``envelope`` and store a copy in each destination queue; return how many.
+
+        Returns once the broker has the message safely (confirmed, committed). ``delay`` seconds
+        keep it invisible until due. NotFound if ``exchange`` does not exist; Unroutable if
+        ``mandatory`` and no queue took it. All copies are written or none.
+        """
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
+        """Publish several messages; return each one's queue count, in order.
+
+        Transports override this to batch (one transaction, pipelined confirms). The first
+        failure raises; messages before it may have been stored.
+        """
+        return [
+            await self.publish(
+                m.envelope,
+                exchange=m.exchange,
+                routing_key=m.routing_key,
+                mandatory=m.mandatory,
+                delay=m.delay,
+            )
+            for m in messages
+        ]
+
+    @abc.abstractmethod
+    async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
+        """Take one ready message from ``queue`` (highest priority first), or None if empty.
+
+        With ``no_ack`` the message is settled on delivery; otherwise settle it with ``ack``,
+        ``nack`` or ``reject``. NotFound if the queue does not exist.
+        """
+
+    @abc.abstractmethod
+    async def consume(
+        self,
+        queues: Sequence[str],
+        *,
+        prefetch: int = 0,
+        no_ack: bool = False,
+        tag: str | None = None,
+    ) -> Consumer:
+        """Subscribe to ``queues``; NotFound if any does not exist.
+
+        ``prefetch`` bounds unsettled deliveries (0: no bound). With ``no_ack`` deliveries are
+        settled as they are handed out.
+        """
+
+    @abc.abstractmethod
+    async def ack(self, delivery: Delivery) -> None:
+        """Settle ``delivery`` as done; the message is gone for good.
+
+        May be batched with other acks, but is durable by the time ``close`` returns. Acking a
+        delivery twice, or one whose consumer's lease has lapsed, is a no-op.
+        """
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries; transports override this to batch."""
+        for delivery in deliveries:
+            await self.ack(delivery)
+
+    @abc.abstractmethod
+    async def nack(self, delivery: Delivery, *, requeue: bool = True) -> None:
+        """Settle ``delivery`` as not done.
+
+        ``requeue``: the message returns to its queue, redelivered (or is dead-lettered with
+        reason ``delivery_limit`` past ``x-delivery-limit``). Otherwise it is dead-lettered with
+        reason ``rejected`` if the queue has a dead-letter exchange, else dropped.
+        """
+
+    async def reject(self, delivery: Delivery, *, requeue: bool = False) -> None:
+        """Reject ``delivery``; the same as ``nack`` but requeue defaults to False."""
+        await self.nack(delivery, requeue=requeue)
+
+    @abc.abstractmethod
+    async def queue_stats(self, name: str) -> QueueStats:
+        """Ready, unacked and consumer counts of queue ``name``; NotFound if it does not exist."""

@@ -1,0 +1,48 @@
+"""Shared fixtures: which external brokers are reachable, and how a test asks for one.
+
+A test that needs RabbitMQ or Redis uses the ``rabbitmq_url`` / ``redis_url`` fixture. On a laptop
+without the service it is skipped; with ``CI`` set in the environment it fails instead, so CI never
+skips a broker test silently.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+RABBITMQ_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip (or, under CI, fail) the calling test when ``host:port`` does not answer."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable at {host}:{port}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must run every broker test", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    """The RabbitMQ URL for tests, after checking that RabbitMQ answers."""
+    require_service("RabbitMQ", "127.0.0.1", 5672)
+    return RABBITMQ_URL
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis URL for tests (database 15), after checking that Redis answers."""
+    require_service("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
