@@ -1,0 +1,189 @@
+"""Tasks: a registered function plus its routing and execution options.
+
+A :class:`Task` is created by ``@app.task``. Calling it runs the function here and now;
+``delay``/``apply_async`` (and their async twins ``adelay``/``aapply_async``) send it to a worker.
+Inside a run, ``task.request`` describes the message being executed, and a bound task
+(``bind=True``) receives the task as its first argument so it can call ``self.retry(...)``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conveyor.errors import ConfigurationError, Retry, TaskError
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+__all__ = ["Request", "Task"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a worker knows about the message it is running (``task.request`` inside a run).
+
+    ``hostname`` is the worker's name; ``delivery_info`` holds the exchange, routing key and queue
+    the message came through; ``retries`` counts earlier attempts.
+    """
+
+    id: str
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    eta: str | None = None
+    expires: str | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    origin: str | None = None
+    hostname: str | None = None
+    delivery_info: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    is_eager: bool = False
+
+
+_current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "conveyor_current_request", default=None
+)
+
+_UNSET: Any = object()
+
+
+class Task:
+    """A function registered with an App, with the options that route and run it.
+
+    The routing attributes (``name``, ``queue``, ``exchange``, ``exchange_type``,
+    ``routing_key``, ``priority``) are what the Router reads; ``None`` means "not set here".
+    Execution options: ``ignore_result``, ``acks_late`` (ack after the run, the default),
+    ``max_retries``, ``default_retry_delay`` (seconds), ``autoretry_for`` (exception types that
+    retry automatically), ``retry_backoff`` (True or a base in seconds: exponential delays),
+    ``retry_backoff_max``, ``time_limit`` (seconds) and ``bind``.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        queue: str | None = None,
+        exchange: str | None = None,
+        exchange_type: str | None = None,
+        routing_key: str | None = None,
+        priority: int | None = None,
+        ignore_result: bool | None = None,
+        acks_late: bool | None = None,
+        max_retries: int | None = 3,
+        default_retry_delay: float = 180.0,
+        autoretry_for: Sequence[type[BaseException]] = (),
+        retry_backoff: bool | float = False,
+        retry_backoff_max: float = 600.0,
+        time_limit: float | None = None,
+        bind: bool = False,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a task name must be a non-empty string, got {name!r}")
+        if not callable(fn):
+            raise ConfigurationError(f"task {name!r}: {fn!r} is not callable")
+        for exc_type in autoretry_for:
+            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+                raise ConfigurationError(
+                    f"task {name!r}: autoretry_for must list exception types, got {exc_type!r}"
+                )
+        if time_limit is not None and time_limit <= 0:
+            raise ConfigurationError(f"task {name!r}: time_limit must be positive seconds")
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.exchange = exchange
+        self.exchange_type = exchange_type
+        self.routing_key = routing_key
+        self.priority = priority
+        self._ignore_result = ignore_result
+        self._acks_late = acks_late
+        self.max_retries = max_retries
+        self.default_retry_delay = default_retry_delay
+        self.autoretry_for = tuple(autoretry_for)
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self._time_limit = time_limit
+        self.bind = bind
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    @property
+    def ignore_result(self) -> bool:
+        """Whether results are stored; the task's own option, else ``task_ignore_result``."""
+        if self._ignore_result is not None:
+            return self._ignore_result
+        return self.app.conf.task_ignore_result
+
+    @property
+    def acks_late(self) -> bool:
+        """Ack after the run (at-least-once); the task's option, else ``task_acks_late``."""
+        if self._acks_late is not None:
+            return self._acks_late
+        return self.app.conf.task_acks_late
+
+    @property
+    def time_limit(self) -> float | None:
+        """Seconds a run may take; the task's option, else ``task_time_limit``."""
+        if self._time_limit is not None:
+            return self._time_limit
+        return self.app.conf.task_time_limit
+
+    @property
+    def request(self) -> Request:
+        """The request being run in this context; raises RuntimeError outside a run."""
+        req = _current_request.get()
+        if req is None or req.task != self.name:
+            raise RuntimeError(f"task {self.name!r} is not running in this context")
+        return req
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function here, in this process (no message is sent)."""
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    def retry_delay(self, retries: int) -> float:
+        """Seconds to wait before attempt ``retries + 1``: fixed, or exponential with backoff."""
+        if self.retry_backoff is False:
+            return float(self.default_retry_delay)
+        base = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        return float(min(self.retry_backoff_max, base * (2**retries)))
+
+    def retry(
+        self,
+        *,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = _UNSET,
+    ) -> Retry:
+        """End this run and have the worker send the task again after ``countdown`` seconds.
+
+        Call as ``raise self.retry(exc=exc)`` (it raises by itself too). When the task has been
+        retried ``max_retries`` times already, ``exc`` (or a TaskError) is raised instead, so the
+        run fails for good.
+        """
+        req = self.request
+        limit = self.max_retries if max_retries is _UNSET else max_retries
+        if limit is not None and req.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise TaskError(f"task {self.name!r} gave up after max_retries={limit} retries")
+        delay = countdown if countdown is not None else self.retry_delay(req.retries)
+        raise Retry(f"retry of {self.name!r} in {delay}s", countdown=delay, exc=exc)

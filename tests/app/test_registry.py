@@ -1,0 +1,95 @@
+"""The App's settings and task registry (no broker involved)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from conveyor.app import App
+from conveyor.errors import ConfigurationError
+
+
+def test_config_from_dict_object_and_module() -> None:
+    app = App("svc", config={"task_default_queue": "feeds"})
+    assert app.conf.task_default_queue == "feeds"
+
+    class Conf:
+        task_default_priority = 3
+
+    app.config_from_object(Conf)
+    assert app.conf.task_default_priority == 3
+    module = types.ModuleType("cfg")
+    module.task_routes = {"web.*": "web_queue"}  # type: ignore[attr-defined]
+    app.config_from_object(module)
+    assert app.conf.task_routes == {"web.*": "web_queue"}
+
+
+def test_broker_and_backend_arguments_override_config() -> None:
+    app = App(
+        broker="memory://",
+        result_backend="memory://",
+        config={"broker_url": "sqlite:///x.db", "result_backend": "rpc://"},
+    )
+    assert app.conf.broker_url == "memory://"
+    assert app.conf.result_backend == "memory://"
+
+
+def test_unknown_setting_is_refused_with_a_hint() -> None:
+    with pytest.raises(ConfigurationError, match="task_default_queue"):
+        App(config={"task_default_queeu": "x"})
+
+
+def test_task_decorator_forms_and_routing_attributes() -> None:
+    app = App("svc")
+
+    @app.task
+    def plain(x: int) -> int:
+        return x + 1
+
+    @app.task(name="web.render", queue="web_queue", routing_key="web.render", priority=7)
+    async def render(page: str) -> str:
+        return page
+
+    assert plain.name.startswith(__name__ + ".")
+    assert plain.name.endswith("<locals>.plain")
+    assert plain(1) == 2
+    assert app.tasks["web.render"] is render
+    assert (render.queue, render.routing_key, render.priority) == ("web_queue", "web.render", 7)
+    assert render.exchange is None
+    assert render.is_async
+    assert not plain.is_async
+
+
+def test_same_name_twice_is_refused() -> None:
+    app = App()
+
+    @app.task(name="dup")
+    def one() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="already registered"):
+
+        @app.task(name="dup")
+        def two() -> None: ...
+
+
+def test_execution_options_fall_back_to_settings() -> None:
+    app = App(config={"task_acks_late": False, "task_time_limit": 5.0})
+
+    @app.task
+    def t() -> None: ...
+
+    @app.task(acks_late=True, time_limit=1.0, ignore_result=True)
+    def u() -> None: ...
+
+    assert (t.acks_late, t.time_limit, t.ignore_result) == (False, 5.0, False)
+    assert (u.acks_late, u.time_limit, u.ignore_result) == (True, 1.0, True)
+
+
+def test_retry_backoff_delays() -> None:
+    app = App()
+
+    @app.task(retry_backoff=2.0, retry_backoff_max=10.0)
+    def t() -> None: ...
+
+    assert [t.retry_delay(n) for n in range(4)] == [2.0, 4.0, 8.0, 10.0]
