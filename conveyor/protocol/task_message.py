@@ -1,0 +1,329 @@
+"""Task messages in the Celery task message protocol, version 2, inside an :class:`Envelope`.
+
+The body is ``[args, kwargs, embed]`` (JSON by default); everything a worker needs to decide
+what to do without decoding the body travels in headers: ``lang``, ``task``, ``id``,
+``root_id``, ``parent_id``, ``group``, ``retries``, ``eta``, ``expires``, ``timelimit``,
+``argsrepr``, ``kwargsrepr``, ``origin``, ``ignore_result``. The ``correlation_id`` property is
+the task id and ``reply_to`` names the caller's reply queue. A Celery 5 client can send to a
+conveyor worker and a conveyor client to a Celery worker. (Celery's documentation calls
+``timelimit`` ``(soft, hard)``; its code writes and reads ``[hard, soft]``, and so does conveyor.)
+
+Decoding also accepts protocol version 1 messages (everything in a JSON body), which older
+Celery clients send. Pickle bodies are refused unless ``"pickle"`` is in the accepted content
+types: unpickling runs arbitrary code from whoever could publish to the queue.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from conveyor.errors import ProtocolError
+from conveyor.protocol.envelope import Envelope
+
+__all__ = [
+    "CONTENT_TYPES",
+    "TaskMessage",
+    "decode_task",
+    "dumps",
+    "encode_task",
+    "loads",
+    "parse_time",
+]
+
+JSON = "application/json"
+PICKLE = "application/x-python-serialize"
+# serializer name -> (content type, content encoding)
+CONTENT_TYPES: dict[str, tuple[str, str]] = {"json": (JSON, "utf-8"), "pickle": (PICKLE, "binary")}
+_NAMES = {ct: name for name, (ct, _) in CONTENT_TYPES.items()}
+_REPR_LIMIT = 1024
+_STANDARD_HEADERS = frozenset(
+    {
+        "lang",
+        "task",
+        "id",
+        "root_id",
+        "parent_id",
+        "group",
+        "group_index",
+        "meth",
+        "shadow",
+        "eta",
+        "expires",
+        "retries",
+        "timelimit",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "ignore_result",
+        "replaced_task_nesting",
+    }
+)
+
+
+@lru_cache(maxsize=1)
+def default_origin() -> str:
+    """``pid@hostname``: who sent a message, as Celery writes it."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def dumps(value: Any, serializer: str = "json") -> tuple[bytes, str, str]:
+    """Serialize ``value``; return ``(body, content_type, content_encoding)``.
+
+    Raises ProtocolError for an unknown serializer or a value it cannot encode.
+    """
+    if serializer == "json":
+        try:
+            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS), JSON, "utf-8"
+        except TypeError as exc:
+            raise ProtocolError(
+                f"cannot encode task arguments as JSON: {exc}; pass only JSON values "
+                "(str, int, float, bool, None, lists and dicts of these)"
+            ) from exc
+    if serializer == "pickle":
+        return pickle.dumps(value, protocol=4), PICKLE, "binary"
+    known = ", ".join(sorted(CONTENT_TYPES))
+    raise ProtocolError(f"unknown serializer {serializer!r}: use one of {known}")
+
+
+def loads(body: bytes, content_type: str, accept: Collection[str] = ("json",)) -> Any:
+    """Deserialize ``body`` of ``content_type`` if its serializer is in ``accept``.
+
+    Raises ProtocolError when the content type is unknown or not accepted, or the body is bad.
+    """
+    name = _NAMES.get(content_type)
+    if name is None:
+        raise ProtocolError(
+            f"unsupported content type {content_type!r}: conveyor reads {', '.join(_NAMES)}"
+        )
+    if name not in accept:
+        raise ProtocolError(
+            f"refusing a {name} message (content type {content_type!r}): only "
+            f"{', '.join(accept) or 'nothing'} is accepted; add {name!r} to accept_content "
+            "only if every sender is trusted"
+        )
+    if name == "json":
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"message body is not valid JSON: {exc}") from exc
+    try:
+        return pickle.loads(body)
+    except Exception as exc:
+        raise ProtocolError(f"message body is not a valid pickle: {exc}") from exc
+
+
+def parse_time(value: Any, what: str) -> datetime | None:
+    """An ISO 8601 header value (or epoch seconds) as an aware datetime; None stays None.
+
+    Naive times are taken as UTC, as Celery with ``enable_utc`` writes them.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ProtocolError(f"header {what!r} is not an ISO 8601 time: {value!r}") from exc
+    else:
+        raise ProtocolError(f"header {what!r} is not a time: {value!r}")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _opt_str(headers: Mapping[str, Any], key: str) -> str | None:
+    value = headers.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"header {key!r} must be a string, got {value!r}")
+    return value
+
+
+def _timelimit(value: Any) -> tuple[float | None, float | None]:
+    if value is None:
+        return (None, None)
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 2
+        and all(v is None or type(v) in (int, float) for v in value)
+    ):
+        return (value[0], value[1])
+    raise ProtocolError(f"header 'timelimit' must be [soft, hard] seconds, got {value!r}")
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """One request to run task ``task`` with ``args`` and ``kwargs``.
+
+    ``eta``: do not run before this time; ``expires``: do not run after it (the task is marked
+    REVOKED instead). ``timelimit`` is ``(hard, soft)`` seconds, in the order Celery writes it.
+    ``headers`` holds any other headers, carried through untouched. ``priority`` becomes the
+    envelope's priority.
+    """
+
+    task: str
+    id: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    embed: Mapping[str, Any] | None = None
+    retries: int = 0
+    eta: datetime | None = None
+    expires: datetime | None = None
+    timelimit: tuple[float | None, float | None] = (None, None)
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    origin: str | None = None
+    shadow: str | None = None
+    ignore_result: bool = False
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    priority: int | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, str) or not self.task:
+            raise ProtocolError(f"task name must be a non-empty string, got {self.task!r}")
+        if not isinstance(self.id, str) or not self.id:
+            raise ProtocolError(f"task id must be a non-empty string, got {self.id!r}")
+        if isinstance(self.args, (str, bytes)) or not isinstance(self.args, Sequence):
+            raise ProtocolError(f"task args must be a list, got {type(self.args).__name__}")
+        if not isinstance(self.args, tuple):
+            object.__setattr__(self, "args", tuple(self.args))
+        if not isinstance(self.kwargs, Mapping) or not all(isinstance(k, str) for k in self.kwargs):
+            raise ProtocolError(f"task kwargs must be a dict with string keys, got {self.kwargs!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ProtocolError(f"retries must be a non-negative integer, got {self.retries!r}")
+
+    def to_envelope(self, serializer: str = "json") -> Envelope:
+        """Encode as a protocol v2 envelope; see :func:`encode_task`."""
+        return encode_task(self, serializer)
+
+
+def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
+    """Encode ``message`` as a protocol v2 envelope.
+
+    Raises ProtocolError when the arguments cannot be serialized or a header is not a JSON value.
+    """
+    embed = (
+        dict(message.embed)
+        if message.embed is not None
+        else {
+            "callbacks": None,
+            "errbacks": None,
+            "chain": None,
+            "chord": None,
+        }
+    )
+    payload = [list(message.args), dict(message.kwargs), embed]
+    body, content_type, encoding = dumps(payload, serializer)
+    headers: dict[str, Any] = {
+        key: value for key, value in message.headers.items() if key not in _STANDARD_HEADERS
+    }
+    headers.update(
+        lang="py",
+        task=message.task,
+        id=message.id,
+        shadow=message.shadow,
+        eta=message.eta.isoformat() if message.eta is not None else None,
+        expires=message.expires.isoformat() if message.expires is not None else None,
+        group=message.group,
+        retries=message.retries,
+        timelimit=list(message.timelimit),
+        root_id=message.root_id or message.id,
+        parent_id=message.parent_id,
+        argsrepr=_short_repr(message.args),
+        kwargsrepr=_short_repr(dict(message.kwargs)),
+        origin=message.origin or default_origin(),
+        ignore_result=message.ignore_result,
+    )
+    return Envelope(
+        body=body,
+        headers=headers,
+        content_type=content_type,
+        content_encoding=encoding,
+        correlation_id=message.correlation_id or message.id,
+        reply_to=message.reply_to,
+        priority=message.priority,
+    )
+
+
+def _decode_v1(body: Any, envelope: Envelope) -> TaskMessage:
+    if "task" not in body or "id" not in body:
+        raise ProtocolError("message has no 'task' header and its body names no task")
+    return TaskMessage(
+        task=body["task"],
+        id=body["id"],
+        args=tuple(body.get("args") or ()),
+        kwargs=body.get("kwargs") or {},
+        retries=body.get("retries") or 0,
+        eta=parse_time(body.get("eta"), "eta"),
+        expires=parse_time(body.get("expires"), "expires"),
+        timelimit=_timelimit(body.get("timelimit")),
+        group=body.get("taskset"),
+        reply_to=envelope.reply_to,
+        correlation_id=envelope.correlation_id,
+        priority=envelope.priority,
+    )
+
+
+def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> TaskMessage:
+    """Decode a task message (protocol v2, or v1) from ``envelope``.
+
+    Raises ProtocolError saying what is wrong: a refused or unknown content type, a bad body,
+    a missing task name or id, a malformed header.
+    """
+    body = loads(envelope.body, envelope.content_type, accept)
+    headers = envelope.headers
+    if "task" not in headers:
+        if isinstance(body, Mapping):
+            return _decode_v1(body, envelope)
+        raise ProtocolError("message has no 'task' header: it is not a task message")
+    if not (isinstance(body, (list, tuple)) and len(body) == 3):
+        raise ProtocolError(
+            f"task message body must be [args, kwargs, embed], got {type(body).__name__}"
+        )
+    args, kwargs, embed = body
+    if embed is not None and not isinstance(embed, Mapping):
+        raise ProtocolError(f"task message embed must be a dict or null, got {embed!r}")
+    task_id: Any = headers.get("id") or envelope.correlation_id
+    retries = headers.get("retries") or 0
+    return TaskMessage(
+        task=headers["task"],
+        id=task_id,
+        args=args,
+        kwargs=kwargs,
+        embed=embed,
+        retries=retries,
+        eta=parse_time(headers.get("eta"), "eta"),
+        expires=parse_time(headers.get("expires"), "expires"),
+        timelimit=_timelimit(headers.get("timelimit")),
+        root_id=_opt_str(headers, "root_id"),
+        parent_id=_opt_str(headers, "parent_id"),
+        group=_opt_str(headers, "group"),
+        origin=_opt_str(headers, "origin"),
+        shadow=_opt_str(headers, "shadow"),
+        ignore_result=bool(headers.get("ignore_result", False)),
+        reply_to=envelope.reply_to,
+        correlation_id=envelope.correlation_id,
+        priority=envelope.priority,
+        headers={k: v for k, v in headers.items() if k not in _STANDARD_HEADERS},
+    )
