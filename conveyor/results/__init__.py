@@ -1,0 +1,51 @@
+"""Task results: states, the backend interface, the backends, and AsyncResult.
+
+The URL's scheme picks the backend: ``memory://``, ``sqlite:///path``, ``rpc://`` or
+``redis://``. Implementations are imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import urlsplit
+
+from conveyor.errors import ConfigurationError
+from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
+from conveyor.results.meta import READY_STATES, ResultMeta, State
+
+__all__ = [
+    "BACKENDS",
+    "READY_STATES",
+    "BackendHost",
+    "ResultBackend",
+    "ResultMeta",
+    "State",
+    "StoreRequest",
+    "open_backend",
+]
+
+# scheme -> "module:Class"
+BACKENDS: dict[str, str] = {
+    "memory": "conveyor.results.memory:MemoryBackend",
+    "sqlite": "conveyor.results.sqlite:SQLiteBackend",
+    "rpc": "conveyor.results.rpc:RPCBackend",
+    "redis": "conveyor.results.redis:RedisBackend",
+    "rediss": "conveyor.results.redis:RedisBackend",
+}
+
+
+def backend_class(url: str) -> type[ResultBackend]:
+    """The ResultBackend class serving ``url``; ConfigurationError for an unknown scheme."""
+    scheme = urlsplit(url).scheme.lower()
+    target = BACKENDS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in sorted(BACKENDS))
+        raise ConfigurationError(f"result backend URL {url!r} has no known scheme: use {known}")
+    module_name, _, class_name = target.partition(":")
+    cls: type[ResultBackend] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def open_backend(url: str, *, host: BackendHost) -> ResultBackend:
+    """Build the (unconnected) backend for ``url``; ConfigurationError for a bad URL."""
+    return backend_class(url).from_url(url, host=host)

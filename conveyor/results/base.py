@@ -1,0 +1,149 @@
+"""The one interface every result backend implements.
+
+A backend keeps task results (as :class:`ResultMeta`) where callers can read them. Workers
+``store`` them; callers ``get``, ``wait`` for, ``collect`` and ``forget`` them. The contract,
+which ``tests/results/`` checks on every backend:
+
+- Results are keyed by task id and, for broadcast tasks (``per_worker=True``), by the worker's
+  hostname too, so no worker's result overwrites another's. A plain store for a task id
+  replaces the previous state of that id (STARTED, then RETRY, then SUCCESS...).
+- ``wait`` returns the first *ready* state (SUCCESS, FAILURE, REVOKED) and never spins: it
+  sleeps until the backend is told something changed. It raises ResultTimeout when ``timeout``
+  passes first. Waiting for several ids at once, in any order, never loses a result.
+- ``store`` returns once the result is safely kept (committed, published). Storing a value that
+  JSON cannot hold raises ProtocolError.
+- Methods may be cancelled; a cancelled ``store`` may or may not have been kept.
+- Errors are conveyor errors; client-library exceptions never escape.
+
+A backend instance belongs to the event loop that first used it. ``App`` keeps one per loop
+and closes them with itself.
+
+Implementations: ``memory://`` (one process), ``sqlite:///path`` (the broker's file by
+default), ``rpc://`` (replies as messages to the caller's reply queue) and ``redis://``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol, Self
+
+from conveyor.results.meta import ResultMeta
+
+if TYPE_CHECKING:
+    from conveyor.config import Settings
+    from conveyor.transports.base import Transport
+
+__all__ = ["BackendHost", "ResultBackend", "StoreRequest"]
+
+
+class BackendHost(Protocol):
+    """What a backend may use of the App that opened it: its settings and its broker."""
+
+    @property
+    def conf(self) -> Settings:
+        """The application's settings."""
+        ...
+
+    async def atransport(self) -> Transport:
+        """The App's connected transport for the running event loop."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """One result to store: ``meta`` plus where the caller asked for it to go.
+
+    ``reply_to`` and ``correlation_id`` come from the task message (rpc:// replies there);
+    ``per_worker`` keys the result by task id *and* ``meta.worker`` (broadcast tasks).
+    """
+
+    meta: ResultMeta
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    per_worker: bool = False
+
+
+class ResultBackend(abc.ABC):
+    """Where task results are kept. Create with :func:`conveyor.results.open_backend`."""
+
+    url: str
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: str, *, host: BackendHost) -> Self:
+        """Build an unconnected backend; ConfigurationError for a malformed URL."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open connections the backend needs (idempotent). BrokerUnavailable if it can't."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and wake waiters with ResultTimeout (idempotent)."""
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def prepare_reply(self) -> str | None:
+        """Called by a sender before it publishes: the ``reply_to`` to put on the message.
+
+        Backends that keep results where anyone can read them return None (the default);
+        ``rpc://`` declares the caller's reply queue on first use and returns its name.
+        """
+        return None
+
+    @abc.abstractmethod
+    async def store(self, request: StoreRequest) -> None:
+        """Keep ``request.meta`` (see the module contract on keys and replacement)."""
+
+    async def store_many(self, requests: Sequence[StoreRequest]) -> None:
+        """Keep several results; backends override this to batch."""
+        for request in requests:
+            await self.store(request)
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> ResultMeta | None:
+        """The latest state known for ``task_id``, or None if nothing is known (PENDING).
+
+        For a broadcast task with no plain result, one of the workers' results.
+        """
+
+    @abc.abstractmethod
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
+        """Wait until ``task_id`` is ready and return that state; ResultTimeout on timeout.
+
+        ``timeout=None`` waits for ever. For a broadcast task, the first worker's ready result.
+        """
+
+    @abc.abstractmethod
+    async def collect(
+        self, task_id: str, *, timeout: float, expected: int | None = None
+    ) -> Mapping[str, ResultMeta]:
+        """Every worker's ready result for ``task_id``, by worker hostname.
+
+        Returns when ``expected`` results are there, or when ``timeout`` passes (with what has
+        arrived, possibly nothing). Never raises ResultTimeout.
+        """
+
+    @abc.abstractmethod
+    async def forget(self, task_id: str) -> None:
+        """Remove everything kept for ``task_id`` (all workers). Idempotent."""
+
+    async def cleanup(self, *, older_than: float) -> int:
+        """Remove results done before ``older_than`` (epoch seconds); return how many.
+
+        Backends whose results do not outlive the caller (rpc://) keep nothing and return 0.
+        """
+        return 0

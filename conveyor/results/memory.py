@@ -1,0 +1,165 @@
+"""``memory://name``: results kept in this process, shared by every App using the same URL.
+
+For tests and single-process programs. Results are stored as JSON, exactly as the other backends
+store them, so a value that would not survive a real backend does not survive this one either.
+Waiters are woken directly (thread-safely) when a result is stored: nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Self
+from urllib.parse import urlsplit
+
+from conveyor.errors import ConfigurationError, ResultTimeout
+from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
+from conveyor.results.meta import ResultMeta, pick_result
+
+__all__ = ["MemoryBackend"]
+
+_PLAIN = ""
+
+
+class _Store:
+    """One named in-process result store, used from any thread and any event loop."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.results: dict[str, dict[str, bytes]] = {}
+        self.done_at: dict[str, float] = {}
+        self.watchers: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+
+    def put(self, requests: Sequence[StoreRequest]) -> None:
+        wake: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        with self.lock:
+            for req in requests:
+                meta = req.meta
+                key = (meta.worker or "?") if req.per_worker else _PLAIN
+                self.results.setdefault(meta.task_id, {})[key] = meta.to_json()
+                self.done_at[meta.task_id] = meta.date_done or time.time()
+                wake.extend(self.watchers.pop(meta.task_id, ()))
+        for loop, fut in wake:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, fut)
+
+    def snapshot(self, task_id: str) -> dict[str, ResultMeta]:
+        with self.lock:
+            return {k: ResultMeta.from_json(v) for k, v in self.results.get(task_id, {}).items()}
+
+    def watch(self, task_id: str) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self.lock:
+            self.watchers.setdefault(task_id, []).append((loop, fut))
+        return fut
+
+    def unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
+        with self.lock:
+            entries = self.watchers.get(task_id)
+            if entries is None:
+                return
+            entries[:] = [(lp, f) for lp, f in entries if f is not fut]
+            if not entries:
+                del self.watchers[task_id]
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+_STORES: dict[str, _Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def _store_for(name: str) -> _Store:
+    with _STORES_LOCK:
+        store = _STORES.get(name)
+        if store is None:
+            store = _STORES[name] = _Store()
+        return store
+
+
+class MemoryBackend(ResultBackend):
+    """Results in a process-wide store named by the URL (``memory://a`` is not ``memory://b``)."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self._store = _store_for(name)
+
+    @classmethod
+    def from_url(cls, url: str, *, host: BackendHost) -> Self:
+        parts = urlsplit(url)
+        if parts.scheme != "memory":
+            raise ConfigurationError(f"not a memory:// URL: {url!r}")
+        return cls(url, parts.netloc + parts.path)
+
+    async def connect(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def store(self, request: StoreRequest) -> None:
+        self._store.put([request])
+
+    async def store_many(self, requests: Sequence[StoreRequest]) -> None:
+        self._store.put(requests)
+
+    async def get(self, task_id: str) -> ResultMeta | None:
+        return pick_result(self._store.snapshot(task_id))
+
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            fut = self._store.watch(task_id)
+            try:
+                meta = pick_result(self._store.snapshot(task_id))
+                if meta is not None and meta.ready:
+                    return meta
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ResultTimeout(
+                        f"no result for task {task_id} within {timeout} s; is a worker "
+                        "consuming its queue?"
+                    )
+                try:
+                    await asyncio.wait_for(fut, remaining)
+                except TimeoutError:
+                    continue
+            finally:
+                self._store.unwatch(task_id, fut)
+
+    async def collect(
+        self, task_id: str, *, timeout: float, expected: int | None = None
+    ) -> Mapping[str, ResultMeta]:
+        deadline = time.monotonic() + timeout
+        while True:
+            fut = self._store.watch(task_id)
+            try:
+                ready = {k: m for k, m in self._store.snapshot(task_id).items() if m.ready}
+                remaining = deadline - time.monotonic()
+                if (expected is not None and len(ready) >= expected) or remaining <= 0:
+                    return {(m.worker or k): m for k, m in ready.items()}
+                try:
+                    await asyncio.wait_for(fut, remaining)
+                except TimeoutError:
+                    continue
+            finally:
+                self._store.unwatch(task_id, fut)
+
+    async def forget(self, task_id: str) -> None:
+        with self._store.lock:
+            self._store.results.pop(task_id, None)
+            self._store.done_at.pop(task_id, None)
+
+    async def cleanup(self, *, older_than: float) -> int:
+        with self._store.lock:
+            old = [tid for tid, at in self._store.done_at.items() if at < older_than]
+            for tid in old:
+                self._store.results.pop(tid, None)
+                del self._store.done_at[tid]
+        return len(old)
