@@ -7,7 +7,7 @@ where it is written, with a message that says how to fix it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,13 +24,17 @@ __all__ = [
     "FrozenMapping",
     "Queue",
     "binding",
+    "check_binding_arguments",
+    "check_name",
     "check_priority",
     "check_routing_key",
 ]
 
 MAX_ROUTING_KEY_BYTES = 255
+MAX_NAME_BYTES = 255
 MAX_PRIORITY = 255
 DEFAULT_EXCHANGE = ""
+X_MATCH_MODES = ("all", "any", "all-with-x", "any-with-x")
 
 # Queue arguments RabbitMQ understands and that every conveyor transport honours.
 KNOWN_QUEUE_ARGUMENTS = frozenset(
@@ -126,6 +130,33 @@ def check_routing_key(routing_key: str) -> str:
     return routing_key
 
 
+def check_name(name: str, *, what: str) -> str:
+    """Return ``name`` or raise TopologyError if it is not a string of at most 255 UTF-8 bytes."""
+    if not isinstance(name, str):
+        raise TopologyError(f"{what} name must be a string, got {type(name).__name__}: {name!r}")
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise TopologyError(
+            f"{what} name is {size} bytes long, over AMQP's limit of {MAX_NAME_BYTES}: "
+            f"{name[:40]!r}...; use a shorter name"
+        )
+    return name
+
+
+def check_binding_arguments(exchange_type: ExchangeType, arguments: Mapping[str, Any]) -> None:
+    """Raise TopologyError if ``arguments`` cannot bind to an exchange of ``exchange_type``.
+
+    Only headers exchanges look at binding arguments: their ``x-match`` must be a string, one of
+    ``all``, ``any``, ``all-with-x``, ``any-with-x`` (RabbitMQ refuses the binding otherwise).
+    """
+    if exchange_type is not ExchangeType.HEADERS or "x-match" not in arguments:
+        return
+    mode = arguments["x-match"]
+    if mode not in X_MATCH_MODES or not isinstance(mode, str):
+        valid = ", ".join(repr(m) for m in X_MATCH_MODES)
+        raise TopologyError(f"binding argument x-match is {mode!r}: use one of {valid}")
+
+
 def check_priority(priority: int, *, what: str = "priority") -> int:
     """Return ``priority`` or raise TopologyError if it is not an integer in 0..255."""
     if isinstance(priority, bool) or not isinstance(priority, int):
@@ -151,8 +182,7 @@ class Exchange:
     arguments: Mapping[str, Any] = field(default_factory=FrozenMapping)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise TopologyError(f"exchange name must be a string, got {self.name!r}")
+        check_name(self.name, what="exchange")
         object.__setattr__(self, "type", ExchangeType.parse(self.type))
         object.__setattr__(self, "arguments", _freeze(self.arguments))
 
@@ -181,8 +211,12 @@ class Binding:
     arguments: Mapping[str, Any] = field(default_factory=FrozenMapping)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.exchange, Exchange):
+            check_name(self.exchange, what="exchange")
         check_routing_key(self.routing_key)
         object.__setattr__(self, "arguments", _freeze(self.arguments))
+        if isinstance(self.exchange, Exchange):
+            check_binding_arguments(self.exchange.type, self.arguments)
 
     @property
     def exchange_name(self) -> str:
@@ -207,62 +241,105 @@ def _seconds_to_ms(value: float | None, what: str) -> int | None:
     return round(value * 1000)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Queue:
     """A queue and how it is bound.
 
     Either name one exchange with ``exchange``/``routing_key``, or give several ``bindings``
-    (both together: the single binding comes first). ``exchange=None`` with no bindings means
-    "bind to the default task exchange from the settings"; the settings resolve it.
+    (both together: the single binding comes first). As in kombu, the bindings may also come
+    second: ``Queue('media', [binding(media, 'media.video'), binding(media, 'media.image')])``.
+    ``exchange=None`` with no bindings means "bind to the default task exchange from the
+    settings"; the router resolves it. ``routing_key=None`` with an exchange means the queue name.
 
     The convenience options map to RabbitMQ queue arguments (seconds become milliseconds):
     ``max_priority`` -> ``x-max-priority``, ``message_ttl`` -> ``x-message-ttl``,
     ``expires`` -> ``x-expires``, ``max_length`` -> ``x-max-length``. Anything else goes in
     ``queue_arguments`` under its RabbitMQ name, e.g. ``x-dead-letter-exchange``.
+
+    Raises TopologyError for a name or routing key over 255 bytes, a priority outside 0..255,
+    negative lengths or times, or bindings not made with :func:`binding`.
     """
 
     name: str
-    exchange: Exchange | str | None = None
-    routing_key: str | None = None
-    bindings: tuple[Binding, ...] = ()
-    queue_arguments: Mapping[str, Any] = field(default_factory=FrozenMapping)
-    max_priority: int | None = None
-    message_ttl: float | None = None
-    expires: float | None = None
-    max_length: int | None = None
-    durable: bool = True
-    exclusive: bool = False
-    auto_delete: bool = False
+    exchange: Exchange | str | None
+    routing_key: str | None
+    bindings: tuple[Binding, ...]
+    queue_arguments: Mapping[str, Any]
+    max_priority: int | None
+    message_ttl: float | None
+    expires: float | None
+    max_length: int | None
+    durable: bool
+    exclusive: bool
+    auto_delete: bool
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise TopologyError(f"queue name must be a string, got {self.name!r}")
-        if self.routing_key is not None:
-            check_routing_key(self.routing_key)
-        object.__setattr__(self, "bindings", tuple(self.bindings))
-        for b in self.bindings:
+    def __init__(
+        self,
+        name: str,
+        exchange: Exchange | str | Sequence[Binding] | None = None,
+        routing_key: str | None = None,
+        bindings: Iterable[Binding] = (),
+        queue_arguments: Mapping[str, Any] | None = None,
+        max_priority: int | None = None,
+        message_ttl: float | None = None,
+        expires: float | None = None,
+        max_length: int | None = None,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+    ) -> None:
+        check_name(name, what="queue")
+        if isinstance(exchange, (list, tuple)):
+            bindings = (*exchange, *bindings)
+            exchange = None
+        if exchange is not None and not isinstance(exchange, (Exchange, str)):
+            raise TopologyError(
+                f"queue {name!r}: exchange must be an Exchange, an exchange name or a list of "
+                f"binding(...), got {exchange!r}"
+            )
+        if isinstance(exchange, str):
+            check_name(exchange, what="exchange")
+        if routing_key is not None:
+            check_routing_key(routing_key)
+        frozen_bindings = tuple(bindings)
+        for b in frozen_bindings:
             if not isinstance(b, Binding):
                 raise TopologyError(
-                    f"queue {self.name!r}: bindings must be made with binding(...), got {b!r}"
+                    f"queue {name!r}: bindings must be made with binding(...), got {b!r}"
                 )
-        args = dict(self.queue_arguments or {})
-        if self.max_priority is not None:
-            args["x-max-priority"] = check_priority(self.max_priority, what="max_priority")
-        ttl = _seconds_to_ms(self.message_ttl, "message_ttl")
+        args = dict(queue_arguments or {})
+        if max_priority is not None:
+            args["x-max-priority"] = check_priority(max_priority, what="max_priority")
+        ttl = _seconds_to_ms(message_ttl, "message_ttl")
         if ttl is not None:
             args["x-message-ttl"] = ttl
-        expires = _seconds_to_ms(self.expires, "expires")
-        if expires is not None:
-            if expires == 0:
-                raise TopologyError(f"queue {self.name!r}: expires must be more than zero")
-            args["x-expires"] = expires
-        if self.max_length is not None:
-            if self.max_length < 0:
-                raise TopologyError(f"queue {self.name!r}: max_length must be zero or more")
-            args["x-max-length"] = self.max_length
+        expires_ms = _seconds_to_ms(expires, "expires")
+        if expires_ms is not None:
+            if expires_ms == 0:
+                raise TopologyError(f"queue {name!r}: expires must be more than zero")
+            args["x-expires"] = expires_ms
+        if max_length is not None:
+            if max_length < 0:
+                raise TopologyError(f"queue {name!r}: max_length must be zero or more")
+            args["x-max-length"] = max_length
         if "x-max-priority" in args:
-            check_priority(args["x-max-priority"], what=f"queue {self.name!r} x-max-priority")
-        object.__setattr__(self, "queue_arguments", FrozenMapping(args))
+            check_priority(args["x-max-priority"], what=f"queue {name!r} x-max-priority")
+        values: dict[str, Any] = {
+            "name": name,
+            "exchange": exchange,
+            "routing_key": routing_key,
+            "bindings": frozen_bindings,
+            "queue_arguments": FrozenMapping(args),
+            "max_priority": max_priority,
+            "message_ttl": message_ttl,
+            "expires": expires,
+            "max_length": max_length,
+            "durable": durable,
+            "exclusive": exclusive,
+            "auto_delete": auto_delete,
+        }
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
 
     @property
     def arguments(self) -> FrozenMapping:
@@ -311,7 +388,15 @@ class Broadcast:
     queue_arguments: Mapping[str, Any] = field(default_factory=FrozenMapping)
 
     def __post_init__(self) -> None:
+        check_name(self.name, what="broadcast")
+        if not self.name:
+            raise TopologyError("a Broadcast needs a name: it names its fanout exchange")
         object.__setattr__(self, "queue_arguments", _freeze(self.queue_arguments))
+        if "x-max-priority" in self.queue_arguments:
+            check_priority(
+                self.queue_arguments["x-max-priority"],
+                what=f"broadcast {self.name!r} x-max-priority",
+            )
 
     @property
     def exchange(self) -> Exchange:

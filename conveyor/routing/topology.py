@@ -16,6 +16,7 @@ from conveyor.routing.entities import (
     Exchange,
     FrozenMapping,
     Queue,
+    check_binding_arguments,
     check_routing_key,
 )
 
@@ -55,11 +56,16 @@ class Topology:
         queues: Iterable[Queue] = (),
         bindings: Iterable[BoundBinding] = (),
     ) -> Topology:
-        """Build a snapshot from entity lists (later duplicates replace earlier ones)."""
+        """Build a snapshot from entity lists (later duplicates replace earlier ones).
+
+        Raises TopologyError for a binding to a headers exchange whose ``x-match`` is invalid.
+        """
         exs = {e.name: e for e in exchanges if e.name != DEFAULT_EXCHANGE}
         qs = {q.name: q for q in queues}
         unique: dict[tuple[str, str, str, FrozenMapping], BoundBinding] = {}
         for b in bindings:
+            if b.exchange in exs:
+                check_binding_arguments(exs[b.exchange].type, b.arguments)
             args = b.arguments
             assert isinstance(args, FrozenMapping)
             unique[(b.exchange, b.queue, b.routing_key, args)] = b
@@ -82,7 +88,13 @@ class Topology:
         return replace(self, queues={**self.queues, queue.name: queue})
 
     def with_binding(self, bound: BoundBinding) -> Topology:
-        """A snapshot with ``bound`` added (binding twice is a no-op, as in AMQP)."""
+        """A snapshot with ``bound`` added (binding twice is a no-op, as in AMQP).
+
+        Raises TopologyError for a binding to a headers exchange whose ``x-match`` is invalid.
+        """
+        declared = self.exchanges.get(bound.exchange)
+        if declared is not None:
+            check_binding_arguments(declared.type, bound.arguments)
         if bound in self.bindings:
             return self
         return replace(self, bindings=(*self.bindings, bound))
