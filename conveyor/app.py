@@ -1,4 +1,4 @@
-"""The application: settings, the task registry, the router, and sending tasks.
+"""The application: settings, the task registry, the router, sending tasks, and results.
 
 ``App`` is the one object a service creates::
 
@@ -6,19 +6,43 @@
 
     @app.task(name="web.render", queue="web_queue")
     def render(page: str) -> str: ...
+
+    render.delay("home").get(timeout=10)          # sync
+    await app.asend_task("remote.transcode", kwargs={"path": "a.mp4"})   # async
+
+The core is async. An App keeps one connected transport and one result backend per event loop
+that uses it, created on first use. The sync API (``send_task``, ``delay``, ``apply_async``,
+``AsyncResult.get``...) runs the async one on a private event loop in a background thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import importlib
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, overload
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar, overload
+from urllib.parse import urlsplit
 
 from conveyor.config import Settings
-from conveyor.errors import ConfigurationError
-from conveyor.task import Task
+from conveyor.errors import ConfigurationError, Unroutable
+from conveyor.protocol.task_message import TaskMessage, encode_task
+from conveyor.results import ResultBackend, open_backend
+from conveyor.results.async_result import AsyncResult
+from conveyor.routing.entities import Broadcast, Exchange, Queue
+from conveyor.task import Task, current_request
+from conveyor.transports import Transport, open_transport
 
-__all__ = ["App"]
+__all__ = ["App", "default_broker_url"]
+
+T = TypeVar("T")
 
 _ROUTING_SETTINGS = (
     "task_routes",
@@ -31,6 +55,108 @@ _ROUTING_SETTINGS = (
     "task_queue_max_priority",
     "task_default_priority",
 )
+DEFAULT_BROKER_FILE = "conveyor.db"
+
+
+def default_broker_url() -> str:
+    """``CONVEYOR_BROKER_URL`` if set, else the SQLite file ``conveyor.db`` in the working
+    directory (an absolute ``sqlite:////...`` URL, so every process started here agrees).
+    """
+    env = os.environ.get("CONVEYOR_BROKER_URL")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / DEFAULT_BROKER_FILE}"
+
+
+def default_backend_url(broker_url: str) -> str:
+    """The result backend used when none is configured: ``CONVEYOR_RESULT_BACKEND`` if set;
+    else the broker's own SQLite file, or the same ``memory://`` name, or ``rpc://`` (replies
+    over the broker) for RabbitMQ and Redis.
+    """
+    env = os.environ.get("CONVEYOR_RESULT_BACKEND")
+    if env:
+        return env
+    scheme = urlsplit(broker_url).scheme.lower()
+    if scheme in ("sqlite", "memory"):
+        return broker_url.split("?", 1)[0]
+    return "rpc://"
+
+
+class _LoopThread:
+    """The private event loop, in a daemon thread, that runs the sync API's coroutines."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid() or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=run, name="conveyor-sync-loop", daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+            return self._loop
+
+    def in_loop_thread(self) -> bool:
+        return self._thread is threading.current_thread() and self._pid == os.getpid()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError("conveyor's sync API cannot be called from its own event loop")
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop())
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None or self._pid != os.getpid():
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()
+
+
+_SYNC = _LoopThread()
+_APPS: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+def _close_at_exit() -> None:
+    if _SYNC._loop is not None and _SYNC._pid == os.getpid():
+        for app in list(_APPS):
+            with contextlib.suppress(Exception):
+                _SYNC.run(asyncio.wait_for(app.aclose(), 10))
+    _SYNC.stop()
+
+
+atexit.register(_close_at_exit)
+
+
+class _LoopResources:
+    """What an App holds for one event loop: its transport, its backend, what it declared."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.transport: Transport | None = None
+        self.backend: ResultBackend | None = None
+        self.declared: set[Any] = set()
 
 
 class App:
@@ -60,6 +186,10 @@ class App:
         self._tasks: dict[str, Task] = {}
         self._router: Any = None
         self._router_key: tuple[Any, ...] | None = None
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
+            weakref.WeakKeyDictionary()
+        )
+        _APPS.add(self)
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}>"
@@ -87,6 +217,229 @@ class App:
             self._router = router_module.Router(self.conf)
             self._router_key = key
         return self._router
+
+    @property
+    def broker_url(self) -> str:
+        """``conf.broker_url``, else :func:`default_broker_url`."""
+        return self.conf.broker_url or default_broker_url()
+
+    @property
+    def backend_url(self) -> str:
+        """``conf.result_backend``, else the default for the broker (see default_backend_url)."""
+        return self.conf.result_backend or default_backend_url(self.broker_url)
+
+    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the private event loop and return its result (the sync facade)."""
+        return _SYNC.run(coro)
+
+    def _resources(self) -> _LoopResources:
+        loop = asyncio.get_running_loop()
+        res = self._loops.get(loop)
+        if res is None:
+            res = self._loops[loop] = _LoopResources()
+        return res
+
+    async def atransport(self) -> Transport:
+        """The connected transport for the running event loop, opened on first use.
+
+        Raises ConfigurationError for a bad broker URL, BrokerUnavailable if it can't connect.
+        """
+        res = self._resources()
+        transport = res.transport
+        if transport is not None:
+            return transport
+        async with res.lock:
+            if res.transport is None:
+                transport = open_transport(self.broker_url, self.conf.broker_transport_options)
+                await transport.connect()
+                res.transport = transport
+                res.declared.clear()
+            return res.transport
+
+    async def abackend(self) -> ResultBackend:
+        """The connected result backend for the running event loop, opened on first use."""
+        res = self._resources()
+        backend = res.backend
+        if backend is not None:
+            return backend
+        async with res.lock:
+            if res.backend is None:
+                backend = open_backend(self.backend_url, host=self)
+                await backend.connect()
+                res.backend = backend
+            return res.backend
+
+    async def aclose(self) -> None:
+        """Close this event loop's backend and transport (flushing acks). Idempotent."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        res = self._loops.pop(loop, None)
+        if res is None:
+            return
+        try:
+            if res.backend is not None:
+                await res.backend.close()
+        finally:
+            if res.transport is not None:
+                await res.transport.close()
+
+    def close(self) -> None:
+        """Close what the sync API opened (the private loop's transport and backend)."""
+        if _SYNC._loop is not None and not _SYNC.in_loop_thread():
+            self.run_sync(self.aclose())
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def result(self, task_id: str, *, task_name: str | None = None) -> AsyncResult:
+        """A handle on the result of ``task_id`` (sent by anyone), read from this App's backend."""
+        return AsyncResult(task_id, app=self, task_name=task_name)
+
+    async def declare(self, transport: Transport, entity: Queue | Broadcast | Exchange) -> None:
+        """Declare ``entity`` on ``transport`` once per connection (cached; idempotent anyway)."""
+        res = self._resources()
+        if res.transport is transport and entity in res.declared:
+            return
+        if isinstance(entity, Broadcast):
+            await transport.declare_exchange(entity.exchange)
+        elif isinstance(entity, Exchange):
+            if not entity.is_default:
+                await transport.declare_exchange(entity)
+        else:
+            await transport.declare_queue(entity)
+        if res.transport is transport:
+            res.declared.add(entity)
+
+    async def asend_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        exchange: str | None = None,
+        exchange_type: str | None = None,
+        routing_key: str | None = None,
+        priority: int | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        ignore_result: bool | None = None,
+        time_limit: float | None = None,
+        serializer: str | None = None,
+        _task: Task | None = None,
+    ) -> AsyncResult:
+        """Send task ``name`` with ``args``/``kwargs``; its code need not exist in this process.
+
+        Routing options (``queue``, ``exchange``, ``exchange_type``, ``routing_key``,
+        ``priority``) override the task's attributes and ``task_routes``. ``countdown`` (seconds)
+        or ``eta`` (a datetime) delay it through the broker's delayed delivery; ``expires``
+        (seconds from now, or a datetime) marks it REVOKED instead of running it late.
+        ``headers`` travel with the message. Declares the exchange and queue the route names
+        (once per connection), then publishes.
+
+        Raises RoutingError for a route that cannot be resolved, Unroutable if no queue takes
+        the message, ProtocolError for arguments JSON cannot hold, BrokerUnavailable.
+        """
+        task = _task if _task is not None else self._tasks.get(name)
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        options = {
+            key: value
+            for key, value in (
+                ("queue", queue),
+                ("exchange", exchange),
+                ("exchange_type", exchange_type),
+                ("routing_key", routing_key),
+                ("priority", priority),
+            )
+            if value is not None
+        }
+        route = self.router.route(name, args, kwargs, options=options, task=task)
+        now = datetime.now(UTC)
+        delay: float | None = None
+        if countdown is not None:
+            delay = float(countdown)
+        elif eta is not None:
+            aware = eta if eta.tzinfo is not None else eta.replace(tzinfo=UTC)
+            delay = (aware - now).total_seconds()
+        if delay is not None and delay <= 0:
+            delay = None
+        if isinstance(expires, datetime):
+            expires_at: datetime | None = (
+                expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
+            )
+        elif expires is not None:
+            expires_at = now + timedelta(seconds=float(expires))
+        else:
+            expires_at = None
+        if ignore_result is None:
+            ignore_result = task.ignore_result if task is not None else self.conf.task_ignore_result
+        if time_limit is None and task is not None:
+            time_limit = task.time_limit
+        loop = asyncio.get_running_loop()
+        backend = None if ignore_result else await self.abackend()
+        reply_to = await backend.prepare_reply() if backend is not None else None
+        parent = current_request()
+        tid = task_id or str(uuid.uuid4())
+        message = TaskMessage(
+            task=name,
+            id=tid,
+            args=args,
+            kwargs=kwargs,
+            eta=now + timedelta(seconds=delay) if delay is not None else None,
+            expires=expires_at,
+            timelimit=(time_limit, None),
+            root_id=(parent.root_id or parent.id) if parent is not None else tid,
+            parent_id=parent.id if parent is not None else None,
+            ignore_result=ignore_result,
+            reply_to=reply_to,
+            priority=route.priority,
+            headers=dict(headers or {}),
+        )
+        envelope = encode_task(message, serializer or self.conf.task_serializer)
+        transport = await self.atransport()
+        await self.declare(transport, route.exchange)
+        if route.queue is not None:
+            await self.declare(transport, route.queue)
+        try:
+            await transport.publish(
+                envelope,
+                exchange=route.exchange.name,
+                routing_key=route.routing_key,
+                mandatory=True,
+                delay=delay,
+            )
+        except Unroutable as exc:
+            raise Unroutable(
+                f"task {name!r} was routed to exchange {route.exchange.name!r} with routing key "
+                f"{route.routing_key!r} ({route.decided_by}) but no queue is bound there"
+                + (
+                    "; no worker is consuming that broadcast queue"
+                    if isinstance(route.queue, Broadcast)
+                    else ""
+                ),
+                exchange=exc.exchange,
+                routing_key=exc.routing_key,
+            ) from exc
+        return AsyncResult(tid, app=self, task_name=name, backend=backend, loop=loop)
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Sync twin of :meth:`asend_task` (same options)."""
+        return self.run_sync(self.asend_task(name, args, kwargs, **options))
 
     def _task_name(self, fn: Callable[..., Any]) -> str:
         module = getattr(fn, "__module__", None) or "__main__"

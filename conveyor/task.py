@@ -8,9 +8,10 @@ Inside a run, ``task.request`` describes the message being executed, and a bound
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +19,9 @@ from conveyor.errors import ConfigurationError, Retry, TaskError
 
 if TYPE_CHECKING:
     from conveyor.app import App
+    from conveyor.results.async_result import AsyncResult
 
-__all__ = ["Request", "Task"]
+__all__ = ["Request", "Task", "current_request", "running"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,22 @@ class Request:
 _current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
     "conveyor_current_request", default=None
 )
+
+
+def current_request() -> Request | None:
+    """The request of the task running in this context (worker side), or None."""
+    return _current_request.get()
+
+
+@contextlib.contextmanager
+def running(request: Request) -> Iterator[None]:
+    """Make ``request`` the current request for the duration of the block (used by workers)."""
+    token = _current_request.set(request)
+    try:
+        yield
+    finally:
+        _current_request.reset(token)
+
 
 _UNSET: Any = object()
 
@@ -158,6 +176,32 @@ class Task:
         if self.bind:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Send the task with these arguments and default options; return its AsyncResult."""
+        return self.apply_async(args, kwargs)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Async twin of :meth:`delay`."""
+        return await self.aapply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Send the task; ``options`` as for :meth:`App.asend_task`. Returns its AsyncResult."""
+        return self.app.run_sync(self.aapply_async(args, kwargs, **options))
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Async twin of :meth:`apply_async`."""
+        return await self.app.asend_task(self.name, args, kwargs, _task=self, **options)
 
     def retry_delay(self, retries: int) -> float:
         """Seconds to wait before attempt ``retries + 1``: fixed, or exponential with backoff."""

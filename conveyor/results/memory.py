@@ -1,4 +1,6 @@
-"""``memory://name``: results kept in this process, shared by every App using the same URL.
+"""``memory://name``: results kept in this process, shared by every App using the same name.
+
+``memory://`` and ``memory://default`` name the same store, as they do for the memory broker.
 
 For tests and single-process programs. Results are stored as JSON, exactly as the other backends
 store them, so a value that would not survive a real backend does not survive this one either.
@@ -95,7 +97,7 @@ class MemoryBackend(ResultBackend):
         parts = urlsplit(url)
         if parts.scheme != "memory":
             raise ConfigurationError(f"not a memory:// URL: {url!r}")
-        return cls(url, parts.netloc + parts.path)
+        return cls(url, (parts.netloc + parts.path).strip("/") or "default")
 
     async def connect(self) -> None:
         return None

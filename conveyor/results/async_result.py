@@ -1,0 +1,194 @@
+"""``AsyncResult``: the caller's handle on a task that was sent.
+
+Every method has an async twin (``aget``, ``astate``, ``acollect``, ``aforget``...); the sync
+ones run the async ones on the App's private event loop. A result remembers the backend (and its
+event loop) that sent it, which matters for ``rpc://``: replies come back only to the reply queue
+of the loop that sent the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from conveyor.results.base import ResultBackend
+from conveyor.results.meta import ResultMeta, State
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+__all__ = ["AsyncResult"]
+
+T = TypeVar("T")
+
+
+class AsyncResult:
+    """The result of task ``id``: its ``state``, its value (``get``), its error, its traceback.
+
+    For a broadcast task, ``collect`` returns every worker's result by worker hostname.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        app: App,
+        task_name: str | None = None,
+        backend: ResultBackend | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.id = id
+        self.app = app
+        self.task_name = task_name
+        self._backend = backend
+        self._loop = loop
+        self._meta: ResultMeta | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id} {self.task_name or ''}>".replace(" >", ">")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    async def _call(self, op: Callable[[ResultBackend], Awaitable[T]]) -> T:
+        """Run ``op`` on the backend that owns this result, hopping to its loop if needed."""
+        running = asyncio.get_running_loop()
+        home = self._loop
+        if self._backend is not None and (home is None or home is running):
+            return await op(self._backend)
+        if self._backend is not None and home is not None and home.is_running():
+            backend = self._backend
+            future = asyncio.run_coroutine_threadsafe(_invoke(op, backend), home)
+            return await asyncio.wrap_future(future)
+        return await op(await self.app.abackend())
+
+    def _sync(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and running is self._loop:
+            raise RuntimeError(
+                "a sync AsyncResult method was called inside the event loop that sent the task; "
+                "use the async twin (await result.aget(), .astate(), ...)"
+            )
+        return self.app.run_sync(make())
+
+    async def ameta(self) -> ResultMeta | None:
+        """The latest stored state document, or None while nothing is known."""
+        if self._meta is not None:
+            return self._meta
+        meta = await self._call(lambda b: b.get(self.id))
+        if meta is not None and meta.ready:
+            self._meta = meta
+        return meta
+
+    async def astate(self) -> State:
+        """Async twin of :attr:`state`."""
+        meta = await self.ameta()
+        return meta.state if meta is not None else State.PENDING
+
+    @property
+    def state(self) -> State:
+        """PENDING until a worker stores something; then RETRY, STARTED, SUCCESS, FAILURE..."""
+        return self._sync(self.astate)
+
+    status = state
+
+    async def aready(self) -> bool:
+        """Async twin of :meth:`ready`."""
+        return (await self.astate()).ready
+
+    def ready(self) -> bool:
+        """True once the task finished: SUCCESS, FAILURE or REVOKED."""
+        return self._sync(self.aready)
+
+    def successful(self) -> bool:
+        """True if the task finished with SUCCESS."""
+        return self.state is State.SUCCESS
+
+    def failed(self) -> bool:
+        """True if the task finished with FAILURE."""
+        return self.state is State.FAILURE
+
+    async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
+        """Wait for the task and return its value.
+
+        On FAILURE raise the task's error (its own type when it can be rebuilt here, else
+        RemoteTaskError), with the worker's traceback text attached; on REVOKED raise
+        TaskRevoked. With ``propagate=False`` return that error instead of raising it.
+        Raises ResultTimeout if nothing final arrives within ``timeout`` seconds.
+        """
+        meta = self._meta
+        if meta is None:
+            meta = await self._call(lambda b: b.wait(self.id, timeout=timeout))
+            self._meta = meta
+        error = meta.exception()
+        if error is None:
+            return meta.result
+        if propagate:
+            raise error
+        return error
+
+    def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
+        """Sync twin of :meth:`aget`."""
+        return self._sync(lambda: self.aget(timeout, propagate=propagate))
+
+    @property
+    def result(self) -> Any:
+        """The value if SUCCESS, the error if FAILURE/REVOKED, else None (does not wait)."""
+        meta = self._sync(self.ameta)
+        if meta is None:
+            return None
+        error = meta.exception()
+        return error if error is not None else (meta.result if meta.ready else None)
+
+    @property
+    def traceback(self) -> str | None:
+        """The worker's traceback text for a failed task, else None."""
+        meta = self._sync(self.ameta)
+        return meta.traceback if meta is not None else None
+
+    @property
+    def worker(self) -> str | None:
+        """The hostname of the worker that stored the latest state, if any."""
+        meta = self._sync(self.ameta)
+        return meta.worker if meta is not None else None
+
+    async def acollect(
+        self, timeout: float = 5.0, *, expected: int | None = None
+    ) -> dict[str, Any]:
+        """Every worker's value for a broadcast task, by worker hostname.
+
+        Returns once ``expected`` workers replied, or after ``timeout`` seconds with those that
+        did. Failed runs appear as their (rebuilt) error objects; nothing is raised.
+        """
+        replies: Mapping[str, ResultMeta] = await self._call(
+            lambda b: b.collect(self.id, timeout=timeout, expected=expected)
+        )
+        out: dict[str, Any] = {}
+        for worker, meta in replies.items():
+            error = meta.exception()
+            out[worker] = error if error is not None else meta.result
+        return out
+
+    def collect(self, timeout: float = 5.0, *, expected: int | None = None) -> dict[str, Any]:
+        """Sync twin of :meth:`acollect`."""
+        return self._sync(lambda: self.acollect(timeout, expected=expected))
+
+    async def aforget(self) -> None:
+        """Async twin of :meth:`forget`."""
+        self._meta = None
+        await self._call(lambda b: b.forget(self.id))
+
+    def forget(self) -> None:
+        """Remove what the backend keeps about this task (every worker's result)."""
+        self._sync(self.aforget)
+
+
+async def _invoke(op: Callable[[ResultBackend], Awaitable[T]], backend: ResultBackend) -> T:
+    return await op(backend)
