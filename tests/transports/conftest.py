@@ -19,7 +19,7 @@ import pytest
 
 from conveyor.transports import Transport, open_transport
 
-TRANSPORTS = ["memory"]
+TRANSPORTS = ["memory", "sqlite"]
 
 MakeTransport = Callable[..., Awaitable[Transport]]
 

@@ -1,0 +1,1172 @@
+"""``sqlite:///path/broker.db``: the embedded broker, shared by processes on one machine.
+
+The virtual broker (:mod:`.virtual`) over a SQLite file in WAL mode. Every connection runs its
+sqlite3 calls on a thread of its own, so the event loop never blocks on the disk. Writes are
+transactions (``BEGIN IMMEDIATE``): a publish returns once its transaction committed, so a
+confirmed message survives any process being killed at any moment (``synchronous=normal``,
+the default, protects against process crashes; ``synchronous=full`` also against power loss).
+
+Leases: each connection renews its lease every quarter ``lease`` (default 5 s); when a process
+dies, the messages it held come back, redelivered, once its lease lapses.
+
+Wake-ups: each waiting consumer binds a Unix datagram socket under ``<db>-wake/`` (or under the
+temporary directory when that path would be too long for a socket), linked from one directory
+per queue it consumes. A publisher sends a byte to the sockets of the queues it wrote to, right
+after its commit, so an idle consumer wakes within a millisecond and costs no CPU while it waits;
+``poll_interval`` (default 1 s) bounds the wait should a wake-up be lost.
+
+URL forms: ``sqlite:///absolute/path/broker.db``, ``sqlite://relative/path/broker.db``; options
+as query parameters or ``broker_transport_options``: ``lease``, ``poll_interval``,
+``busy_timeout`` (seconds to wait for the write lock, default 30) and ``synchronous``
+(``normal`` or ``full``). :func:`default_broker_url` names the default file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar, Self, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from conveyor.errors import BrokerUnavailable, ConfigurationError, ProtocolError
+from conveyor.protocol.envelope import Envelope
+from conveyor.routing.entities import Exchange, ExchangeType, FrozenMapping, Queue
+from conveyor.routing.topology import BoundBinding, Topology
+from conveyor.transports.base import Capabilities, DeliveryTag, QueueStats
+from conveyor.transports.storage import (
+    Listener,
+    NewMessage,
+    QueueActivity,
+    Reaped,
+    StaleTopology,
+    Storage,
+    StoredMessage,
+    TopologySnapshot,
+)
+from conveyor.transports.virtual import VirtualTransport, parse_options
+
+__all__ = [
+    "DEFAULT_DATABASE_NAME",
+    "SCHEMA_VERSION",
+    "SQLiteStorage",
+    "SQLiteTransport",
+    "database_path",
+    "default_broker_url",
+]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+DEFAULT_DATABASE_NAME = "conveyor-broker.db"
+# PRAGMA application_id marks the file as conveyor's broker ("CVYB").
+_APPLICATION_ID = 0x43565942
+_CHUNK = 500
+_TOUCH_EVERY = 0.05
+_SOCKET_PATH_MAX = 107
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS exchanges (name TEXT PRIMARY KEY, definition BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY,
+    definition BLOB NOT NULL,
+    owner TEXT,
+    max_length INTEGER,
+    used_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bindings (
+    exchange TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    arguments BLOB NOT NULL,
+    PRIMARY KEY (exchange, queue, routing_key, arguments)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    not_before REAL,
+    expires_at REAL,
+    lease TEXT,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    envelope BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, priority DESC, id)
+    WHERE lease IS NULL AND not_before IS NULL;
+CREATE INDEX IF NOT EXISTS messages_delayed ON messages (queue, not_before)
+    WHERE not_before IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_expiring ON messages (expires_at)
+    WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease) WHERE lease IS NOT NULL;
+CREATE TABLE IF NOT EXISTS connections (
+    id TEXT PRIMARY KEY,
+    deadline REAL NOT NULL,
+    pid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumers (
+    connection TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    PRIMARY KEY (connection, tag, queue)
+);
+CREATE INDEX IF NOT EXISTS consumers_queue ON consumers (queue);
+"""
+
+_MESSAGE_COLUMNS = (
+    "id, queue, priority, delivery_count, expires_at, exchange, routing_key, envelope"
+)
+
+
+def default_broker_url(directory: str | os.PathLike[str] | None = None) -> str:
+    """The broker URL used when none is configured: a file in ``directory`` (default: cwd)."""
+    base = Path(directory) if directory is not None else Path.cwd()
+    return f"sqlite://{(base / DEFAULT_DATABASE_NAME).absolute()}"
+
+
+def database_path(url: str) -> Path:
+    """The database file a ``sqlite://`` URL names; ConfigurationError if it names none.
+
+    ``sqlite:///abs/path.db`` (and ``sqlite:////abs/path.db``) is absolute;
+    ``sqlite://rel/path.db`` and ``sqlite:rel/path.db`` are relative to the working directory.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ConfigurationError(f"not a sqlite:// URL: {url!r}")
+    raw = unquote(parts.netloc + parts.path)
+    if parts.path.startswith("//"):
+        raw = "/" + parts.path.lstrip("/")
+    example = "sqlite:///absolute/path/broker.db or sqlite://relative/broker.db"
+    if not raw or raw in (":memory:", "/:memory:"):
+        raise ConfigurationError(
+            f"broker URL {url!r} names no database file: use {example} (memory:// for a "
+            "broker inside one process)"
+        )
+    if raw.endswith("/"):
+        raise ConfigurationError(f"broker URL {url!r} names a directory, not a file: use {example}")
+    if "\x00" in raw:
+        raise ConfigurationError(f"broker URL {url!r} contains a NUL character")
+    return Path(raw).absolute()
+
+
+def _encode_exchange(exchange: Exchange) -> bytes:
+    return orjson.dumps(
+        {
+            "type": exchange.type.value,
+            "durable": exchange.durable,
+            "auto_delete": exchange.auto_delete,
+            "arguments": dict(exchange.arguments),
+        }
+    )
+
+
+def _decode_exchange(name: str, data: bytes) -> Exchange:
+    d = orjson.loads(data)
+    return Exchange(
+        name,
+        ExchangeType(d["type"]),
+        durable=d["durable"],
+        auto_delete=d["auto_delete"],
+        arguments=FrozenMapping(d["arguments"]),
+    )
+
+
+def _encode_queue(queue: Queue) -> bytes:
+    return orjson.dumps(
+        {
+            "durable": queue.durable,
+            "exclusive": queue.exclusive,
+            "auto_delete": queue.auto_delete,
+            "arguments": dict(queue.arguments),
+        }
+    )
+
+
+def _decode_queue(name: str, data: bytes) -> Queue:
+    d = orjson.loads(data)
+    return Queue(
+        name,
+        queue_arguments=FrozenMapping(d["arguments"]),
+        durable=d["durable"],
+        exclusive=d["exclusive"],
+        auto_delete=d["auto_delete"],
+    )
+
+
+def _decode_envelope(message_id: int, data: bytes) -> Envelope:
+    try:
+        return Envelope.from_bytes(data)
+    except ProtocolError as exc:
+        # Deliver what is there rather than lose it: the consumer sees the raw bytes and why.
+        return Envelope(
+            body=bytes(data),
+            content_type="application/x-conveyor-undecodable",
+            headers={"x-conveyor-error": f"stored message {message_id} is unreadable: {exc}"},
+        )
+
+
+def _stored(row: tuple[Any, ...]) -> StoredMessage:
+    mid, queue, priority, count, expires_at, exchange, routing_key, data = row
+    return StoredMessage(
+        tag=mid,
+        queue=queue,
+        envelope=_decode_envelope(mid, data),
+        exchange=exchange,
+        routing_key=routing_key,
+        priority=priority,
+        delivery_count=count,
+        expires_at=expires_at,
+    )
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _wake_root(db: Path) -> Path:
+    beside = Path(f"{db}-wake")
+    # socket paths under it: <root>/q/<24 hex>/<id>, with ids of up to 40 characters
+    if len(os.fsencode(beside)) + 70 <= _SOCKET_PATH_MAX:
+        return beside
+    digest = hashlib.sha1(os.fsencode(db.resolve())).hexdigest()[:20]
+    return Path(tempfile.gettempdir()) / f"conveyor-wake-{os.getuid()}" / digest
+
+
+class _Waker:
+    """Sends wake-ups to the sockets listening on queues of one database."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)
+        self._listing: dict[str, tuple[int, list[str]]] = {}
+
+    def queue_dir(self, queue: str) -> str:
+        digest = hashlib.sha1(queue.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+        return os.path.join(self.root, "q", digest)
+
+    def _entries(self, directory: str) -> list[str]:
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return []
+        cached = self._listing.get(directory)
+        # a directory changed within the last 100 ms may change again without a new mtime
+        settled = time.time_ns() - st.st_mtime_ns > 100_000_000
+        if cached is not None and cached[0] == st.st_mtime_ns and settled:
+            return cached[1]
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return []
+        self._listing[directory] = (st.st_mtime_ns, names)
+        return names
+
+    def signal(self, queues: Iterable[str]) -> None:
+        for queue in set(queues):
+            directory = self.queue_dir(queue)
+            for name in self._entries(directory):
+                path = os.path.join(directory, name)
+                try:
+                    self._sender.sendto(b"!", path)
+                except (BlockingIOError, InterruptedError):
+                    pass  # its buffer is full: it has wake-ups waiting already
+                except (ConnectionRefusedError, FileNotFoundError):
+                    self._forget(path)
+                except OSError:
+                    pass
+
+    def _forget(self, link: str) -> None:
+        # the socket's process is gone: remove its link and the socket file
+        with contextlib.suppress(OSError):
+            target = os.readlink(link)
+            os.unlink(link)
+            os.unlink(target)
+
+    def clean_stale(self) -> None:
+        """Remove sockets of processes that no longer exist (names start with their pid)."""
+        sockets = self.root / "s"
+        try:
+            names = os.listdir(sockets)
+        except OSError:
+            return
+        for name in names:
+            pid_text = name.split("-", 1)[0]
+            if not pid_text.isdigit():
+                continue
+            try:
+                os.kill(int(pid_text), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.unlink(sockets / name)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._sender.close()
+
+
+class _SocketListener(Listener):
+    def __init__(self, waker: _Waker, queues: Sequence[str]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._closed = False
+        ident = f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
+        sockets = waker.root / "s"
+        sockets.mkdir(parents=True, exist_ok=True)
+        self._path = str(sockets / ident)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._links: list[str] = []
+        try:
+            self._sock.bind(self._path)
+            self._sock.setblocking(False)
+            for queue in queues:
+                directory = waker.queue_dir(queue)
+                os.makedirs(directory, exist_ok=True)
+                link = os.path.join(directory, ident)
+                os.symlink(self._path, link)
+                self._links.append(link)
+        except OSError as exc:
+            self._remove_files()
+            raise BrokerUnavailable(
+                f"cannot create the wake-up socket under {waker.root}: {exc}"
+            ) from exc
+        self._loop.add_reader(self._sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                self._sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        if self._closed:
+            return False
+        if not self._event.is_set():
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
+            except TimeoutError:
+                return False
+        self._event.clear()
+        return not self._closed
+
+    def _remove_files(self) -> None:
+        for path in [*self._links, self._path]:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self._sock.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._sock.fileno())
+        self._remove_files()
+        self._event.set()
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+class SQLiteStorage(Storage):
+    """Storage primitives on one SQLite file; one sqlite3 connection on a thread of its own."""
+
+    def __init__(
+        self, path: Path, *, busy_timeout: float = 30.0, synchronous: str = "normal"
+    ) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        self._waker: _Waker | None = None
+        self._registered: set[str] = set()
+        self._touched: dict[str, float] = {}
+
+    # the database thread
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        executor = self._executor
+        if executor is None:
+            raise BrokerUnavailable(f"the SQLite broker {self.path} is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        if db is None:
+            raise BrokerUnavailable(f"the SQLite broker {self.path} is not open")
+        try:
+            return self._retry(lambda: fn(db))
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: sqlite3.Error) -> BrokerUnavailable:
+        if _is_busy(exc):
+            return BrokerUnavailable(
+                f"the SQLite broker {self.path} stayed locked for over {self._busy_timeout}s "
+                "(another process holds it): retry, or raise busy_timeout"
+            )
+        return BrokerUnavailable(f"the SQLite broker {self.path} failed: {exc}")
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.0001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+        def transaction(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return transaction
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+        def transaction(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN")
+            try:
+                return fn(db)
+            finally:
+                db.execute("COMMIT")
+
+        return transaction
+
+    # opening
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._check_path()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            self._db = await loop.run_in_executor(executor, self._connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+        self._waker = _Waker(_wake_root(self.path))
+        self._waker.clean_stale()
+
+    def _check_path(self) -> None:
+        parent = self.path.parent
+        if not parent.exists():
+            raise ConfigurationError(
+                f"cannot use SQLite broker {self.path}: directory {parent} does not exist; "
+                "create it or point the broker URL elsewhere"
+            )
+        if not parent.is_dir():
+            raise ConfigurationError(
+                f"cannot use SQLite broker {self.path}: {parent} is not a directory"
+            )
+        if self.path.is_dir():
+            raise ConfigurationError(
+                f"cannot use SQLite broker {self.path}: it is a directory; name a file in it"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK) or (
+            self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK)
+        ):
+            raise ConfigurationError(
+                f"cannot use SQLite broker {self.path}: no permission to write there; "
+                "choose a writable path"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=True)
+        except sqlite3.Error as exc:
+            raise ConfigurationError(f"cannot open SQLite broker {self.path}: {exc}") from exc
+        try:
+            self._retry(lambda: self._prepare(db))
+        except ConfigurationError:
+            db.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if _is_busy(exc):
+                raise self._unavailable(exc) from exc
+            if "not a database" in str(exc) or "encrypted" in str(exc):
+                raise ConfigurationError(
+                    f"{self.path} is not a conveyor broker database (not SQLite at all); "
+                    "it was left untouched: point the broker URL at another file"
+                ) from exc
+            raise BrokerUnavailable(
+                f"cannot open SQLite broker {self.path}: {exc}; the file may be damaged"
+            ) from exc
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        self._check_identity(db)
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise BrokerUnavailable(
+                f"SQLite broker {self.path} cannot use WAL mode (got {mode!r}): put it on a "
+                "local file system"
+            )
+        db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._check_identity(db) == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?), "
+                    "('topology_version', 0)",
+                    (SCHEMA_VERSION,),
+                )
+                db.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _check_identity(self, db: sqlite3.Connection) -> int:
+        """The schema version of the file (0 for an empty file); raise for a foreign one."""
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app_id == 0 and not tables:
+            return 0
+        if app_id != _APPLICATION_ID or "meta" not in tables:
+            raise ConfigurationError(
+                f"{self.path} is a SQLite database of another application, not a conveyor "
+                "broker; it was left untouched: point the broker URL at another file"
+            )
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{self.path} was created by a newer conveyor (broker schema {version}, this "
+                f"one knows up to {SCHEMA_VERSION}); it was left untouched: upgrade conveyor"
+            )
+        if version < 1:
+            raise ConfigurationError(
+                f"{self.path} has no conveyor schema version; it was left untouched"
+            )
+        return version
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        db, self._db = self._db, None
+        if db is not None:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(sqlite3.Error):
+                await loop.run_in_executor(executor, db.close)
+        executor.shutdown(wait=False)
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
+
+    def _signal(self, queues: Iterable[str]) -> None:
+        waker = self._waker
+        if waker is not None:
+            waker.signal(queues)
+
+    # topology
+
+    async def load_topology(self) -> TopologySnapshot:
+        def load(db: sqlite3.Connection) -> TopologySnapshot:
+            version = db.execute("SELECT value FROM meta WHERE key='topology_version'").fetchone()
+            exchanges = [
+                _decode_exchange(n, d)
+                for n, d in db.execute("SELECT name, definition FROM exchanges")
+            ]
+            queues: list[Queue] = []
+            owners: dict[str, str] = {}
+            for name, data, owner in db.execute("SELECT name, definition, owner FROM queues"):
+                queues.append(_decode_queue(name, data))
+                if owner is not None:
+                    owners[name] = owner
+            bindings = [
+                BoundBinding(e, q, k, FrozenMapping(orjson.loads(a)))
+                for e, q, k, a in db.execute(
+                    "SELECT exchange, queue, routing_key, arguments FROM bindings ORDER BY rowid"
+                )
+            ]
+            topology = Topology.build(exchanges, queues, bindings)
+            return TopologySnapshot(int(version[0]), topology, owners)
+
+        return await self._run(self._read(load))
+
+    async def topology_version(self) -> int:
+        def read(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT value FROM meta WHERE key='topology_version'").fetchone()
+            return int(row[0])
+
+        return await self._run(read)
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE meta SET value = value + 1 WHERE key='topology_version'")
+
+    async def add_exchange(self, exchange: Exchange) -> Exchange:
+        data = _encode_exchange(exchange)
+
+        def add(db: sqlite3.Connection) -> Exchange:
+            row = db.execute(
+                "SELECT definition FROM exchanges WHERE name=?", (exchange.name,)
+            ).fetchone()
+            if row is not None:
+                return _decode_exchange(exchange.name, row[0])
+            db.execute(
+                "INSERT INTO exchanges (name, definition) VALUES (?, ?)", (exchange.name, data)
+            )
+            self._bump(db)
+            return exchange
+
+        return await self._run(self._write(add))
+
+    async def remove_exchange(self, name: str) -> None:
+        def remove(db: sqlite3.Connection) -> None:
+            if db.execute("DELETE FROM exchanges WHERE name=?", (name,)).rowcount:
+                db.execute("DELETE FROM bindings WHERE exchange=?", (name,))
+                self._bump(db)
+
+        await self._run(self._write(remove))
+
+    async def add_queue(
+        self, queue: Queue, *, owner: str | None = None
+    ) -> tuple[Queue, str | None]:
+        data = _encode_queue(queue)
+        max_length = queue.arguments.get("x-max-length")
+
+        def add(db: sqlite3.Connection) -> tuple[Queue, str | None]:
+            now = time.time()
+            row = db.execute(
+                "SELECT definition, owner FROM queues WHERE name=?", (queue.name,)
+            ).fetchone()
+            if row is not None:
+                db.execute("UPDATE queues SET used_at=? WHERE name=?", (now, queue.name))
+                return _decode_queue(queue.name, row[0]), row[1]
+            db.execute(
+                "INSERT INTO queues (name, definition, owner, max_length, used_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (queue.name, data, owner, max_length, now),
+            )
+            self._bump(db)
+            return queue, owner
+
+        return await self._run(self._write(add))
+
+    async def remove_queue(self, name: str) -> int:
+        def remove(db: sqlite3.Connection) -> int:
+            if not db.execute("DELETE FROM queues WHERE name=?", (name,)).rowcount:
+                return 0
+            db.execute("DELETE FROM bindings WHERE queue=?", (name,))
+            db.execute("DELETE FROM consumers WHERE queue=?", (name,))
+            ready = self._delete_ready(db, name)
+            db.execute("DELETE FROM messages WHERE lease IS NOT NULL AND queue=?", (name,))
+            self._bump(db)
+            return ready
+
+        removed = await self._run(self._write(remove))
+        self._signal([name])
+        return removed
+
+    @staticmethod
+    def _delete_ready(db: sqlite3.Connection, queue: str) -> int:
+        due = db.execute(
+            "DELETE FROM messages WHERE queue=? AND lease IS NULL AND not_before IS NULL",
+            (queue,),
+        ).rowcount
+        delayed = db.execute(
+            "DELETE FROM messages WHERE queue=? AND not_before IS NOT NULL AND lease IS NULL",
+            (queue,),
+        ).rowcount
+        return int(due + delayed)
+
+    async def add_binding(self, bound: BoundBinding) -> None:
+        args = orjson.dumps(dict(bound.arguments), option=orjson.OPT_SORT_KEYS)
+
+        def add(db: sqlite3.Connection) -> None:
+            if db.execute(
+                "INSERT OR IGNORE INTO bindings (exchange, queue, routing_key, arguments) "
+                "VALUES (?, ?, ?, ?)",
+                (bound.exchange, bound.queue, bound.routing_key, args),
+            ).rowcount:
+                self._bump(db)
+
+        await self._run(self._write(add))
+
+    async def remove_binding(self, bound: BoundBinding) -> None:
+        args = orjson.dumps(dict(bound.arguments), option=orjson.OPT_SORT_KEYS)
+
+        def remove(db: sqlite3.Connection) -> None:
+            if db.execute(
+                "DELETE FROM bindings WHERE exchange=? AND queue=? AND routing_key=? "
+                "AND arguments=?",
+                (bound.exchange, bound.queue, bound.routing_key, args),
+            ).rowcount:
+                self._bump(db)
+
+        await self._run(self._write(remove))
+
+    # messages
+
+    @staticmethod
+    def _settle(db: sqlite3.Connection, tags: Sequence[DeliveryTag], connection: str) -> int:
+        removed = 0
+        for chunk in _chunks(list(tags)):
+            removed += db.execute(
+                f"DELETE FROM messages WHERE id IN ({_marks(len(chunk))}) AND lease=?",
+                (*chunk, connection),
+            ).rowcount
+        return removed
+
+    @staticmethod
+    def _promote(db: sqlite3.Connection, queue: str, now: float) -> bool:
+        """Move due delayed messages of ``queue`` to its tail (new ids keep FIFO by due time)."""
+        due = [
+            r[0]
+            for r in db.execute(
+                "SELECT id FROM messages WHERE queue=? AND not_before IS NOT NULL "
+                "AND not_before <= ? ORDER BY not_before, id",
+                (queue, now),
+            )
+        ]
+        if not due:
+            return False
+        for chunk in _chunks(due):
+            marks = _marks(len(chunk))
+            db.execute(
+                "INSERT INTO messages (queue, priority, not_before, expires_at, lease, "
+                "delivery_count, exchange, routing_key, envelope) "
+                "SELECT queue, priority, NULL, expires_at, NULL, delivery_count, exchange, "
+                f"routing_key, envelope FROM messages WHERE id IN ({marks}) "
+                "ORDER BY not_before, id",
+                chunk,
+            )
+            db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+        return True
+
+    async def enqueue(
+        self,
+        messages: Sequence[NewMessage],
+        *,
+        topology_version: int,
+        connection: str,
+        settle: Sequence[DeliveryTag] = (),
+    ) -> list[StoredMessage]:
+        encoded: dict[int, bytes] = {}
+        rows = []
+        for m in messages:
+            data = encoded.get(id(m.envelope))
+            if data is None:
+                data = encoded[id(m.envelope)] = m.envelope.to_bytes()
+            rows.append(
+                (m.queue, m.priority, m.not_before, m.expires_at, m.exchange, m.routing_key, data)
+            )
+        targets = {m.queue for m in messages}
+
+        def enqueue(db: sqlite3.Connection) -> list[StoredMessage]:
+            version = db.execute("SELECT value FROM meta WHERE key='topology_version'").fetchone()[
+                0
+            ]
+            if version != topology_version:
+                raise StaleTopology(f"topology is at {version}, not {topology_version}")
+            if settle:
+                self._settle(db, settle, connection)
+            db.executemany(
+                "INSERT INTO messages (queue, priority, not_before, expires_at, exchange, "
+                "routing_key, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            overflow: list[StoredMessage] = []
+            if targets:
+                limited = db.execute(
+                    f"SELECT name, max_length FROM queues WHERE name IN ({_marks(len(targets))}) "
+                    "AND max_length IS NOT NULL",
+                    tuple(targets),
+                ).fetchall()
+                now = time.time()
+                for name, limit in limited:
+                    self._promote(db, name, now)
+                    (count,) = db.execute(
+                        "SELECT count(*) FROM messages WHERE queue=? AND lease IS NULL "
+                        "AND not_before IS NULL",
+                        (name,),
+                    ).fetchone()
+                    if count > limit:
+                        overflow.extend(
+                            _stored(r)
+                            for r in db.execute(
+                                f"UPDATE messages SET lease=? WHERE id IN (SELECT id FROM "
+                                "messages WHERE queue=? AND lease IS NULL AND not_before IS NULL "
+                                f"ORDER BY priority DESC, id LIMIT ?) RETURNING {_MESSAGE_COLUMNS}",
+                                (connection, name, count - limit),
+                            ).fetchall()
+                        )
+            return overflow
+
+        overflow = await self._run(self._write_then_signal(enqueue, targets))
+        return overflow
+
+    def _write_then_signal(
+        self, fn: Callable[[sqlite3.Connection], T], queues: Iterable[str]
+    ) -> Callable[[sqlite3.Connection], T]:
+        transaction = self._write(fn)
+
+        def run(db: sqlite3.Connection) -> T:
+            result = transaction(db)
+            self._signal(queues)
+            return result
+
+        return run
+
+    async def dequeue(
+        self,
+        queues: Sequence[str],
+        *,
+        connection: str,
+        limit: int,
+        ack: Sequence[DeliveryTag] = (),
+    ) -> list[StoredMessage]:
+        now = time.time()
+        touch = [q for q in queues if now - self._touched.get(q, 0.0) > _TOUCH_EVERY]
+        for q in touch:
+            self._touched[q] = now
+
+        def dequeue(db: sqlite3.Connection) -> list[StoredMessage]:
+            if ack:
+                self._settle(db, ack, connection)
+            taken: list[StoredMessage] = []
+            for queue in queues:
+                self._promote(db, queue, now)
+                rows = db.execute(
+                    "UPDATE messages SET lease=?, delivery_count=delivery_count+1 WHERE id IN "
+                    "(SELECT id FROM messages WHERE queue=? AND lease IS NULL AND not_before IS "
+                    f"NULL ORDER BY priority DESC, id LIMIT ?) RETURNING {_MESSAGE_COLUMNS}",
+                    (connection, queue, limit - len(taken)),
+                ).fetchall()
+                rows.sort(key=lambda r: (-r[2], r[0]))
+                taken.extend(_stored(r) for r in rows)
+                if len(taken) >= limit:
+                    break
+            if touch:
+                db.execute(
+                    f"UPDATE queues SET used_at=? WHERE name IN ({_marks(len(touch))})",
+                    (now, *touch),
+                )
+            return taken
+
+        return await self._run(self._write(dequeue))
+
+    async def claim_expired(self, *, connection: str, limit: int) -> list[StoredMessage]:
+        def claim(db: sqlite3.Connection) -> list[StoredMessage]:
+            rows = db.execute(
+                "UPDATE messages SET lease=?, not_before=NULL WHERE id IN (SELECT id FROM "
+                "messages WHERE expires_at IS NOT NULL AND expires_at <= ? AND lease IS NULL "
+                f"ORDER BY expires_at LIMIT ?) RETURNING {_MESSAGE_COLUMNS}",
+                (connection, time.time(), limit),
+            ).fetchall()
+            return [_stored(r) for r in rows]
+
+        return await self._run(self._write(claim))
+
+    async def ack(self, tags: Sequence[DeliveryTag], *, connection: str) -> int:
+        if not tags:
+            return 0
+        return await self._run(self._write(lambda db: self._settle(db, tags, connection)))
+
+    async def release(self, tags: Sequence[DeliveryTag], *, connection: str) -> int:
+        if not tags:
+            return 0
+        woken: set[str] = set()
+
+        def release(db: sqlite3.Connection) -> int:
+            count = 0
+            for chunk in _chunks(list(tags)):
+                for (queue,) in db.execute(
+                    f"UPDATE messages SET lease=NULL WHERE id IN ({_marks(len(chunk))}) "
+                    "AND lease=? RETURNING queue",
+                    (*chunk, connection),
+                ):
+                    woken.add(queue)
+                    count += 1
+            return count
+
+        released = await self._run(self._write(release))
+        self._signal(woken)
+        return released
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        def read(db: sqlite3.Connection) -> float | None:
+            now = time.time()
+            soonest: float | None = None
+            for queue in queues:
+                (at,) = db.execute(
+                    "SELECT min(not_before) FROM messages WHERE queue=? AND not_before IS NOT NULL "
+                    "AND not_before > ?",
+                    (queue, now),
+                ).fetchone()
+                if at is not None and (soonest is None or at < soonest):
+                    soonest = at
+            return soonest
+
+        return await self._run(read)
+
+    async def next_expiry(self) -> float | None:
+        def read(db: sqlite3.Connection) -> float | None:
+            row = db.execute(
+                "SELECT expires_at FROM messages WHERE expires_at IS NOT NULL AND lease IS NULL "
+                "ORDER BY expires_at LIMIT 1"
+            ).fetchone()
+            return float(row[0]) if row else None
+
+        return await self._run(read)
+
+    async def purge(self, queue: str) -> int:
+        return await self._run(self._write(lambda db: self._delete_ready(db, queue)))
+
+    async def stats(self, queue: str) -> QueueStats:
+        def read(db: sqlite3.Connection) -> QueueStats:
+            now = time.time()
+            (due,) = db.execute(
+                "SELECT count(*) FROM messages WHERE queue=? AND lease IS NULL "
+                "AND not_before IS NULL",
+                (queue,),
+            ).fetchone()
+            (delayed,) = db.execute(
+                "SELECT count(*) FROM messages WHERE queue=? AND not_before IS NOT NULL "
+                "AND lease IS NULL",
+                (queue,),
+            ).fetchone()
+            (unacked,) = db.execute(
+                "SELECT count(*) FROM messages WHERE lease IS NOT NULL AND queue=?", (queue,)
+            ).fetchone()
+            (consumers,) = db.execute(
+                "SELECT count(*) FROM consumers c JOIN connections k ON k.id = c.connection "
+                "WHERE c.queue=? AND k.deadline >= ?",
+                (queue, now),
+            ).fetchone()
+            return QueueStats(queue, int(due + delayed), int(unacked), int(consumers))
+
+        return await self._run(self._read(read))
+
+    # connections and consumers
+
+    async def renew(self, connection: str, *, lease: float) -> bool:
+        known = connection in self._registered
+
+        def renew(db: sqlite3.Connection) -> bool:
+            deadline = time.time() + lease
+            if db.execute(
+                "UPDATE connections SET deadline=? WHERE id=?", (deadline, connection)
+            ).rowcount:
+                return True
+            db.execute(
+                "INSERT INTO connections (id, deadline, pid) VALUES (?, ?, ?)",
+                (connection, deadline, os.getpid()),
+            )
+            return not known
+
+        alive = await self._run(self._write(renew))
+        self._registered.add(connection)
+        return alive
+
+    @staticmethod
+    def _disconnect(
+        db: sqlite3.Connection, connection: str, now: float
+    ) -> tuple[set[str], list[str]]:
+        woken = {
+            r[0]
+            for r in db.execute(
+                "UPDATE messages SET lease=NULL WHERE lease=? RETURNING queue", (connection,)
+            )
+        }
+        queues = [
+            r[0]
+            for r in db.execute(
+                "SELECT DISTINCT queue FROM consumers WHERE connection=?", (connection,)
+            )
+        ]
+        db.execute("DELETE FROM consumers WHERE connection=?", (connection,))
+        db.execute("DELETE FROM connections WHERE id=?", (connection,))
+        idle = []
+        for queue in queues:
+            live = db.execute(
+                "SELECT 1 FROM consumers c JOIN connections k ON k.id = c.connection "
+                "WHERE c.queue=? AND k.deadline >= ? LIMIT 1",
+                (queue, now),
+            ).fetchone()
+            exists = db.execute("SELECT 1 FROM queues WHERE name=?", (queue,)).fetchone()
+            if live is None and exists is not None:
+                idle.append(queue)
+        return woken, idle
+
+    async def disconnect(self, connection: str) -> list[str]:
+        self._registered.discard(connection)
+
+        def disconnect(db: sqlite3.Connection) -> tuple[set[str], list[str]]:
+            return self._disconnect(db, connection, time.time())
+
+        woken, idle = await self._run(self._write(disconnect))
+        self._signal(woken)
+        return idle
+
+    async def reap(self) -> Reaped:
+        def find(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT 1 FROM connections WHERE deadline < ? LIMIT 1", (time.time(),)
+            ).fetchone()
+            return row is not None
+
+        if not await self._run(find):
+            return Reaped()
+
+        def reap(db: sqlite3.Connection) -> tuple[list[str], set[str], list[str]]:
+            now = time.time()
+            dead = [
+                r[0] for r in db.execute("SELECT id FROM connections WHERE deadline < ?", (now,))
+            ]
+            woken: set[str] = set()
+            idle: list[str] = []
+            for connection in dead:
+                w, i = self._disconnect(db, connection, now)
+                woken |= w
+                idle.extend(i)
+            return dead, woken, idle
+
+        dead, woken, idle = await self._run(self._write(reap))
+        self._signal(woken)
+        return Reaped(tuple(dead), tuple(dict.fromkeys(idle)))
+
+    async def add_consumer(self, connection: str, tag: str, queues: Sequence[str]) -> None:
+        def add(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR IGNORE INTO consumers (connection, tag, queue) VALUES (?, ?, ?)",
+                [(connection, tag, q) for q in queues],
+            )
+
+        await self._run(self._write(add))
+
+    async def remove_consumer(self, connection: str, tag: str) -> list[str]:
+        def remove(db: sqlite3.Connection) -> list[str]:
+            now = time.time()
+            queues = [
+                r[0]
+                for r in db.execute(
+                    "DELETE FROM consumers WHERE connection=? AND tag=? RETURNING queue",
+                    (connection, tag),
+                )
+            ]
+            idle = []
+            for queue in queues:
+                db.execute("UPDATE queues SET used_at=? WHERE name=?", (now, queue))
+                live = db.execute(
+                    "SELECT 1 FROM consumers c JOIN connections k ON k.id = c.connection "
+                    "WHERE c.queue=? AND k.deadline >= ? LIMIT 1",
+                    (queue, now),
+                ).fetchone()
+                exists = db.execute("SELECT 1 FROM queues WHERE name=?", (queue,)).fetchone()
+                if live is None and exists is not None:
+                    idle.append(queue)
+            return idle
+
+        return await self._run(self._write(remove))
+
+    async def activity(self, queues: Sequence[str]) -> dict[str, QueueActivity]:
+        def read(db: sqlite3.Connection) -> dict[str, QueueActivity]:
+            now = time.time()
+            out: dict[str, QueueActivity] = {}
+            for queue in queues:
+                row = db.execute("SELECT used_at FROM queues WHERE name=?", (queue,)).fetchone()
+                if row is None:
+                    continue
+                (consumers,) = db.execute(
+                    "SELECT count(*) FROM consumers c JOIN connections k ON k.id = c.connection "
+                    "WHERE c.queue=? AND k.deadline >= ?",
+                    (queue, now),
+                ).fetchone()
+                out[queue] = QueueActivity(float(row[0]), int(consumers))
+            return out
+
+        return await self._run(self._read(read))
+
+    async def listen(self, queues: Sequence[str]) -> Listener:
+        waker = self._waker
+        if waker is None:
+            raise BrokerUnavailable(f"the SQLite broker {self.path} is not open")
+        return _SocketListener(waker, queues)
+
+
+_OPTIONS: dict[str, tuple[type, Any]] = {
+    "lease": (float, 5.0),
+    "poll_interval": (float, 1.0),
+    "busy_timeout": (float, 30.0),
+    "synchronous": (str, "normal"),
+}
+
+
+class SQLiteTransport(VirtualTransport):
+    """The embedded broker on a SQLite file; see the module docstring."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        native_exchanges=False,
+        max_priority=255,
+        delayed_delivery=True,
+        direct_reply_to=False,
+        shared=True,
+    )
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Self:
+        path = database_path(url)
+        values = parse_options(url, options or {}, _OPTIONS)
+        synchronous = str(values["synchronous"]).lower()
+        if synchronous not in ("normal", "full"):
+            raise ConfigurationError(
+                f"option 'synchronous' of broker URL {url!r} must be 'normal' or 'full', "
+                f"got {values['synchronous']!r}"
+            )
+        storage = SQLiteStorage(path, busy_timeout=values["busy_timeout"], synchronous=synchronous)
+        return cls(url, storage, lease=values["lease"], poll_interval=values["poll_interval"])
