@@ -297,6 +297,7 @@ class _VirtualConsumer(Consumer):
         self._settled = asyncio.Event()
         self._cancelled = False
         self._turn = 0
+        self._inflight: asyncio.Future[list[StoredMessage]] | None = None
 
     def __aiter__(self) -> _VirtualConsumer:
         return self
@@ -313,6 +314,7 @@ class _VirtualConsumer(Consumer):
 
     async def __anext__(self) -> Delivery:
         transport = self._transport
+        waited = False
         while True:
             if self._cancelled or not transport.is_connected:
                 await self._give_back()
@@ -320,7 +322,7 @@ class _VirtualConsumer(Consumer):
             if self._buffer:
                 message = self._buffer.popleft()
                 if self._no_ack:
-                    await transport._ack_tag(message.tag)
+                    transport._ack_tag(message.tag)
                 else:
                     self._unsettled.add(message.tag)
                 return transport._delivery(message, self.tag)
@@ -329,17 +331,26 @@ class _VirtualConsumer(Consumer):
                 self._settled.clear()
                 await self._settled.wait()
                 continue
-            messages = await transport._fetch(self._rotated(), credit)
+            if self._inflight is None:
+                self._inflight = asyncio.ensure_future(transport._fetch(self._rotated(), credit))
+            # shielded: if this call is cancelled, the next one picks up what was leased
+            messages = await asyncio.shield(self._inflight)
+            self._inflight = None
             if messages:
                 self._buffer.extend(messages)
                 continue
+            if waited:
+                # woken (or timed out) for nothing: maybe its queues were deleted
+                await transport._check_consumer_queues(self)
+                if self._cancelled:
+                    continue
             await transport._flush_acks()
             timeout = transport._poll_interval
             due = await transport._storage.next_due(self.queues)
             if due is not None:
                 timeout = max(0.0, min(timeout, due - time.time()))
-            if not await self._listener.wait(timeout) and not self._cancelled:
-                await transport._check_consumer_queues(self)
+            await self._listener.wait(timeout)
+            waited = True
 
     def _settle(self, tag: DeliveryTag) -> None:
         self._unsettled.discard(tag)
@@ -351,6 +362,10 @@ class _VirtualConsumer(Consumer):
         self._settled.set()
 
     async def _give_back(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            with contextlib.suppress(Exception):
+                self._buffer.extend(await inflight)
         if not self._buffer:
             return
         tags = [m.tag for m in self._buffer]
@@ -435,6 +450,9 @@ class VirtualTransport(Transport):
         try:
             for consumer in list(self._consumers.values()):
                 await consumer.cancel()
+            if self._ack_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._ack_task
             await self._flush_acks()
             idle = await self._storage.disconnect(self.connection_id)
             snap = await self._fresh_topology()
@@ -477,9 +495,15 @@ class VirtualTransport(Transport):
                 "the connection that declared it can use it"
             )
 
-    async def _existing_queue(self, name: str) -> tuple[TopologySnapshot, Queue]:
-        snap = await self._topology()
-        if name not in snap.topology.queues:
+    async def _existing_queue(
+        self, name: str, *, fresh: bool = False
+    ) -> tuple[TopologySnapshot, Queue]:
+        """The queue ``name`` (NotFound if missing, PreconditionFailed if another connection's
+        exclusive queue); ``fresh`` checks the cached topology against storage first."""
+        snap = await (self._fresh_topology() if fresh else self._topology())
+        if name not in snap.topology.queues or (
+            not fresh and snap.owners.get(name, self.connection_id) != self.connection_id
+        ):
             snap = await self._fresh_topology()
         queue = snap.topology.queues.get(name)
         if queue is None:
@@ -525,7 +549,7 @@ class VirtualTransport(Transport):
     async def declare_queue(self, queue: Queue, *, passive: bool = False) -> QueueStats:
         self._check_open()
         if passive:
-            snap, _ = await self._existing_queue(queue.name)
+            await self._existing_queue(queue.name, fresh=True)
             return await self._storage.stats(queue.name)
         _check_queue_arguments(queue)
         snap = await self._fresh_topology()
@@ -597,7 +621,7 @@ class VirtualTransport(Transport):
 
     async def purge_queue(self, name: str) -> int:
         self._check_open()
-        await self._existing_queue(name)
+        await self._existing_queue(name, fresh=True)
         return await self._storage.purge(name)
 
     async def bind_queue(
@@ -841,7 +865,7 @@ class VirtualTransport(Transport):
         if not messages:
             return None
         if no_ack:
-            await self._ack_tag(messages[0].tag)
+            self._ack_tag(messages[0].tag)
         return self._delivery(messages[0], None)
 
     async def consume(
@@ -887,17 +911,19 @@ class VirtualTransport(Transport):
             if consumer is not None:
                 consumer._settle(delivery.tag)
 
-    async def _ack_tag(self, tag: DeliveryTag) -> None:
+    def _ack_tag(self, tag: DeliveryTag) -> None:
         self._pending_acks.append(tag)
         if len(self._pending_acks) >= _ACK_BATCH:
-            await self._flush_acks()
+            self._flush_acks_soon()
         elif self._ack_timer is None:
             self._ack_timer = asyncio.get_running_loop().call_later(
                 _ACK_DELAY, self._flush_acks_soon
             )
 
     def _flush_acks_soon(self) -> None:
-        self._ack_timer = None
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         if self._pending_acks and self._connected and self._ack_task is None:
             self._ack_task = asyncio.create_task(self._background_flush())
 
@@ -921,7 +947,7 @@ class VirtualTransport(Transport):
     async def ack(self, delivery: Delivery) -> None:
         self._check_open()
         self._note_settled(delivery)
-        await self._ack_tag(delivery.tag)
+        self._ack_tag(delivery.tag)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Ack ``deliveries`` in one storage write (durable when this returns)."""
@@ -957,7 +983,7 @@ class VirtualTransport(Transport):
     async def queue_stats(self, name: str) -> QueueStats:
         self._check_open()
         await self._flush_acks()
-        await self._existing_queue(name)
+        await self._existing_queue(name, fresh=True)
         return await self._storage.stats(name)
 
     # housekeeping
