@@ -383,8 +383,11 @@ class MemoryStorage(Storage):
                 raise StaleTopology(f"topology is at {b.version}, not {topology_version}")
             b.remove_leased(settle, connection)
             touched: dict[str, _QueueState] = {}
+            now = time.time()
             for new in messages:
                 state = b.queues[new.queue]
+                if new.queue not in touched:
+                    b.promote(state, now)  # what became due before this publish goes first
                 message = _Message(
                     id=next(b.ids),
                     queue=new.queue,
@@ -404,7 +407,6 @@ class MemoryStorage(Storage):
                 if message.expires_at is not None:
                     heapq.heappush(b.expiry, (message.expires_at, message.id))
                 touched[new.queue] = state
-            now = time.time()
             for state in touched.values():
                 limit = state.definition.arguments.get("x-max-length")
                 if limit is None:

@@ -815,6 +815,9 @@ class SQLiteStorage(Storage):
                 raise StaleTopology(f"topology is at {version}, not {topology_version}")
             if settle:
                 self._settle(db, settle, connection)
+            now = time.time()
+            for queue in targets:
+                self._promote(db, queue, now)  # what became due before this publish goes first
             db.executemany(
                 "INSERT INTO messages (queue, priority, not_before, expires_at, exchange, "
                 "routing_key, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -827,9 +830,7 @@ class SQLiteStorage(Storage):
                     "AND max_length IS NOT NULL",
                     tuple(targets),
                 ).fetchall()
-                now = time.time()
                 for name, limit in limited:
-                    self._promote(db, name, now)
                     (count,) = db.execute(
                         "SELECT count(*) FROM messages WHERE queue=? AND lease IS NULL "
                         "AND not_before IS NULL",
