@@ -25,6 +25,7 @@ from conveyor.errors import (
 )
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import Binding, Broadcast, Exchange, ExchangeType, Queue, binding
+from conveyor.routing.router import Route, Router
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,8 @@ __all__ = [
     "RemoteTaskError",
     "ResultTimeout",
     "Retry",
+    "Route",
+    "Router",
     "RoutingError",
     "Settings",
     "TaskError",

@@ -19,6 +19,8 @@ EXPECTED = {
     "RemoteTaskError",
     "ResultTimeout",
     "Retry",
+    "Route",
+    "Router",
     "RoutingError",
     "Settings",
     "TaskError",
