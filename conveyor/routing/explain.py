@@ -185,9 +185,9 @@ class _Checker:
                 "warning",
                 "priority-without-max",
                 f"{subject}: sends priority {route.priority} (from "
-                f"{route.sources.get('priority', 'the route')}) to {_names(flat)}, which has "
-                "no x-max-priority, so the priority is ignored; set max_priority on the queue "
-                "or task_queue_max_priority",
+                f"{route.sources.get('priority', 'the route')}) to queue "
+                f"{_names(repr(n) for n in flat)} without x-max-priority, so the priority is "
+                "ignored; set max_priority on the queue or task_queue_max_priority",
                 subject,
             )
 
