@@ -27,7 +27,6 @@ import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
@@ -55,17 +54,18 @@ _ROUTING_SETTINGS = (
     "task_queue_max_priority",
     "task_default_priority",
 )
-DEFAULT_BROKER_FILE = "conveyor.db"
 
 
 def default_broker_url() -> str:
-    """``CONVEYOR_BROKER_URL`` if set, else the SQLite file ``conveyor.db`` in the working
-    directory (an absolute ``sqlite:////...`` URL, so every process started here agrees).
+    """``CONVEYOR_BROKER_URL`` if set, else the embedded broker's SQLite file in the working
+    directory (an absolute URL, so every process started here agrees on it).
     """
     env = os.environ.get("CONVEYOR_BROKER_URL")
     if env:
         return env
-    return f"sqlite:///{Path.cwd() / DEFAULT_BROKER_FILE}"
+    from conveyor.transports.sqlite import default_broker_url as sqlite_default
+
+    return sqlite_default()
 
 
 def default_backend_url(broker_url: str) -> str:
@@ -135,14 +135,20 @@ class _LoopThread:
 
 
 _SYNC = _LoopThread()
-_APPS: weakref.WeakSet[App] = weakref.WeakSet()
+# Resources opened on the private loop, closed at exit even if their App is gone by then.
+_SYNC_RESOURCES: weakref.WeakSet[_LoopResources] = weakref.WeakSet()
+
+
+async def _close_resources(resources: list[_LoopResources]) -> None:
+    for res in resources:
+        with contextlib.suppress(Exception):
+            await res.close()
 
 
 def _close_at_exit() -> None:
     if _SYNC._loop is not None and _SYNC._pid == os.getpid():
-        for app in list(_APPS):
-            with contextlib.suppress(Exception):
-                _SYNC.run(asyncio.wait_for(app.aclose(), 10))
+        with contextlib.suppress(Exception):
+            _SYNC.run(asyncio.wait_for(_close_resources(list(_SYNC_RESOURCES)), 10))
     _SYNC.stop()
 
 
@@ -157,6 +163,17 @@ class _LoopResources:
         self.transport: Transport | None = None
         self.backend: ResultBackend | None = None
         self.declared: set[Any] = set()
+
+    async def close(self) -> None:
+        backend, transport = self.backend, self.transport
+        self.backend = self.transport = None
+        self.declared.clear()
+        try:
+            if backend is not None:
+                await backend.close()
+        finally:
+            if transport is not None:
+                await transport.close()
 
 
 class App:
@@ -189,7 +206,6 @@ class App:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
             weakref.WeakKeyDictionary()
         )
-        _APPS.add(self)
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}>"
@@ -237,6 +253,8 @@ class App:
         res = self._loops.get(loop)
         if res is None:
             res = self._loops[loop] = _LoopResources()
+            if _SYNC.in_loop_thread():
+                _SYNC_RESOURCES.add(res)
         return res
 
     async def atransport(self) -> Transport:
@@ -276,14 +294,8 @@ class App:
         except RuntimeError:
             return
         res = self._loops.pop(loop, None)
-        if res is None:
-            return
-        try:
-            if res.backend is not None:
-                await res.backend.close()
-        finally:
-            if res.transport is not None:
-                await res.transport.close()
+        if res is not None:
+            await res.close()
 
     def close(self) -> None:
         """Close what the sync API opened (the private loop's transport and backend)."""

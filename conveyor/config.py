@@ -43,6 +43,7 @@ class Settings:
     task_acks_late: bool = True
     task_ignore_result: bool = False
     task_time_limit: float | None = None
+    task_track_started: bool = False
 
     worker_prefetch_multiplier: int = 4
     worker_concurrency: int | None = None

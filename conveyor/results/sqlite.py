@@ -1,5 +1,8 @@
 """``sqlite:///path/results.db``: results in a SQLite file, shared by every process on the machine.
 
+URLs are read as the SQLite broker reads them (``sqlite:///absolute.db``,
+``sqlite://relative.db``); ``?poll=`` sets the fallback poll interval.
+
 By default it is the embedded broker's own file (tables ``conveyor_results`` and
 ``conveyor_result_bells``). Stores from one event loop are written together in one transaction
 (group commit). Waiting never spins: each waiting process binds a Unix datagram socket (its
@@ -21,13 +24,13 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from conveyor.errors import BrokerUnavailable, ConfigurationError, ResultTimeout
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.transports.sqlite import database_path
 
 __all__ = ["SQLiteBackend", "sqlite_path"]
 
@@ -53,20 +56,8 @@ CREATE TABLE IF NOT EXISTS conveyor_result_bells (
 
 
 def sqlite_path(url: str) -> str:
-    """The file a ``sqlite://`` URL names: ``sqlite:///rel.db`` is relative to the working
-    directory, ``sqlite:////abs/x.db`` absolute (SQLAlchemy's convention); ``~`` is expanded.
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "sqlite" or parts.netloc:
-        raise ConfigurationError(
-            f"not a SQLite URL: {url!r}; write sqlite:///relative/file.db or "
-            "sqlite:////absolute/file.db"
-        )
-    path = parts.path
-    path = path[1:] if path.startswith("/") else path
-    if not path:
-        raise ConfigurationError(f"SQLite URL {url!r} names no file")
-    return str(Path(os.path.expanduser(path)))
+    """The file a ``sqlite://`` URL names, read as the SQLite broker reads it (query ignored)."""
+    return str(database_path(url.split("?", 1)[0]))
 
 
 class _Bell:

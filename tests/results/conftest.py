@@ -34,7 +34,7 @@ class _Host:
 def backend_url(kind: str, tmp_path: Path) -> str:
     if kind == "memory":
         return f"memory://{uuid.uuid4().hex}"
-    return f"sqlite:///{tmp_path}/results.db?poll=30"
+    return f"sqlite://{tmp_path}/results.db?poll=30"
 
 
 @pytest.fixture(params=BACKENDS)

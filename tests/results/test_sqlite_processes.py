@@ -34,7 +34,7 @@ class Host:
 
 
 async def test_a_store_in_another_process_wakes_the_waiter(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/r.db?poll=60"
+    url = f"sqlite://{tmp_path}/r.db?poll=60"
     backend = open_backend(url, host=Host())
     async with backend:
         waiting = asyncio.create_task(backend.wait("xp", timeout=30))

@@ -1,0 +1,16 @@
+"""The worker: consumes queues, runs tasks in a pool, stores results, acks, dead-letters."""
+
+from conveyor.worker.buffer import PriorityBuffer
+from conveyor.worker.execution import Outcome
+from conveyor.worker.hostname import expand_hostname
+from conveyor.worker.middleware import Middleware
+from conveyor.worker.worker import DEAD_LETTER_HEADERS, Worker
+
+__all__ = [
+    "DEAD_LETTER_HEADERS",
+    "Middleware",
+    "Outcome",
+    "PriorityBuffer",
+    "Worker",
+    "expand_hostname",
+]

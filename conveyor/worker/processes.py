@@ -1,0 +1,199 @@
+"""The ``processes`` pool: tasks run in child processes, for CPU-bound work.
+
+Each child is started with ``spawn`` (no state forked from a threaded parent), imports the app
+from its ``module:attr`` path and runs one task at a time. Arguments and results cross the pipe
+with pickle; that is local IPC between a worker and its own children, never the broker. A task
+that passes its time limit, or a child that dies mid-task, costs that child: it is killed and
+replaced, and the run is recorded as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import multiprocessing
+import pickle
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+from conveyor.errors import ConfigurationError, TaskError
+from conveyor.results.meta import State
+from conveyor.task import Request, Task, running
+from conveyor.worker.execution import Outcome, Pool, classify_error, time_limit_error
+
+__all__ = ["ProcessPool", "load_app_spec"]
+
+_CTX = multiprocessing.get_context("spawn")
+
+
+def load_app_spec(spec: str) -> Any:
+    """Import ``module[:attr]`` and return the App it names (``attr`` defaults to ``app``).
+
+    Raises ConfigurationError when the module or attribute does not exist or is not an App.
+    """
+    from conveyor.app import App
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import app module {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in (attr or "app").split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ConfigurationError(f"module {module_name!r} has no attribute {attr or 'app'!r}")
+    if not isinstance(target, App):
+        raise ConfigurationError(f"{spec!r} is a {type(target).__name__}, not a conveyor App")
+    return target
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        plain = TaskError(f"{type(exc).__qualname__}: {exc}")
+        return plain
+    return exc
+
+
+def _child_main(conn: Connection, spec: str, path: list[str]) -> None:
+    sys.path[:] = path
+    app = load_app_spec(spec)
+    loop = asyncio.new_event_loop()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if job is None:
+            return
+        name, request = job
+        task: Task = app.tasks[name]
+        started = time.monotonic()
+        try:
+            with running(request):
+                if task.is_async:
+                    value = loop.run_until_complete(task(*request.args, **request.kwargs))
+                else:
+                    value = task(*request.args, **request.kwargs)
+            reply: tuple[Any, ...] = (State.SUCCESS.value, value, None, None, None)
+        except BaseException as exc:
+            outcome = classify_error(task, request, exc, "".join(traceback.format_exception(exc)))
+            error = _picklable(outcome.error) if outcome.error is not None else None
+            reply = (outcome.state.value, None, error, outcome.traceback, outcome.countdown)
+        try:
+            conn.send((*reply, time.monotonic() - started))
+        except Exception as exc:
+            bad = TaskError(f"the result of {name} cannot cross to the worker: {exc}")
+            conn.send((State.FAILURE.value, None, bad, None, None, time.monotonic() - started))
+
+
+class _Child:
+    def __init__(self, spec: str) -> None:
+        self.conn, child_conn = _CTX.Pipe()
+        self.process: SpawnProcess = _CTX.Process(
+            target=_child_main,
+            args=(child_conn, spec, list(sys.path)),
+            name="conveyor-pool",
+            daemon=True,
+        )
+        self.process.start()
+        child_conn.close()
+
+    async def call(self, name: str, request: Request) -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        fd = self.conn.fileno()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self.conn.send((name, request))
+        loop.add_reader(fd, readable)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+        reply: tuple[Any, ...] = self.conn.recv()
+        return reply
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.send(None)
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.kill()
+        else:
+            self.conn.close()
+
+
+class ProcessPool(Pool):
+    """``concurrency`` child processes, each running one task at a time."""
+
+    name = "processes"
+
+    def __init__(self, concurrency: int, app_spec: str) -> None:
+        super().__init__(concurrency)
+        self.app_spec = app_spec
+        self._idle: asyncio.Queue[_Child] | None = None
+        self._children: set[_Child] = set()
+
+    def _spawn(self) -> _Child:
+        child = _Child(self.app_spec)
+        self._children.add(child)
+        return child
+
+    async def start(self) -> None:
+        if self._idle is not None:
+            return
+        self._idle = asyncio.Queue()
+        for _ in range(self.concurrency):
+            self._idle.put_nowait(self._spawn())
+
+    async def close(self) -> None:
+        children, self._children = self._children, set()
+        self._idle = None
+        await asyncio.gather(*(asyncio.to_thread(c.stop) for c in children))
+
+    def _replace(self, child: _Child) -> None:
+        self._children.discard(child)
+        child.kill()
+        if self._idle is not None:
+            self._idle.put_nowait(self._spawn())
+
+    async def run(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
+        await self.start()
+        assert self._idle is not None
+        idle = self._idle
+        child = await idle.get()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(time_limit):
+                reply = await child.call(task.name, request)
+        except TimeoutError:
+            self._replace(child)
+            assert time_limit is not None
+            return time_limit_error(task, request, time_limit)
+        except (EOFError, OSError) as exc:
+            self._replace(child)
+            error = TaskError(f"the pool process running {task.name}[{request.id}] died: {exc!r}")
+            return Outcome(State.FAILURE, error=error, runtime=time.monotonic() - started)
+        except asyncio.CancelledError:
+            self._replace(child)
+            raise
+        idle.put_nowait(child)
+        state, value, error, tb, countdown, runtime = reply
+        return Outcome(State(state), value, error, tb, countdown, runtime)

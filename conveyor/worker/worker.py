@@ -1,0 +1,566 @@
+"""The worker: consume queues, run tasks, store results, ack; dead-letter what it cannot run.
+
+Life of a delivery:
+
+1. The consumer (prefetch = concurrency x prefetch multiplier) hands it over; it waits in the
+   local :class:`PriorityBuffer` until an execution slot is free, highest priority first.
+2. It is decoded. An undecodable message, or one for a task this worker does not know, is
+   dead-lettered (the queue's own dead-letter exchange, else the ``task_dead_letter_queue``)
+   with the reason, worker and queue in its headers, then acked: never dropped.
+3. ``expires`` in the past: not run, stored as REVOKED. An ``eta`` in the future (a client
+   without delayed delivery sent it): re-published with the remaining delay.
+4. It runs in the pool within its time limit. Its result is stored, then it is acked (or
+   acked before the run if the task opted out of ``acks_late``). A retry re-publishes a copy
+   with ``retries + 1`` to the same queue through delayed delivery before the ack.
+
+Stopping: :meth:`Worker.stop` (or the first SIGTERM/SIGINT under :meth:`Worker.serve`) stops
+consuming, gives back prefetched deliveries that have not started, and lets running tasks finish
+within the grace period; a second signal (or the grace running out) cancels them and closes the
+connection, so their messages return to the queue by the broker's rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from conveyor.app import App
+from conveyor.errors import ConfigurationError, ProtocolError, TaskRevoked, Unroutable
+from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
+from conveyor.results.base import ResultBackend, StoreRequest
+from conveyor.results.meta import ResultMeta, State
+from conveyor.routing.entities import Broadcast, Queue
+from conveyor.task import Request, Task
+from conveyor.transports.base import Consumer, Delivery, Transport
+from conveyor.worker.buffer import PriorityBuffer
+from conveyor.worker.execution import POOLS, Outcome, Pool
+from conveyor.worker.hostname import default_hostname, expand_hostname
+from conveyor.worker.middleware import Middleware
+
+__all__ = ["DEAD_LETTER_HEADERS", "Worker"]
+
+log = logging.getLogger("conveyor.worker")
+
+DEAD_LETTER_HEADERS = (
+    "x-conveyor-dead-letter-reason",
+    "x-conveyor-worker",
+    "x-conveyor-queue",
+)
+# An eta this close to now is due: clocks of processes on one machine agree, delays are rounded.
+_ETA_SLACK = 0.05
+
+
+class Worker:
+    """Consumes ``queues`` (names resolved by the app's router; default ``task_default_queue``)
+    and runs the app's tasks.
+
+    ``hostname`` may use ``%h``/``%n``/``%d``. ``concurrency`` bounds tasks running at once
+    (default ``worker_concurrency``, else the CPU count); ``pool`` is ``asyncio``, ``threads``
+    or ``processes`` (the latter needs ``app_spec``, the ``module:attr`` children import).
+    Raises ConfigurationError for an unknown pool or queue.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        hostname: str | None = None,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        prefetch_multiplier: int | None = None,
+        shutdown_grace: float | None = None,
+        middleware: Sequence[Middleware] = (),
+        app_spec: str | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queue_names = tuple(queues) if queues else (conf.task_default_queue,)
+        self.hostname = expand_hostname(hostname) if hostname else default_hostname()
+        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        if self.concurrency < 1:
+            raise ConfigurationError(f"concurrency must be 1 or more, got {self.concurrency}")
+        multiplier = (
+            prefetch_multiplier
+            if prefetch_multiplier is not None
+            else conf.worker_prefetch_multiplier
+        )
+        if multiplier < 0:
+            raise ConfigurationError(f"prefetch multiplier must be 0 or more, got {multiplier}")
+        self.prefetch = self.concurrency * multiplier
+        self.shutdown_grace = (
+            shutdown_grace if shutdown_grace is not None else conf.worker_shutdown_grace
+        )
+        self.pool_name = pool or conf.worker_pool
+        self.pool = self._make_pool(self.pool_name, app_spec)
+        self.middleware = tuple(middleware)
+        self.worker_id = f"{self.hostname}.{uuid.uuid4().hex[:8]}"
+        self.consumed_queues: dict[str, Queue] = {}
+        self.broadcast_queues: dict[str, Broadcast] = {}
+        self.processed = 0
+        self._transport: Transport | None = None
+        self._backend: ResultBackend | None = None
+        self._consumer: Consumer | None = None
+        self._buffer = PriorityBuffer()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._running: dict[asyncio.Task[None], Delivery] = {}
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._immediate = False
+        self._signals = 0
+        self._service: list[asyncio.Task[None]] = []
+        self._dead_letter_declared = False
+
+    def _make_pool(self, name: str, app_spec: str | None) -> Pool:
+        if name == "processes":
+            from conveyor.worker.processes import ProcessPool
+
+            if app_spec is None:
+                raise ConfigurationError(
+                    "the processes pool needs the app's import path (module:attr) so that "
+                    "child processes can load the tasks; start the worker with -A"
+                )
+            return ProcessPool(self.concurrency, app_spec)
+        cls = POOLS.get(name)
+        if cls is None:
+            raise ConfigurationError(
+                f"unknown pool {name!r}: use one of asyncio, threads, processes"
+            )
+        return cls(self.concurrency)
+
+    def _hook(self, name: str, *args: Any, reverse: bool = False) -> None:
+        for mw in reversed(self.middleware) if reverse else self.middleware:
+            try:
+                getattr(mw, name)(self, *args)
+            except Exception:
+                log.exception("middleware %r failed in %s", mw, name)
+
+    async def start(self) -> None:
+        """Connect, declare the consumed queues' topology, and start consuming.
+
+        Raises ConfigurationError/RoutingError for a queue name the router cannot resolve,
+        BrokerUnavailable if the broker cannot be reached.
+        """
+        transport = self._transport = await self.app.atransport()
+        self._backend = await self.app.abackend()
+        await self.pool.start()
+        router = self.app.router
+        names: list[str] = []
+        for name in self.queue_names:
+            entity: Queue | Broadcast = router.queue(name)
+            if isinstance(entity, Broadcast):
+                await self.app.declare(transport, entity)
+                own = entity.queue_for(self.worker_id)
+                await transport.declare_queue(own)
+                self.broadcast_queues[own.name] = entity
+                self.consumed_queues[own.name] = own
+                names.append(own.name)
+            else:
+                await self.app.declare(transport, entity)
+                self.consumed_queues[entity.name] = entity
+                names.append(entity.name)
+        self._consumer = await transport.consume(names, prefetch=self.prefetch)
+        loop = asyncio.get_running_loop()
+        self._service = [
+            loop.create_task(self._receive(self._consumer)),
+            loop.create_task(self._dispatch()),
+        ]
+        if self.app.conf.result_expires:
+            self._service.append(loop.create_task(self._expire_results()))
+        log.info(
+            "worker %s consuming %s (pool %s, concurrency %d, prefetch %d)",
+            self.hostname,
+            ", ".join(self.queue_names),
+            self.pool_name,
+            self.concurrency,
+            self.prefetch,
+        )
+        self._hook("worker_started")
+
+    async def _receive(self, consumer: Consumer) -> None:
+        async for delivery in consumer:
+            self._buffer.push(delivery)
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            try:
+                delivery = await self._buffer.pop()
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            task = loop.create_task(self._handle(delivery))
+            self._running[task] = delivery
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "worker %s: handling a delivery failed", self.hostname, exc_info=task.exception()
+            )
+
+    async def _expire_results(self) -> None:
+        expires = self.app.conf.result_expires
+        assert expires
+        interval = min(float(expires), 60.0)
+        while True:
+            assert self._backend is not None
+            try:
+                removed = await self._backend.cleanup(older_than=time.time() - float(expires))
+                if removed:
+                    log.info("removed %d results older than %g s", removed, expires)
+            except Exception:
+                log.exception("could not remove expired results")
+            await asyncio.sleep(interval)
+
+    async def _ack(self, delivery: Delivery) -> None:
+        assert self._transport is not None
+        await self._transport.ack(delivery)
+
+    async def _store(self, request: Request, meta: ResultMeta, delivery: Delivery) -> None:
+        assert self._backend is not None
+        try:
+            await self._backend.store(
+                StoreRequest(
+                    meta,
+                    reply_to=request.reply_to,
+                    correlation_id=request.correlation_id or request.id,
+                    per_worker=delivery.queue in self.broadcast_queues,
+                )
+            )
+        except ProtocolError as exc:
+            log.error("task %s[%s]: %s", request.task, request.id, exc)
+            bad = ResultMeta.failure(request.id, exc, None, worker=self.hostname, task=request.task)
+            await self._backend.store(
+                StoreRequest(
+                    bad,
+                    reply_to=request.reply_to,
+                    correlation_id=request.correlation_id or request.id,
+                    per_worker=delivery.queue in self.broadcast_queues,
+                )
+            )
+
+    async def dead_letter(self, delivery: Delivery, reason: str, task_name: str | None) -> None:
+        """Move ``delivery`` to its queue's dead-letter exchange, or else to the
+        ``task_dead_letter_queue``, with the reason, this worker and the queue in its headers;
+        then ack it. Logged as an error naming the task, queue and worker.
+        """
+        transport = self._transport
+        assert transport is not None
+        envelope = delivery.envelope.replace_headers(
+            **dict(zip(DEAD_LETTER_HEADERS, (reason, self.hostname, delivery.queue), strict=True)),
+            **{
+                "x-conveyor-original-exchange": delivery.exchange,
+                "x-conveyor-original-routing-key": delivery.routing_key,
+            },
+        )
+        queue = self.consumed_queues.get(delivery.queue)
+        dlx = queue.dead_letter_exchange if queue is not None else None
+        where = ""
+        if dlx is not None:
+            routing_key = (
+                queue.dead_letter_routing_key if queue is not None else None
+            ) or delivery.routing_key
+            try:
+                await transport.publish(
+                    envelope, exchange=dlx, routing_key=routing_key, mandatory=True
+                )
+                where = f"exchange {dlx!r}"
+            except Unroutable:
+                log.warning(
+                    "dead-letter exchange %r of queue %r routes %r nowhere; using queue %r",
+                    dlx,
+                    delivery.queue,
+                    routing_key,
+                    self.app.conf.task_dead_letter_queue,
+                )
+        if not where:
+            name = self.app.conf.task_dead_letter_queue
+            if not self._dead_letter_declared:
+                await transport.declare_queue(Queue(name))
+                self._dead_letter_declared = True
+            await transport.publish(envelope, exchange="", routing_key=name)
+            where = f"queue {name!r}"
+        await self._ack(delivery)
+        log.error(
+            "dead-lettered task %r from queue %r on worker %s to %s: %s",
+            task_name or "?",
+            delivery.queue,
+            self.hostname,
+            where,
+            reason,
+        )
+        self._hook("dead_lettered", delivery, reason)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            message = decode_task(delivery.envelope, self.app.conf.accept_content)
+        except ProtocolError as exc:
+            header = delivery.envelope.headers.get("task")
+            await self.dead_letter(
+                delivery,
+                f"undecodable message: {exc}",
+                header if isinstance(header, str) else None,
+            )
+            return
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            await self.dead_letter(
+                delivery,
+                f"unknown task {message.task!r}: not registered on this worker",
+                message.task,
+            )
+            return
+        await self._execute(delivery, message, task)
+
+    def _request(self, delivery: Delivery, message: TaskMessage) -> Request:
+        return Request(
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            retries=message.retries,
+            eta=message.eta.isoformat() if message.eta is not None else None,
+            expires=message.expires.isoformat() if message.expires is not None else None,
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+            group=message.group,
+            reply_to=message.reply_to,
+            correlation_id=message.correlation_id,
+            origin=message.origin,
+            hostname=self.hostname,
+            delivery_info={
+                "exchange": delivery.exchange,
+                "routing_key": delivery.routing_key,
+                "queue": delivery.queue,
+                "priority": delivery.envelope.priority,
+                "redelivered": delivery.redelivered,
+            },
+            headers=message.headers,
+        )
+
+    async def _republish(
+        self, delivery: Delivery, message: TaskMessage, delay: float | None
+    ) -> None:
+        transport = self._transport
+        assert transport is not None
+        envelope = encode_task(message, self.app.conf.task_serializer)
+        await transport.publish(
+            envelope,
+            exchange="",
+            routing_key=delivery.queue,
+            delay=delay if delay and delay > 0 else None,
+        )
+
+    async def _execute(self, delivery: Delivery, message: TaskMessage, task: Task) -> None:
+        request = self._request(delivery, message)
+        store = not (task.ignore_result or message.ignore_result)
+        now = time.time()
+        if message.expires is not None and message.expires.timestamp() <= now:
+            reason = TaskRevoked(
+                f"task {task.name}[{message.id}] expired at {message.expires.isoformat()} "
+                "before it could run"
+            )
+            log.warning("%s", reason)
+            if store:
+                meta = ResultMeta.failure(
+                    message.id,
+                    reason,
+                    None,
+                    state=State.REVOKED,
+                    worker=self.hostname,
+                    task=task.name,
+                    retries=message.retries,
+                )
+                await self._store(request, meta, delivery)
+            await self._ack(delivery)
+            self._hook("after_task", request, Outcome(State.REVOKED, error=reason), reverse=True)
+            return
+        if message.eta is not None and message.eta.timestamp() > now + _ETA_SLACK:
+            await self._republish(delivery, message, message.eta.timestamp() - now)
+            await self._ack(delivery)
+            return
+        if not task.acks_late:
+            await self._ack(delivery)
+        if store and self.app.conf.task_track_started:
+            started = ResultMeta(
+                message.id,
+                State.STARTED,
+                {"pid": os.getpid(), "hostname": self.hostname},
+                worker=self.hostname,
+                task=task.name,
+                retries=message.retries,
+            )
+            await self._store(request, started, delivery)
+        self._hook("before_task", request)
+        limit = message.timelimit[0] or task.time_limit
+        outcome = await self.pool.run(task, request, limit)
+        await self._settle(delivery, message, task, request, outcome, store)
+        self.processed += 1
+        self._hook("after_task", request, outcome, reverse=True)
+
+    async def _settle(
+        self,
+        delivery: Delivery,
+        message: TaskMessage,
+        task: Task,
+        request: Request,
+        outcome: Outcome,
+        store: bool,
+    ) -> None:
+        name = f"{task.name}[{message.id}]"
+        if outcome.state is State.SUCCESS:
+            log.info("task %s succeeded in %.4f s", name, outcome.runtime)
+            if store:
+                meta = ResultMeta.success(
+                    message.id,
+                    outcome.value,
+                    worker=self.hostname,
+                    task=task.name,
+                    retries=message.retries,
+                )
+                await self._store(request, meta, delivery)
+        elif outcome.state is State.RETRY:
+            countdown = outcome.countdown or 0.0
+            log.warning(
+                "task %s will retry in %g s (attempt %d): %r",
+                name,
+                countdown,
+                message.retries + 1,
+                outcome.error,
+            )
+            again = replace(
+                message,
+                retries=message.retries + 1,
+                eta=datetime.now(UTC) + timedelta(seconds=countdown) if countdown > 0 else None,
+            )
+            await self._republish(delivery, again, countdown)
+            if store:
+                assert outcome.error is not None
+                meta = ResultMeta.failure(
+                    message.id,
+                    outcome.error,
+                    outcome.traceback,
+                    state=State.RETRY,
+                    worker=self.hostname,
+                    task=task.name,
+                    retries=message.retries,
+                )
+                await self._store(request, meta, delivery)
+        else:
+            assert outcome.error is not None
+            log.error(
+                "task %s failed: %r\n%s", name, outcome.error, (outcome.traceback or "").rstrip()
+            )
+            if store:
+                meta = ResultMeta.failure(
+                    message.id,
+                    outcome.error,
+                    outcome.traceback,
+                    worker=self.hostname,
+                    task=task.name,
+                    retries=message.retries,
+                )
+                await self._store(request, meta, delivery)
+        if task.acks_late:
+            await self._ack(delivery)
+
+    def request_stop(self, *, immediate: bool = False) -> None:
+        """Ask the worker to stop (graceful, or at once); safe from signal handlers."""
+        self._immediate = self._immediate or immediate
+        self._stopping.set()
+
+    async def stop(self, *, immediate: bool = False) -> None:
+        """Stop consuming, give back deliveries not started, and let running tasks finish within
+        ``shutdown_grace`` seconds (``immediate``: cancel them now); then close the connection.
+        Idempotent.
+        """
+        self.request_stop(immediate=immediate)
+        if self._stopped.is_set():
+            return
+        self._hook("worker_stopping")
+        if self._consumer is not None:
+            await self._consumer.cancel()
+        for task in self._service:
+            task.cancel()
+        for task in self._service:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        transport = self._transport
+        waiting = self._buffer.drain()
+        if transport is not None:
+            for delivery in waiting:
+                with contextlib.suppress(Exception):
+                    await transport.nack(delivery, requeue=True)
+        if waiting:
+            log.info("gave back %d prefetched messages", len(waiting))
+        if self._running and not self._immediate:
+            log.info(
+                "waiting up to %g s for %d running tasks", self.shutdown_grace, len(self._running)
+            )
+            deadline = time.monotonic() + self.shutdown_grace
+            while self._running and not self._immediate:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.wait(list(self._running), timeout=min(remaining, 0.1))
+        if self._running:
+            log.warning(
+                "stopping %d running tasks now; their messages go back to the queue",
+                len(self._running),
+            )
+            running = list(self._running)
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running, timeout=1.0)
+        await self.pool.close()
+        await self.app.aclose()
+        self._stopped.set()
+        log.info("worker %s stopped after %d tasks", self.hostname, self.processed)
+
+    async def run(self) -> None:
+        """Start, then serve until :meth:`request_stop` or :meth:`stop`, then stop."""
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await asyncio.shield(self.stop())
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning(
+                "worker %s got %s: finishing running tasks (up to %g s); signal again to stop "
+                "at once",
+                self.hostname,
+                signal.Signals(signum).name,
+                self.shutdown_grace,
+            )
+            self.request_stop()
+        else:
+            log.warning("worker %s: stopping at once", self.hostname)
+            self.request_stop(immediate=True)
+
+    async def serve(self) -> None:
+        """:meth:`run` with SIGTERM and SIGINT handlers: the first stops gracefully, the
+        second at once."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
