@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import importlib
 import os
 import threading
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 from conveyor.config import Settings
@@ -38,6 +37,9 @@ from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
 from conveyor.task import Task, current_request
 from conveyor.transports import Transport, open_transport
+
+if TYPE_CHECKING:
+    from conveyor.routing.router import Router
 
 __all__ = ["App", "default_broker_url"]
 
@@ -201,7 +203,7 @@ class App:
         if result_backend is not None:
             self.conf.result_backend = result_backend
         self._tasks: dict[str, Task] = {}
-        self._router: Any = None
+        self._router: Router | None = None
         self._router_key: tuple[Any, ...] | None = None
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
             weakref.WeakKeyDictionary()
@@ -220,7 +222,7 @@ class App:
         return self._tasks
 
     @property
-    def router(self) -> Any:
+    def router(self) -> Router:
         """The Router for the current settings; rebuilt when a routing setting is reassigned."""
         key = tuple(
             (name, id(value), value if isinstance(value, (str, int, float, bool)) else None)
@@ -228,9 +230,9 @@ class App:
             for value in (getattr(self.conf, name),)
         )
         if self._router is None or key != self._router_key:
-            # Imported lazily: the routing engine is only needed once something is routed.
-            router_module = importlib.import_module("conveyor.routing.router")
-            self._router = router_module.Router(self.conf)
+            from conveyor.routing.router import Router
+
+            self._router = Router(self.conf)
             self._router_key = key
         return self._router
 

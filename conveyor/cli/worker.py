@@ -1,0 +1,90 @@
+"""``conveyor -A module[:app] worker``: consume queues and run the app's tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from conveyor.cli.loading import AppRef, app_from_context
+from conveyor.worker import Worker
+
+__all__ = ["worker"]
+
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` (DEBUG, INFO, WARNING, ERROR, CRITICAL; any case)."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+@click.command("worker")
+@click.option(
+    "-Q",
+    "--queues",
+    metavar="Q1,Q2",
+    help="Comma-separated queues to consume (default: the task_default_queue setting).",
+)
+@click.option(
+    "-n",
+    "--hostname",
+    default="conveyor@%h",
+    show_default=True,
+    help="Worker name; %h is the host name, %n its first label, %d the domain.",
+)
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once.")
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(["asyncio", "threads", "processes"]),
+    help="Where tasks run (default: the worker_pool setting, asyncio).",
+)
+@click.option(
+    "--prefetch-multiplier",
+    type=click.IntRange(min=0),
+    help="Messages prefetched per concurrency slot (0: no limit).",
+)
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    help="Seconds running tasks get to finish after SIGTERM.",
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    queues: str | None,
+    hostname: str,
+    concurrency: int | None,
+    pool: str | None,
+    prefetch_multiplier: int | None,
+    shutdown_grace: float | None,
+    loglevel: str,
+) -> None:
+    """Consume QUEUES and run the app's tasks until SIGTERM (twice: at once)."""
+    configure_logging(loglevel)
+    app = app_from_context(ctx)
+    ref = ctx.find_object(AppRef)
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    if queues is not None and not names:
+        raise click.BadParameter("give at least one queue name", param_hint="-Q")
+    service = Worker(
+        app,
+        queues=names,
+        hostname=hostname,
+        concurrency=concurrency,
+        pool=pool,
+        prefetch_multiplier=prefetch_multiplier,
+        shutdown_grace=shutdown_grace,
+        app_spec=ref.spec if ref is not None else None,
+    )
+    asyncio.run(service.serve())
