@@ -3,6 +3,7 @@
 The public API is re-exported here; everything else is an implementation detail.
 """
 
+from conveyor.app import App
 from conveyor.config import Settings
 from conveyor.errors import (
     BrokerUnavailable,
@@ -24,12 +25,18 @@ from conveyor.errors import (
     Unroutable,
 )
 from conveyor.protocol.envelope import Envelope
+from conveyor.results import ResultMeta, State
+from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Binding, Broadcast, Exchange, ExchangeType, Queue, binding
 from conveyor.routing.router import Route, Router
+from conveyor.task import Request, Task
+from conveyor.worker import Middleware, Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
+    "AsyncResult",
     "Binding",
     "Broadcast",
     "BrokerUnavailable",
@@ -38,24 +45,30 @@ __all__ = [
     "Envelope",
     "Exchange",
     "ExchangeType",
+    "Middleware",
     "NotFound",
     "NotRegistered",
     "PreconditionFailed",
     "ProtocolError",
     "Queue",
     "RemoteTaskError",
+    "Request",
+    "ResultMeta",
     "ResultTimeout",
     "Retry",
     "Route",
     "Router",
     "RoutingError",
     "Settings",
+    "State",
+    "Task",
     "TaskError",
     "TaskRevoked",
     "TimeLimitExceeded",
     "TopologyError",
     "TransportError",
     "Unroutable",
+    "Worker",
     "__version__",
     "binding",
 ]

@@ -3,6 +3,14 @@
 import conveyor
 
 EXPECTED = {
+    "App",
+    "AsyncResult",
+    "Middleware",
+    "Request",
+    "ResultMeta",
+    "State",
+    "Task",
+    "Worker",
     "Binding",
     "Broadcast",
     "BrokerUnavailable",
