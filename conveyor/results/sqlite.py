@@ -4,7 +4,8 @@ URLs are read as the SQLite broker reads them (``sqlite:///absolute.db``,
 ``sqlite://relative.db``); ``?poll=`` sets the fallback poll interval.
 
 By default it is the embedded broker's own file (tables ``conveyor_results`` and
-``conveyor_result_bells``). Stores from one event loop are written together in one transaction
+``conveyor_result_bells``); a new file is created as a broker file first, so that the broker
+accepts it later. Stores from one event loop are written together in one transaction
 (group commit). Waiting never spins: each waiting process binds a Unix datagram socket (its
 "bell") and records it in ``conveyor_result_bells``; a writer rings every bell after it commits,
 and the waiter reads only the rows newer than the last one it saw. A slow fallback poll covers a
@@ -30,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 from conveyor.errors import BrokerUnavailable, ConfigurationError, ResultTimeout
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
-from conveyor.transports.sqlite import database_path
+from conveyor.transports.sqlite import SQLiteTransport, database_path
 
 __all__ = ["SQLiteBackend", "sqlite_path"]
 
@@ -58,6 +59,10 @@ CREATE TABLE IF NOT EXISTS conveyor_result_bells (
 def sqlite_path(url: str) -> str:
     """The file a ``sqlite://`` URL names, read as the SQLite broker reads it (query ignored)."""
     return str(database_path(url.split("?", 1)[0]))
+
+
+def _is_new_file(path: str) -> bool:
+    return not os.path.exists(path) or os.path.getsize(path) == 0
 
 
 class _Bell:
@@ -156,6 +161,8 @@ class SQLiteBackend(ResultBackend):
             if self._executor is not None and not self._closed:
                 return
             self._closed = False
+            if await asyncio.to_thread(_is_new_file, self.path):
+                await self._create_as_broker_file()
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-results")
             try:
                 await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
@@ -163,6 +170,15 @@ class SQLiteBackend(ResultBackend):
                 self._executor.shutdown(wait=False)
                 self._executor = None
                 raise
+
+    async def _create_as_broker_file(self) -> None:
+        # The broker refuses files with tables it did not create; let it create the file first,
+        # so that results and the broker can share it whichever process opens it first.
+        broker = SQLiteTransport.from_url(
+            f"sqlite://{await asyncio.to_thread(os.path.abspath, self.path)}"
+        )
+        await broker.connect()
+        await broker.close()
 
     async def close(self) -> None:
         if self._executor is None or self._closed:

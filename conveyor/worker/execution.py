@@ -18,6 +18,7 @@ import abc
 import asyncio
 import contextlib
 import ctypes
+import os
 import queue
 import threading
 import time
@@ -37,6 +38,7 @@ __all__ = [
     "Pool",
     "ThreadPool",
     "classify_error",
+    "format_error",
     "time_limit_error",
 ]
 
@@ -79,8 +81,15 @@ def time_limit_error(task: Task, request: Request, limit: float) -> Outcome:
     return Outcome(State.FAILURE, error=exc, traceback=None)
 
 
-def _format(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def format_error(exc: BaseException) -> str:
+    """The traceback text of ``exc`` without the worker's own frames above the task's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
 class Pool(abc.ABC):
@@ -282,7 +291,7 @@ class AsyncioPool(Pool):
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            return classify_error(task, request, exc, _format(exc))
+            return classify_error(task, request, exc, format_error(exc))
 
 
 class ThreadPool(AsyncioPool):
@@ -332,7 +341,7 @@ class ThreadPool(AsyncioPool):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return classify_error(task, request, exc, _format(exc))
+            return classify_error(task, request, exc, format_error(exc))
         if value is expired:
             assert time_limit is not None
             return time_limit_error(task, request, time_limit)

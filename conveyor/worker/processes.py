@@ -16,7 +16,6 @@ import multiprocessing
 import pickle
 import sys
 import time
-import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any
@@ -24,7 +23,13 @@ from typing import Any
 from conveyor.errors import ConfigurationError, TaskError
 from conveyor.results.meta import State
 from conveyor.task import Request, Task, running
-from conveyor.worker.execution import Outcome, Pool, classify_error, time_limit_error
+from conveyor.worker.execution import (
+    Outcome,
+    Pool,
+    classify_error,
+    format_error,
+    time_limit_error,
+)
 
 __all__ = ["ProcessPool", "load_app_spec"]
 
@@ -84,7 +89,7 @@ def _child_main(conn: Connection, spec: str, path: list[str]) -> None:
                     value = task(*request.args, **request.kwargs)
             reply: tuple[Any, ...] = (State.SUCCESS.value, value, None, None, None)
         except BaseException as exc:
-            outcome = classify_error(task, request, exc, "".join(traceback.format_exception(exc)))
+            outcome = classify_error(task, request, exc, format_error(exc))
             error = _picklable(outcome.error) if outcome.error is not None else None
             reply = (outcome.state.value, None, error, outcome.traceback, outcome.countdown)
         try:
