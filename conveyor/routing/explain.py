@@ -107,6 +107,7 @@ class _Checker:
         self.tasks = tasks
         self.topology = router.topology()
         self.findings: list[Finding] = []
+        self.static: dict[str, Route] = {}
 
     def add(self, severity: Severity, code: str, message: str, subject: str | None) -> None:
         finding = Finding(severity, code, message, subject)
@@ -180,12 +181,13 @@ class _Checker:
             route.queue.queue_arguments
         ):
             flat.append(route.queue.name)
+        source = route.sources.get("priority")
+        origin = f" (from {source})" if source and source not in subject else ""
         if flat:
             self.add(
                 "warning",
                 "priority-without-max",
-                f"{subject}: sends priority {route.priority} (from "
-                f"{route.sources.get('priority', 'the route')}) to queue "
+                f"{subject}: sends priority {route.priority}{origin} to queue "
                 f"{_names(repr(n) for n in flat)} without x-max-priority, so the priority is "
                 "ignored; set max_priority on the queue or task_queue_max_priority",
                 subject,
@@ -218,6 +220,7 @@ class _Checker:
             except ConveyorError as exc:
                 self.add("error", "route-error", str(exc), rule.label)
                 continue
+            self.static[rule.label] = route
             self.route_reaches(route, rule.label)
 
     def registered_tasks(self) -> None:
@@ -233,6 +236,8 @@ class _Checker:
                 continue
             if route.decided_by == "default":
                 defaulted.append(name)
+            if self.static.get(route.decided_by) == route:
+                continue  # the rule's own route, already checked
             self.route_reaches(route, f"task {name!r} (decided by {route.decided_by})")
         if defaulted:
             self.add(

@@ -1,0 +1,1 @@
+"""The ``conveyor`` command line (entry point: :func:`conveyor.cli.main.main`)."""
