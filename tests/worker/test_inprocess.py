@@ -360,3 +360,22 @@ async def test_sync_caller_in_another_thread(app: App, start_worker: StartWorker
     assert value == {"a": [1, 2]}
     assert state is State.SUCCESS
     assert ok
+
+
+async def test_rpc_results_through_a_worker_read_out_of_order(
+    memory_url: str, start_worker: StartWorker
+) -> None:
+    app = App(broker=memory_url, result_backend="rpc://")
+
+    @app.task(name="square")
+    async def square(n: int) -> int:
+        await asyncio.sleep(0.001 * (10 - n))
+        return n * n
+
+    try:
+        await start_worker(app)
+        results = [await square.adelay(n) for n in range(10)]
+        for n, result in reversed(list(enumerate(results))):
+            assert await result.aget(timeout=5) == n * n
+    finally:
+        await app.aclose()

@@ -1,0 +1,195 @@
+"""``rpc://``: results travel back as messages to the caller's own reply queue.
+
+The caller's backend declares an exclusive, auto-deleted queue (``conveyor.reply.<uuid>``) on
+its first send and puts its name in each message's ``reply_to``. The worker's backend publishes
+the result document (Celery's rpc format: ``task_id``, ``status``, ``result``, ``traceback``...)
+through the default exchange to that queue, with ``correlation_id`` = the task id. One reader
+task on the caller's side files every reply under its correlation id, so results can be read in
+any order: a reply for a task nobody is waiting on yet is kept until someone asks.
+
+Results live only as long as the caller's connection, and only the App (and event loop) that
+sent a task can read its result. Nothing is stored on the broker; ``cleanup`` has nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Self
+from urllib.parse import urlsplit
+
+from conveyor.errors import ConfigurationError, ProtocolError, ResultTimeout
+from conveyor.protocol.envelope import Envelope
+from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
+from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.routing.entities import Queue
+from conveyor.transports.base import Consumer
+
+__all__ = ["RPCBackend"]
+
+log = logging.getLogger("conveyor.results")
+
+_PER_WORKER = "x-conveyor-per-worker"
+_PLAIN = ""
+
+
+class RPCBackend(ResultBackend):
+    """Replies over the broker to the caller's exclusive reply queue."""
+
+    def __init__(self, url: str, host: BackendHost) -> None:
+        self.url = url
+        self._host = host
+        self._reply_to: str | None = None
+        self._consumer: Consumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock: asyncio.Lock | None = None
+        self._results: dict[str, dict[str, ResultMeta]] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, *, host: BackendHost) -> Self:
+        parts = urlsplit(url)
+        if parts.scheme != "rpc" or parts.netloc or parts.path.strip("/") or parts.query:
+            raise ConfigurationError(
+                f"the rpc result backend takes no options: use 'rpc://', not {url!r}"
+            )
+        return cls(url, host)
+
+    async def connect(self) -> None:
+        self._closed = False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._reply_to is not None:
+            with contextlib.suppress(Exception):
+                transport = await self._host.atransport()
+                await transport.delete_queue(self._reply_to)
+        self._consumer = self._reader = self._reply_to = None
+        self._wake_all()
+
+    def _wake(self, task_id: str) -> None:
+        for fut in self._waiters.get(task_id, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _wake_all(self) -> None:
+        for task_id in list(self._waiters):
+            self._wake(task_id)
+
+    async def prepare_reply(self) -> str:
+        """The caller's reply queue, declared (exclusive, auto-delete) on first use."""
+        if self._reply_to is not None:
+            return self._reply_to
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._reply_to is None:
+                transport = await self._host.atransport()
+                name = f"conveyor.reply.{uuid.uuid4().hex}"
+                await transport.declare_queue(
+                    Queue(name, durable=False, exclusive=True, auto_delete=True)
+                )
+                self._consumer = await transport.consume([name], no_ack=True)
+                self._reader = asyncio.get_running_loop().create_task(self._read(self._consumer))
+                self._reply_to = name
+        return self._reply_to
+
+    async def _read(self, consumer: Consumer) -> None:
+        async for delivery in consumer:
+            envelope = delivery.envelope
+            try:
+                meta = ResultMeta.from_json(envelope.body)
+            except ProtocolError as exc:
+                log.error("dropping a reply on %s that is not a result: %s", consumer.queues, exc)
+                continue
+            task_id = envelope.correlation_id or meta.task_id
+            key = (meta.worker or "?") if envelope.headers.get(_PER_WORKER) else _PLAIN
+            self._results.setdefault(task_id, {})[key] = meta
+            self._wake(task_id)
+
+    async def store(self, request: StoreRequest) -> None:
+        """Publish the result to ``request.reply_to``; without one there is nobody to tell."""
+        body = request.meta.to_json()
+        if not request.reply_to:
+            log.debug("task %s has no reply_to: its result is not sent", request.meta.task_id)
+            return
+        transport = await self._host.atransport()
+        envelope = Envelope(
+            body=body,
+            headers={_PER_WORKER: True} if request.per_worker else {},
+            correlation_id=request.correlation_id or request.meta.task_id,
+            delivery_mode=1,
+        )
+        # Not mandatory: a caller that went away took its reply queue with it.
+        await transport.publish(envelope, exchange="", routing_key=request.reply_to)
+
+    async def get(self, task_id: str) -> ResultMeta | None:
+        return pick_result(self._results.get(task_id, {}))
+
+    def _watch(self, task_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, set()).add(fut)
+        return fut
+
+    def _unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(task_id)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                del self._waiters[task_id]
+
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            meta = pick_result(self._results.get(task_id, {}))
+            if meta is not None and meta.ready:
+                if _PLAIN in self._results.get(task_id, {}):
+                    # The AsyncResult keeps the ready state; no need to hold it here too.
+                    del self._results[task_id]
+                return meta
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if self._closed or (remaining is not None and remaining <= 0):
+                raise ResultTimeout(
+                    f"no reply for task {task_id} within {timeout} s; is a worker consuming "
+                    "its queue? (rpc:// results reach only the App that sent the task)"
+                )
+            fut = self._watch(task_id)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fut, remaining)
+            finally:
+                self._unwatch(task_id, fut)
+
+    async def collect(
+        self, task_id: str, *, timeout: float, expected: int | None = None
+    ) -> Mapping[str, ResultMeta]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._results.get(task_id, {})
+            ready = {(m.worker or k): m for k, m in found.items() if m.ready}
+            remaining = deadline - time.monotonic()
+            if (expected is not None and len(ready) >= expected) or remaining <= 0 or self._closed:
+                return ready
+            fut = self._watch(task_id)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fut, remaining)
+            finally:
+                self._unwatch(task_id, fut)
+
+    async def forget(self, task_id: str) -> None:
+        self._results.pop(task_id, None)

@@ -1,0 +1,75 @@
+"""rpc://: replies go to the caller's own reply queue and find their AsyncResult by
+correlation id, in any order; the reply queue goes away with the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from conveyor.app import App
+from conveyor.errors import NotFound, ResultTimeout
+from conveyor.results import ResultMeta, StoreRequest
+from conveyor.results.rpc import RPCBackend
+
+
+@pytest.fixture
+async def apps() -> AsyncIterator[tuple[App, App]]:
+    broker = f"memory://rpc-{uuid.uuid4().hex}"
+    caller = App("caller", broker=broker, result_backend="rpc://")
+    worker = App("worker", broker=broker, result_backend="rpc://")
+    yield caller, worker
+    await caller.aclose()
+    await worker.aclose()
+
+
+def reply(task_id: str, value: object, reply_to: str, worker: str = "w@h") -> StoreRequest:
+    meta = ResultMeta.success(task_id, value, worker=worker, task="t")
+    return StoreRequest(meta, reply_to=reply_to, correlation_id=task_id)
+
+
+async def test_replies_read_out_of_order_all_arrive(apps: tuple[App, App]) -> None:
+    caller, worker = apps
+    mine, theirs = await caller.abackend(), await worker.abackend()
+    reply_to = await mine.prepare_reply()
+    assert reply_to is not None
+    ids = [f"id-{i}" for i in range(10)]
+    for task_id in ids:
+        await theirs.store(reply(task_id, task_id.upper(), reply_to))
+    # read backwards, then one that arrives after its reader started waiting
+    for task_id in reversed(ids):
+        assert (await mine.wait(task_id, timeout=5)).result == task_id.upper()
+    waiting = asyncio.create_task(mine.wait("late", timeout=5))
+    await asyncio.sleep(0.02)
+    await theirs.store(reply("late", "L", reply_to))
+    assert (await waiting).result == "L"
+
+
+async def test_broadcast_replies_are_kept_per_worker(apps: tuple[App, App]) -> None:
+    caller, worker = apps
+    mine, theirs = await caller.abackend(), await worker.abackend()
+    reply_to = await mine.prepare_reply()
+    assert reply_to is not None
+    for host in ("a@h", "b@h"):
+        meta = ResultMeta.success("b", host, worker=host, task="ping")
+        await theirs.store(StoreRequest(meta, reply_to=reply_to, per_worker=True))
+    got = await mine.collect("b", timeout=5, expected=2)
+    assert {w: m.result for w, m in got.items()} == {"a@h": "a@h", "b@h": "b@h"}
+
+
+async def test_wait_times_out_and_reply_queue_goes_with_the_caller(
+    apps: tuple[App, App],
+) -> None:
+    caller, worker = apps
+    mine = await caller.abackend()
+    assert isinstance(mine, RPCBackend)
+    reply_to = await mine.prepare_reply()
+    assert reply_to is not None
+    with pytest.raises(ResultTimeout, match="rpc://"):
+        await mine.wait("never", timeout=0.05)
+    await caller.aclose()
+    transport = await worker.atransport()
+    with pytest.raises(NotFound):
+        await transport.queue_stats(reply_to)
