@@ -270,8 +270,9 @@ def check(
     matches (proven on its literal prefix: error; seen on the registered tasks only: warning);
     a route to an undeclared queue while missing-queue creation is off (error); a route that
     reaches no queue (error); a priority sent to a queue without ``x-max-priority`` (warning);
-    registered tasks that fall to the default queue (warning); settings the Router refuses
-    (error). Errors come first.
+    registered tasks that fall to the default queue (warning); settings the Router refuses, and
+    router functions that raise (errors). Router functions are called for each registered task
+    with no arguments and no options. Errors come first.
     """
     named: Mapping[str, RoutableTask | None]
     named = tasks if isinstance(tasks, Mapping) else dict.fromkeys(tasks)

@@ -128,6 +128,7 @@ class Router:
             else None
         )
         self._functions: dict[str, Callable[..., Any]] = {}
+        self._missing: dict[str, Queue] = {}
 
     @property
     def declarations(self) -> Declarations:
@@ -161,7 +162,10 @@ class Router:
         if found is not None:
             return found
         if decl.create_missing:
-            return decl.missing_queue(name)
+            created = self._missing.get(name)
+            if created is None:
+                created = self._missing[name] = decl.missing_queue(name)
+            return created
         raise RoutingError(
             f"{where}: queue {name!r} is not declared in task_queues and "
             f"task_create_missing_queues is off: add Queue({name!r}, ...) to task_queues, or "
