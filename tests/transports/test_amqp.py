@@ -1,0 +1,456 @@
+"""RabbitMQ transport: what only a real RabbitMQ shows (the conformance suite covers the rest).
+
+Every test makes uniquely named entities on the shared broker and deletes them at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from conveyor import Envelope, Exchange, ExchangeType, Queue
+from conveyor.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    NotFound,
+    PreconditionFailed,
+    TopologyError,
+    Unroutable,
+)
+from conveyor.transports import Delivery, Outgoing, open_transport
+from conveyor.transports.amqp import DELAY_PREFIX, DIRECT_REPLY_TO, AMQPTransport
+
+from .helpers import bodies, drain, env, take
+
+MakeAMQP = Callable[..., Awaitable[AMQPTransport]]
+
+
+async def forget_declared(transport: AMQPTransport) -> None:
+    """Delete the queues and exchanges a test declared (the shared delay levels stay)."""
+    cleaner = AMQPTransport.from_url(transport.url)
+    await cleaner.connect()
+    try:
+        for key in list(transport._topology):
+            if key[0] == "queue" and not key[1].startswith(DELAY_PREFIX):
+                await cleaner.delete_queue(key[1])
+        for key in list(transport._topology):
+            if key[0] == "exchange" and not key[1].startswith(DELAY_PREFIX):
+                await cleaner.delete_exchange(key[1])
+    finally:
+        await cleaner.close()
+
+
+@pytest.fixture
+async def make_amqp(rabbitmq_url: str) -> AsyncIterator[MakeAMQP]:
+    """Factory of connected RabbitMQ transports, closed and cleaned up after the test."""
+    made: list[AMQPTransport] = []
+
+    async def make(url: str | None = None, **options: Any) -> AMQPTransport:
+        transport = AMQPTransport.from_url(url or rabbitmq_url, options)
+        await transport.connect()
+        made.append(transport)
+        return transport
+
+    yield make
+    for transport in reversed(made):
+        await transport.close()
+    for transport in made:
+        await forget_declared(transport)
+
+
+@pytest.fixture
+def name() -> Callable[[str], str]:
+    run = uuid.uuid4().hex[:10]
+    return lambda prefix: f"amqp-test.{prefix}.{run}"
+
+
+def test_url_and_options_are_parsed_and_checked() -> None:
+    t = AMQPTransport.from_url(
+        "amqp://bob:s%40cret@rabbit.example:5673/prod%2Fjobs?heartbeat=5", {"confirm_timeout": 3}
+    )
+    assert t._options.heartbeat == 5
+    assert t._options.confirm_timeout == 3
+    assert "bob:s%40cret@rabbit.example:5673/prod%2Fjobs" in t._connection_url
+    assert "s@cret" not in t._display
+    assert "prod/jobs" in t._display
+    assert AMQPTransport.from_url("amqps://h/?verify=false")._options.ssl_context is not None
+    with pytest.raises(ConfigurationError, match="unknown RabbitMQ transport option 'hearbeat'"):
+        AMQPTransport.from_url("amqp://h/?hearbeat=5")
+    with pytest.raises(ConfigurationError, match="must be a number"):
+        AMQPTransport.from_url("amqp://h/", {"reconnect_timeout": "soon"})
+    with pytest.raises(ConfigurationError, match="TLS files"):
+        AMQPTransport.from_url("amqps://h/", {"cafile": "/nonexistent/ca.pem"})
+    assert isinstance(open_transport("amqps://h/?verify=0"), AMQPTransport)
+
+
+async def test_unreachable_broker_and_bad_login_are_broker_unavailable(rabbitmq_url: str) -> None:
+    with pytest.raises(
+        BrokerUnavailable, match=r"cannot reach RabbitMQ at amqp://guest@127\.0\.0\.1:1/"
+    ):
+        await AMQPTransport.from_url("amqp://127.0.0.1:1/", {"connect_timeout": 2}).connect()
+    wrong = rabbitmq_url.replace("guest:guest@", "guest:wrong@")
+    with pytest.raises(BrokerUnavailable, match="refused the login"):
+        await AMQPTransport.from_url(wrong).connect()
+    unopened = AMQPTransport.from_url(rabbitmq_url)
+    with pytest.raises(BrokerUnavailable, match="call connect"):
+        await unopened.queue_stats("anything")
+
+
+async def test_inequivalent_queue_arguments_name_both_sets_and_the_fix(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    q = name("prio")
+    await t.declare_queue(Queue(q, max_priority=5))
+    with pytest.raises(PreconditionFailed) as info:
+        await t.declare_queue(Queue(q, max_priority=9, message_ttl=60))
+    text = str(info.value)
+    assert repr(q) in text
+    assert "RabbitMQ has durable=True, auto_delete=False, arguments={'x-max-priority': 5}" in text
+    assert "asks for durable=True, auto_delete=False, arguments={'x-max-priority': 9, " in text
+    assert "'x-message-ttl': 60000}" in text
+    assert "Delete the queue" in text
+    # The channel RabbitMQ closed is reopened without the caller noticing.
+    assert (await t.declare_queue(Queue(q, max_priority=5))).ready == 0
+
+
+async def test_inequivalent_exchange_and_invalid_arguments(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    ex = name("ex")
+    await t.declare_exchange(Exchange(ex, ExchangeType.TOPIC))
+    with pytest.raises(
+        PreconditionFailed, match=r"RabbitMQ has type='topic'.*asks for type='fanout'"
+    ):
+        await t.declare_exchange(Exchange(ex, ExchangeType.FANOUT))
+    with pytest.raises(TopologyError, match="x-delivery-limit needs 'x-queue-type': 'quorum'"):
+        await t.declare_queue(Queue(name("classic"), queue_arguments={"x-delivery-limit": 2}))
+    with pytest.raises(NotFound):
+        await t.declare_queue(Queue(name("missing")), passive=True)
+    with pytest.raises(NotFound):
+        await t.purge_queue(name("missing"))
+    assert await t.delete_queue(name("missing")) == 0
+    await t.unbind_queue(name("missing"), ex, "k")
+    with pytest.raises(TopologyError, match="default exchange"):
+        await t.bind_queue(name("any"), "", "k")
+
+
+async def test_quorum_queue_counts_deliveries_and_dead_letters_past_the_limit(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    dead = name("dead")
+    await t.declare_queue(Queue(dead))
+    q = name("quorum")
+    await t.declare_queue(
+        Queue(
+            q,
+            queue_arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": 2,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": dead,
+            },
+        )
+    )
+    await t.publish(env("again"), routing_key=q)
+    counts = []
+    for _ in range(3):
+        delivery = await t.get(q)
+        assert delivery is not None
+        counts.append(delivery.delivery_count)
+        await t.nack(delivery, requeue=True)
+    assert counts == [1, 2, 3]
+    for _ in range(50):
+        if (await t.queue_stats(dead)).ready:
+            break
+        await asyncio.sleep(0.05)
+    assert bodies(await drain(t, dead)) == ["again"]
+
+
+async def test_properties_and_headers_travel_unchanged(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    q = name("props")
+    await t.declare_queue(Queue(q, max_priority=10))
+    sent = Envelope(
+        body=b"\x00binary\xff",
+        headers={
+            "float": 0.1,
+            "big": 2**40,
+            "neg": -7,
+            "flag": False,
+            "none": None,
+            "text": "ünïcode",
+            "nested": {"list": [1, "two", {"three": 3.5}], "empty": []},
+        },
+        content_type="application/x-custom",
+        content_encoding="binary",
+        correlation_id="corr-1",
+        reply_to="replies",
+        priority=7,
+        expiration=30.5,
+        message_id="m-1",
+        timestamp=1_700_000_000.0,
+        type="task",
+        app_id="tests",
+        delivery_mode=1,
+    )
+    await t.publish(sent, routing_key=q)
+    got = await t.get(q, no_ack=True)
+    assert got is not None
+    assert got.envelope == sent
+    assert got.delivery_count == 1
+    assert not got.redelivered
+    assert (got.exchange, got.routing_key, got.queue) == ("", q, q)
+
+
+async def test_publish_many_pipelines_confirms_and_a_bad_exchange_hurts_only_its_message(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    q = name("many")
+    await t.declare_queue(Queue(q))
+    counts = await t.publish_many([Outgoing(env(str(i)), routing_key=q) for i in range(2000)])
+    assert counts == [1] * 2000
+    assert (await t.queue_stats(q)).ready == 2000
+    results = await asyncio.gather(
+        *(t.publish(env("ok"), routing_key=q) for _ in range(50)),
+        t.publish(env("lost"), exchange=name("nowhere")),
+        *(t.publish(env("ok"), routing_key=q) for _ in range(50)),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results].count("NotFound") == 1
+    assert results.count(1) == 100
+    assert (await t.queue_stats(q)).ready == 2100
+
+
+async def test_returns_are_matched_to_their_own_publish_with_the_same_message_id(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    ex = Exchange(name("direct"), ExchangeType.DIRECT)
+    q = name("q")
+    await t.declare_queue(Queue(q, exchange=ex, routing_key="yes"))
+    same = env("twin", message_id="same-id")
+    routed, unroutable = await asyncio.gather(
+        t.publish(same, exchange=ex.name, routing_key="yes", mandatory=True),
+        t.publish(same, exchange=ex.name, routing_key="no", mandatory=True),
+        return_exceptions=True,
+    )
+    assert routed == 1
+    assert isinstance(unroutable, Unroutable)
+    assert unroutable.routing_key == "no"
+
+
+async def test_prefetch_is_per_consumer_and_works_with_quorum_queues(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    other = await make_amqp()
+    q = name("quorum")
+    await t.declare_queue(Queue(q, queue_arguments={"x-queue-type": "quorum"}))
+    await t.publish_many([Outgoing(env(str(i)), routing_key=q) for i in range(5)])
+    consumer = await t.consume([q], prefetch=2)
+    held = await take(consumer, 2)
+    await asyncio.sleep(0.2)
+    # RabbitMQ itself holds back the rest: another client can take them.
+    assert len(bodies(await drain(other, q))) == 3
+    await t.ack_many(held)
+    await consumer.cancel()
+
+
+async def test_prefetch_bounds_deliveries_handed_out_across_queues(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    a, b = name("a"), name("b")
+    for q in (a, b):
+        await t.declare_queue(Queue(q))
+        await t.publish_many([Outgoing(env(q), routing_key=q) for _ in range(3)])
+    consumer = await t.consume([a, b], prefetch=2)
+    first = await take(consumer, 2)
+    with pytest.raises(asyncio.TimeoutError):
+        await take(consumer, 1, timeout=0.3)
+    await t.ack(first[0])
+    (third,) = await take(consumer, 1)
+    await t.ack_many([first[1], third])
+    rest = await take(consumer, 2)
+    await t.ack_many(rest)
+    (last,) = await take(consumer, 1)
+    await t.ack(last)
+    await consumer.cancel()
+
+
+async def test_acks_in_any_order_settle_every_delivery(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    q = name("acks")
+    await t.declare_queue(Queue(q))
+    await t.publish_many([Outgoing(env(str(i)), routing_key=q) for i in range(200)])
+    consumer = await t.consume([q], prefetch=200)
+    deliveries = await take(consumer, 200)
+    assert (await t.queue_stats(q)).unacked == 200
+    for delivery in deliveries[1::2] + deliveries[0::2]:
+        await t.ack(delivery)
+    await t.ack(deliveries[0])  # twice: a no-op
+    await consumer.cancel()
+    await t.close()
+    checker = await make_amqp()
+    stats = await checker.queue_stats(q)
+    assert (stats.ready, stats.unacked) == (0, 0)
+
+
+async def test_cancel_requeues_prefetched_and_keeps_yielded_deliveries_settleable(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    q = name("cancel")
+    await t.declare_queue(Queue(q))
+    await t.publish_many([Outgoing(env(str(i)), routing_key=q) for i in range(5)])
+    consumer = await t.consume([q], prefetch=5)
+    (first,) = await take(consumer, 1)
+    await asyncio.sleep(0.1)
+    await consumer.cancel()
+    await asyncio.sleep(0.1)
+    assert (await t.queue_stats(q)).ready == 4
+    await t.ack(first)
+    rest = await drain(t, q)
+    assert sorted(bodies(rest)) == ["1", "2", "3", "4"]
+    assert all(d.redelivered for d in rest)
+
+
+async def _arrivals(
+    t: AMQPTransport, queue: str, n: int, timeout: float
+) -> list[tuple[Delivery, float]]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    got: list[tuple[Delivery, float]] = []
+    async with await t.consume([queue], prefetch=50) as consumer:
+
+        async def collect() -> None:
+            async for delivery in consumer:
+                got.append((delivery, loop.time() - start))
+                await t.ack(delivery)
+                if len(got) == n:
+                    return
+
+        await asyncio.wait_for(collect(), timeout)
+    return got
+
+
+async def test_delayed_messages_wait_in_no_consumer_and_arrive_when_due(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    ex = Exchange(name("topic"), ExchangeType.TOPIC)
+    q = name("due")
+    await t.declare_queue(Queue(q, exchange=ex, routing_key="jobs.#", max_priority=5))
+    # Published longest first: a short delay must not wait behind a long one.
+    await t.publish(
+        env("slow", headers={"k": "v"}, priority=4, expiration=60),
+        exchange=ex.name,
+        routing_key="jobs.slow",
+        delay=1.2,
+    )
+    await t.publish(env("fast"), exchange=ex.name, routing_key="jobs.fast", delay=0.3)
+    await t.publish(env("direct"), routing_key=q, delay=0.7)
+    assert (await t.queue_stats(q)).ready == 0
+    got = await _arrivals(t, q, 3, timeout=5)
+    assert bodies([d for d, _ in got]) == ["fast", "direct", "slow"]
+    for (_, at), due in zip(got, (0.3, 0.7, 1.2), strict=True):
+        assert due - 0.05 <= at <= due + 0.6
+    slow = got[2][0]
+    assert dict(slow.envelope.headers) == {"k": "v"}  # no delay headers, no x-death
+    assert (slow.envelope.priority, slow.envelope.expiration) == (4, 60)
+    assert (slow.exchange, slow.routing_key, slow.redelivered) == (ex.name, "jobs.slow", False)
+    assert (got[1][0].exchange, got[1][0].routing_key) == ("", q)
+
+
+async def test_delayed_publish_to_missing_targets(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    with pytest.raises(NotFound):
+        await t.publish(env("m"), exchange=name("nope"), delay=0.1)
+    assert await t.publish(env("m"), routing_key=name("no-queue"), delay=0.1) == 0
+    with pytest.raises(Unroutable):
+        await t.publish(env("m"), routing_key=name("no-queue"), delay=0.1, mandatory=True)
+    with pytest.raises(ConfigurationError, match="longer than RabbitMQ delays reach"):
+        await t.publish(env("m"), routing_key=name("q"), delay=60 * 86400)
+
+
+async def test_direct_reply_to_round_trip(make_amqp: MakeAMQP, name: Callable[[str], str]) -> None:
+    client = await make_amqp()
+    server = await make_amqp()
+    q = name("requests")
+    await server.declare_queue(Queue(q))
+    replies = await client.consume([DIRECT_REPLY_TO], no_ack=True)
+    await client.publish(env("ping", reply_to=DIRECT_REPLY_TO, correlation_id="c-1"), routing_key=q)
+    (request,) = await drain(server, q)
+    assert request.envelope.body == b"ping"
+    reply_to = request.envelope.reply_to
+    assert reply_to is not None
+    assert reply_to.startswith(DIRECT_REPLY_TO + ".")
+    assert await server.publish(env("pong", correlation_id="c-1"), routing_key=reply_to) == 1
+    (reply,) = await take(replies, 1)
+    assert (reply.envelope.body, reply.envelope.correlation_id) == (b"pong", "c-1")
+    await replies.cancel()
+    with pytest.raises(ConfigurationError, match="no_ack=True"):
+        await client.consume([DIRECT_REPLY_TO])
+
+
+def close_connections_named(client_name: str) -> int:
+    """Close this test's own RabbitMQ connections (others' tests keep theirs); return how many."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pids = [line.split("\t")[0] for line in listing.splitlines() if client_name in line]
+    for pid in pids:
+        subprocess.run(
+            ["rabbitmqctl", "close_connection", pid, "conveyor test"],
+            capture_output=True,
+            check=True,
+        )
+    return len(pids)
+
+
+needs_rabbitmqctl = pytest.mark.skipif(
+    shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl on this machine"
+)
+
+
+@needs_rabbitmqctl
+async def test_lost_connection_reconnects_resubscribes_and_publishers_wait(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    client_name = f"conveyor-test-{uuid.uuid4().hex}"
+    t = await make_amqp(client_name=client_name, reconnect_max_delay=0.5)
+    ex = Exchange(name("ex"), ExchangeType.DIRECT, durable=False, auto_delete=True)
+    q = name("q")
+    await t.declare_queue(Queue(q, exchange=ex, routing_key="k", durable=False, exclusive=True))
+    consumer = await t.consume([q], prefetch=10)
+    await t.publish(env("before"), exchange=ex.name, routing_key="k")
+    (before,) = await take(consumer, 1)
+
+    assert await asyncio.to_thread(close_connections_named, client_name) == 1
+    # The exclusive queue and auto-delete exchange died with the connection; the publish waits
+    # for the reconnect, which declares both again, and the consumer is subscribed again.
+    assert await t.publish(env("after"), exchange=ex.name, routing_key="k") == 1
+    await t.ack(before)  # its channel is gone: a no-op, not an error
+    (after,) = await take(consumer, 1, timeout=10)
+    assert after.envelope.body == b"after"
+    await t.ack(after)
+    await consumer.cancel()
