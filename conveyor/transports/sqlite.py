@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -389,6 +390,18 @@ class _SocketListener(Listener):
         self._event.set()
 
 
+@dataclass(slots=True)
+class _Enqueue:
+    """One caller's :meth:`SQLiteStorage.enqueue`, waiting for the next group commit."""
+
+    rows: list[tuple[Any, ...]]
+    targets: set[str]
+    topology_version: int
+    connection: str
+    settle: Sequence[DeliveryTag]
+    future: asyncio.Future[list[StoredMessage]]
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -411,6 +424,9 @@ class SQLiteStorage(Storage):
         self._waker: _Waker | None = None
         self._registered: set[str] = set()
         self._touched: dict[str, float] = {}
+        self._limits: tuple[int, dict[str, int]] | None = None
+        self._enqueues: list[_Enqueue] = []
+        self._committer: asyncio.Task[None] | None = None
 
     # the database thread
 
@@ -440,15 +456,17 @@ class SQLiteStorage(Storage):
 
     def _retry(self, fn: Callable[[], T]) -> T:
         deadline = time.monotonic() + self._busy_timeout
-        pause = 0.0001
+        pause = 0.00005
         while True:
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() > deadline:
                     raise
+            # short pauses: the lock is held for tens of microseconds at a time, and SQLite's
+            # own busy handler would sleep whole milliseconds
             time.sleep(pause)
-            pause = min(pause * 2, 0.005)
+            pause = min(pause * 1.5, 0.001)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
         def transaction(db: sqlite3.Connection) -> T:
@@ -796,6 +814,8 @@ class SQLiteStorage(Storage):
         connection: str,
         settle: Sequence[DeliveryTag] = (),
     ) -> list[StoredMessage]:
+        """See :meth:`Storage.enqueue`. Concurrent calls share one transaction (group commit);
+        each still succeeds or fails on its own topology version."""
         encoded: dict[int, bytes] = {}
         rows = []
         for m in messages:
@@ -805,51 +825,86 @@ class SQLiteStorage(Storage):
             rows.append(
                 (m.queue, m.priority, m.not_before, m.expires_at, m.exchange, m.routing_key, data)
             )
+        future: asyncio.Future[list[StoredMessage]] = asyncio.get_running_loop().create_future()
         targets = {m.queue for m in messages}
+        self._enqueues.append(_Enqueue(rows, targets, topology_version, connection, settle, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_enqueues())
+        return await future
 
-        def enqueue(db: sqlite3.Connection) -> list[StoredMessage]:
-            version = db.execute("SELECT value FROM meta WHERE key='topology_version'").fetchone()[
-                0
-            ]
-            if version != topology_version:
-                raise StaleTopology(f"topology is at {version}, not {topology_version}")
-            if settle:
-                self._settle(db, settle, connection)
-            now = time.time()
-            for queue in targets:
-                self._promote(db, queue, now)  # what became due before this publish goes first
-            db.executemany(
-                "INSERT INTO messages (queue, priority, not_before, expires_at, exchange, "
-                "routing_key, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            overflow: list[StoredMessage] = []
-            if targets:
-                limited = db.execute(
-                    f"SELECT name, max_length FROM queues WHERE name IN ({_marks(len(targets))}) "
-                    "AND max_length IS NOT NULL",
-                    tuple(targets),
-                ).fetchall()
-                for name, limit in limited:
-                    (count,) = db.execute(
-                        "SELECT count(*) FROM messages WHERE queue=? AND lease IS NULL "
-                        "AND not_before IS NULL",
-                        (name,),
-                    ).fetchone()
-                    if count > limit:
-                        overflow.extend(
-                            _stored(r)
-                            for r in db.execute(
-                                f"UPDATE messages SET lease=? WHERE id IN (SELECT id FROM "
-                                "messages WHERE queue=? AND lease IS NULL AND not_before IS NULL "
-                                f"ORDER BY priority DESC, id LIMIT ?) RETURNING {_MESSAGE_COLUMNS}",
-                                (connection, name, count - limit),
-                            ).fetchall()
-                        )
-            return overflow
+    async def _commit_enqueues(self) -> None:
+        while self._enqueues:
+            batch, self._enqueues = self._enqueues, []
+            batch = [r for r in batch if not r.future.done()]
+            if not batch:
+                continue
+            targets = set().union(*(r.targets for r in batch))
+            try:
+                work = self._write_then_signal(self._enqueue_all(batch), targets)
+                results = await self._run(work)
+            except BaseException as exc:
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for request, result in zip(batch, results, strict=True):
+                if request.future.done():
+                    continue
+                if isinstance(result, StaleTopology):
+                    request.future.set_exception(result)
+                else:
+                    request.future.set_result(result)
 
-        overflow = await self._run(self._write_then_signal(enqueue, targets))
+    def _enqueue_all(
+        self, batch: list[_Enqueue]
+    ) -> Callable[[sqlite3.Connection], list[list[StoredMessage] | StaleTopology]]:
+        return lambda db: [self._enqueue(db, request) for request in batch]
+
+    def _enqueue(
+        self, db: sqlite3.Connection, request: _Enqueue
+    ) -> list[StoredMessage] | StaleTopology:
+        (version,) = db.execute("SELECT value FROM meta WHERE key='topology_version'").fetchone()
+        if version != request.topology_version:
+            return StaleTopology(f"topology is at {version}, not {request.topology_version}")
+        if request.settle:
+            self._settle(db, request.settle, request.connection)
+        now = time.time()
+        for queue in request.targets:
+            self._promote(db, queue, now)  # what became due before this publish goes first
+        db.executemany(
+            "INSERT INTO messages (queue, priority, not_before, expires_at, exchange, "
+            "routing_key, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            request.rows,
+        )
+        overflow: list[StoredMessage] = []
+        limits = self._max_lengths(db, version)
+        for name in request.targets & limits.keys():
+            (count,) = db.execute(
+                "SELECT count(*) FROM messages WHERE queue=? AND lease IS NULL "
+                "AND not_before IS NULL",
+                (name,),
+            ).fetchone()
+            if count > limits[name]:
+                overflow.extend(
+                    _stored(r)
+                    for r in db.execute(
+                        "UPDATE messages SET lease=? WHERE id IN (SELECT id FROM messages "
+                        "WHERE queue=? AND lease IS NULL AND not_before IS NULL ORDER BY "
+                        f"priority DESC, id LIMIT ?) RETURNING {_MESSAGE_COLUMNS}",
+                        (request.connection, name, count - limits[name]),
+                    ).fetchall()
+                )
         return overflow
+
+    def _max_lengths(self, db: sqlite3.Connection, version: int) -> dict[str, int]:
+        """``x-max-length`` of each queue that has one (cached per topology version)."""
+        cached = self._limits
+        if cached is None or cached[0] != version:
+            rows = db.execute("SELECT name, max_length FROM queues WHERE max_length IS NOT NULL")
+            cached = self._limits = (version, {name: int(limit) for name, limit in rows})
+        return cached[1]
 
     def _write_then_signal(
         self, fn: Callable[[sqlite3.Connection], T], queues: Iterable[str]
@@ -876,6 +931,9 @@ class SQLiteStorage(Storage):
         for q in touch:
             self._touched[q] = now
 
+        if not ack and not touch and not await self._run(lambda db: self._any_ready(db, queues)):
+            return []  # a read found nothing: spare the write lock
+
         def dequeue(db: sqlite3.Connection) -> list[StoredMessage]:
             if ack:
                 self._settle(db, ack, connection)
@@ -900,6 +958,25 @@ class SQLiteStorage(Storage):
             return taken
 
         return await self._run(self._write(dequeue))
+
+    @staticmethod
+    def _any_ready(db: sqlite3.Connection, queues: Sequence[str]) -> bool:
+        now = time.time()
+        for queue in queues:
+            if (
+                db.execute(
+                    "SELECT 1 FROM messages WHERE queue=? AND lease IS NULL AND not_before IS NULL "
+                    "LIMIT 1",
+                    (queue,),
+                ).fetchone()
+                or db.execute(
+                    "SELECT 1 FROM messages WHERE queue=? AND not_before IS NOT NULL "
+                    "AND not_before <= ? LIMIT 1",
+                    (queue, now),
+                ).fetchone()
+            ):
+                return True
+        return False
 
     async def claim_expired(self, *, connection: str, limit: int) -> list[StoredMessage]:
         def claim(db: sqlite3.Connection) -> list[StoredMessage]:

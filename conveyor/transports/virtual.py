@@ -332,7 +332,11 @@ class _VirtualConsumer(Consumer):
                 await self._settled.wait()
                 continue
             if self._inflight is None:
-                self._inflight = asyncio.ensure_future(transport._fetch(self._rotated(), credit))
+                # acks ride along after a wait; a fetch straight after a delivery leaves them to
+                # the ack timer, so a trickle of messages costs one write each, not two
+                self._inflight = asyncio.ensure_future(
+                    transport._fetch(self._rotated(), credit, carry_acks=waited)
+                )
             # shielded: if this call is cancelled, the next one picks up what was leased
             messages = await asyncio.shield(self._inflight)
             self._inflight = None
@@ -344,7 +348,6 @@ class _VirtualConsumer(Consumer):
                 await transport._check_consumer_queues(self)
                 if self._cancelled:
                     continue
-            await transport._flush_acks()
             timeout = transport._poll_interval
             due = await transport._storage.next_due(self.queues)
             if due is not None:
@@ -412,6 +415,7 @@ class VirtualTransport(Transport):
         self.connection_id = f"{uuid.uuid4().hex}"
         self._connected = False
         self._snapshot: TopologySnapshot | None = None
+        self._loading: asyncio.Future[TopologySnapshot] | None = None
         self._consumers: dict[str, _VirtualConsumer] = {}
         self._pending_acks: list[DeliveryTag] = []
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -475,16 +479,31 @@ class VirtualTransport(Transport):
 
     # topology cache
 
+    def _invalidate(self) -> None:
+        """Forget the cached topology (and any load in flight): it changed."""
+        self._snapshot = None
+        self._loading = None
+
+    async def _load_topology(self) -> TopologySnapshot:
+        # one load at a time: a burst of concurrent publishes shares it
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.ensure_future(self._storage.load_topology())
+        loading = self._loading
+        snap = await asyncio.shield(loading)
+        if self._loading is loading:
+            self._snapshot = snap
+        return snap
+
     async def _topology(self) -> TopologySnapshot:
         snap = self._snapshot
         if snap is None:
-            snap = self._snapshot = await self._storage.load_topology()
+            snap = await self._load_topology()
         return snap
 
     async def _fresh_topology(self) -> TopologySnapshot:
         snap = self._snapshot
         if snap is None or await self._storage.topology_version() != snap.version:
-            snap = self._snapshot = await self._storage.load_topology()
+            snap = await self._load_topology()
         return snap
 
     def _check_access(self, snap: TopologySnapshot, queue: str) -> None:
@@ -530,7 +549,7 @@ class VirtualTransport(Transport):
             )
         cached = self._snapshot
         if cached is not None and exchange.name not in cached.topology.exchanges:
-            self._snapshot = None
+            self._invalidate()
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         self._check_open()
@@ -544,7 +563,7 @@ class VirtualTransport(Transport):
                 f"exchange {name!r} still has queues bound to it: unbind them or drop if_unused"
             )
         await self._storage.remove_exchange(name)
-        self._snapshot = None
+        self._invalidate()
 
     async def declare_queue(self, queue: Queue, *, passive: bool = False) -> QueueStats:
         self._check_open()
@@ -592,7 +611,7 @@ class VirtualTransport(Transport):
             await self._storage.add_binding(
                 BoundBinding(b.exchange_name, queue.name, b.routing_key, b.arguments)
             )
-        self._snapshot = None
+        self._invalidate()
         return await self._storage.stats(queue.name)
 
     async def delete_queue(
@@ -616,7 +635,7 @@ class VirtualTransport(Transport):
                     f"queue {name!r} has {stats.ready} message(s): purge it or drop if_empty"
                 )
         removed = await self._storage.remove_queue(name)
-        self._snapshot = None
+        self._invalidate()
         return removed
 
     async def purge_queue(self, name: str) -> int:
@@ -644,7 +663,7 @@ class VirtualTransport(Transport):
             if exchange not in snap.topology.exchanges:
                 raise NotFound(f"exchange {exchange!r} does not exist: declare it first")
         await self._storage.add_binding(BoundBinding(exchange, queue, routing_key, arguments or {}))
-        self._snapshot = None
+        self._invalidate()
 
     async def unbind_queue(
         self,
@@ -659,7 +678,7 @@ class VirtualTransport(Transport):
         await self._storage.remove_binding(
             BoundBinding(exchange, queue, routing_key, arguments or {})
         )
-        self._snapshot = None
+        self._invalidate()
 
     # publishing
 
@@ -736,14 +755,14 @@ class VirtualTransport(Transport):
                 # A negative answer from a cached topology must be checked against storage.
                 version = await self._storage.topology_version()
                 if version != snap.version:
-                    self._snapshot = None
+                    self._invalidate()
                     continue
             try:
                 overflow = await self._storage.enqueue(
                     copies, topology_version=snap.version, connection=self.connection_id
                 )
             except StaleTopology:
-                self._snapshot = None
+                self._invalidate()
                 continue
             if overflow:
                 await self._dead_letter([(o, "maxlen") for o in overflow])
@@ -791,7 +810,7 @@ class VirtualTransport(Transport):
                         _copy_for(snap.topology.queues[name], envelope, dlx, routing_key, now, 0)
                     )
             if doubtful and await self._storage.topology_version() != snap.version:
-                self._snapshot = None
+                self._invalidate()
                 continue
             try:
                 overflow = await self._storage.enqueue(
@@ -801,7 +820,7 @@ class VirtualTransport(Transport):
                     settle=[m.tag for m, _ in pending],
                 )
             except StaleTopology:
-                self._snapshot = None
+                self._invalidate()
                 continue
             if any(c.expires_at is not None for c in copies):
                 self._housekeeper_wake.set()
@@ -823,11 +842,15 @@ class VirtualTransport(Transport):
             consumer_tag=consumer_tag,
         )
 
-    async def _fetch(self, queues: Sequence[str], limit: int) -> list[StoredMessage]:
+    async def _fetch(
+        self, queues: Sequence[str], limit: int, *, carry_acks: bool = True
+    ) -> list[StoredMessage]:
         """Lease up to ``limit`` deliverable messages, dead-lettering expired and over-limit
-        ones on the way; pending acks travel with the same storage call."""
+        ones on the way; with ``carry_acks`` pending acks travel with the same storage call."""
         while True:
-            acks, self._pending_acks = self._pending_acks, []
+            acks: list[DeliveryTag] = []
+            if carry_acks:
+                acks, self._pending_acks = self._pending_acks, []
             try:
                 messages = await self._storage.dequeue(
                     queues, connection=self.connection_id, limit=limit, ack=acks
@@ -996,7 +1019,7 @@ class VirtualTransport(Transport):
             queue = snap.topology.queues.get(name)
             if queue is not None and queue.auto_delete:
                 await self._storage.remove_queue(name)
-                self._snapshot = None
+                self._invalidate()
 
     async def _after_reap(self, reaped: Reaped) -> None:
         if not reaped.connections:
@@ -1007,7 +1030,7 @@ class VirtualTransport(Transport):
         for name, owner in snap.owners.items():
             if owner in dead:
                 await self._storage.remove_queue(name)
-                self._snapshot = None
+                self._invalidate()
         await self._delete_auto_delete(reaped.idle_queues)
 
     async def _revive(self) -> None:
@@ -1044,7 +1067,7 @@ class VirtualTransport(Transport):
             if deadline <= now:
                 log.info("queue %r unused for %ss (x-expires): deleting it", name, limits[name])
                 await self._storage.remove_queue(name)
-                self._snapshot = None
+                self._invalidate()
             elif soonest is None or deadline < soonest:
                 soonest = deadline
         return soonest
