@@ -3,9 +3,10 @@
     python benchmarks/transport_sqlite.py [--messages 20000] [--batch 100] [--samples 300]
 
 1. Throughput: a consumer process waits on an empty queue; a producer process publishes
-   ``--messages`` small messages (``publish_many`` in batches of ``--batch``; ``--batch 1``
-   publishes one at a time); the consumer acks each delivery (prefetch 200) and stops after the
-   last, then closes (acks durable). Rate = messages / (last ack durable - first publish).
+   ``--messages`` small messages; the consumer acks each delivery (prefetch 200) and stops after
+   the last, then closes (acks durable). Rate = messages / (last ack durable - first publish).
+   Three producers: ``publish_many`` in batches of ``--batch``; ``--batch`` concurrent
+   ``publish`` calls at a time (group commit); and one ``publish`` awaited at a time.
 2. Latency: the consumer idles; the producer publishes one message every 20 ms carrying its
    ``time.time()``; the consumer records delivery time minus that. p50/p90/p99 over
    ``--samples`` messages.
@@ -47,14 +48,20 @@ async def _consume_all(url: str, count: int, ready: Connection, out: Connection)
     out.send(time.time())
 
 
-async def _produce_all(url: str, count: int, batch: int, out: Connection) -> None:
+async def _produce_all(url: str, count: int, mode: str, batch: int, out: Connection) -> None:
     async with open_transport(url) as t:
         await t.declare_queue(Queue(QUEUE))
         body = b'{"task": "bench", "args": [1, 2, 3]}'
         started = time.time()
-        if batch <= 1:
+        if mode == "sequential":
             for _ in range(count):
                 await t.publish(Envelope(body=body), routing_key=QUEUE)
+        elif mode == "concurrent":
+            for start in range(0, count, batch):
+                n = min(batch, count - start)
+                await asyncio.gather(
+                    *(t.publish(Envelope(body=body), routing_key=QUEUE) for _ in range(n))
+                )
         else:
             for start in range(0, count, batch):
                 n = min(batch, count - start)
@@ -112,8 +119,8 @@ def consume_all(url: str, count: int, ready: Connection, out: Connection) -> Non
     asyncio.run(_consume_all(url, count, ready, out))
 
 
-def produce_all(url: str, count: int, batch: int, out: Connection) -> None:
-    asyncio.run(_produce_all(url, count, batch, out))
+def produce_all(url: str, count: int, mode: str, batch: int, out: Connection) -> None:
+    asyncio.run(_produce_all(url, count, mode, batch, out))
 
 
 def consume_latency(url: str, count: int, ready: Connection, out: Connection) -> None:
@@ -128,7 +135,7 @@ def idle(url: str, seconds: float, ready: Connection, out: Connection) -> None:
     asyncio.run(_idle(url, seconds, ready, out))
 
 
-def throughput(url: str, messages: int, batch: int) -> float:
+def throughput(url: str, messages: int, mode: str, batch: int) -> float:
     ctx = mp.get_context("spawn")
     ready_r, ready_w = ctx.Pipe(duplex=False)
     done_r, done_w = ctx.Pipe(duplex=False)
@@ -136,16 +143,20 @@ def throughput(url: str, messages: int, batch: int) -> float:
     consumer = ctx.Process(target=consume_all, args=(url, messages, ready_w, done_w))
     consumer.start()
     ready_r.recv()
-    producer = ctx.Process(target=produce_all, args=(url, messages, batch, prod_w))
+    producer = ctx.Process(target=produce_all, args=(url, messages, mode, batch, prod_w))
     producer.start()
     started, published = prod_r.recv()
     finished = done_r.recv()
     producer.join()
     consumer.join()
     rate = messages / (finished - started)
-    mode = "publish one at a time" if batch <= 1 else f"publish_many x{batch}"
+    label = {
+        "batched": f"publish_many, {batch} per call",
+        "concurrent": f"publish, {batch} concurrent calls",
+        "sequential": "publish, one awaited at a time",
+    }[mode]
     print(
-        f"throughput ({mode}): {messages} messages published+consumed+acked in "
+        f"throughput ({label}): {messages} messages published+consumed+acked in "
         f"{finished - started:.2f}s = {rate:,.0f} msg/s "
         f"(publishing alone took {published - started:.2f}s)"
     )
@@ -183,9 +194,7 @@ def idle_cpu(url: str, seconds: float) -> float:
     cpu, wall = done_r.recv()
     waiter.join()
     share = 100 * cpu / wall
-    print(
-        f"idle consumer CPU: {cpu * 1000:.0f} ms over {wall:.1f}s = {share:.2f}% of one core"
-    )
+    print(f"idle consumer CPU: {cpu * 1000:.0f} ms over {wall:.1f}s = {share:.2f}% of one core")
     return share
 
 
@@ -199,8 +208,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         base = Path(tmp)
-        throughput(f"sqlite://{base / 'batched.db'}", args.messages, args.batch)
-        throughput(f"sqlite://{base / 'single.db'}", args.messages, 1)
+        for mode in ("batched", "concurrent", "sequential"):
+            throughput(f"sqlite://{base / mode}.db", args.messages, mode, args.batch)
         latency(f"sqlite://{base / 'latency.db'}", args.samples)
         idle_cpu(f"sqlite://{base / 'idle.db'}", args.idle)
 

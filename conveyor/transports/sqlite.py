@@ -426,6 +426,7 @@ class SQLiteStorage(Storage):
         self._touched: dict[str, float] = {}
         self._limits: tuple[int, dict[str, int]] | None = None
         self._enqueues: list[_Enqueue] = []
+        self._due_cache: tuple[tuple[str, ...], float | None] | None = None
         self._committer: asyncio.Task[None] | None = None
 
     # the database thread
@@ -931,9 +932,6 @@ class SQLiteStorage(Storage):
         for q in touch:
             self._touched[q] = now
 
-        if not ack and not touch and not await self._run(lambda db: self._any_ready(db, queues)):
-            return []  # a read found nothing: spare the write lock
-
         def dequeue(db: sqlite3.Connection) -> list[StoredMessage]:
             if ack:
                 self._settle(db, ack, connection)
@@ -957,7 +955,19 @@ class SQLiteStorage(Storage):
                 )
             return taken
 
-        return await self._run(self._write(dequeue))
+        write = self._write(dequeue)
+        probe = not ack and not touch
+        key = tuple(queues)
+
+        def probe_then_dequeue(db: sqlite3.Connection) -> list[StoredMessage]:
+            if probe and not self._any_ready(db, queues):
+                # nothing to take: spare the write lock, and answer the next_due call that
+                # follows (anything published after this read wakes the listener anyway)
+                self._due_cache = (key, self._next_due(db, queues))
+                return []
+            return write(db)
+
+        return await self._run(probe_then_dequeue)
 
     @staticmethod
     def _any_ready(db: sqlite3.Connection, queues: Sequence[str]) -> bool:
@@ -1016,21 +1026,25 @@ class SQLiteStorage(Storage):
         self._signal(woken)
         return released
 
-    async def next_due(self, queues: Sequence[str]) -> float | None:
-        def read(db: sqlite3.Connection) -> float | None:
-            now = time.time()
-            soonest: float | None = None
-            for queue in queues:
-                (at,) = db.execute(
-                    "SELECT min(not_before) FROM messages WHERE queue=? AND not_before IS NOT NULL "
-                    "AND not_before > ?",
-                    (queue, now),
-                ).fetchone()
-                if at is not None and (soonest is None or at < soonest):
-                    soonest = at
-            return soonest
+    @staticmethod
+    def _next_due(db: sqlite3.Connection, queues: Sequence[str]) -> float | None:
+        now = time.time()
+        soonest: float | None = None
+        for queue in queues:
+            (at,) = db.execute(
+                "SELECT min(not_before) FROM messages WHERE queue=? AND not_before IS NOT NULL "
+                "AND not_before > ?",
+                (queue, now),
+            ).fetchone()
+            if at is not None and (soonest is None or at < soonest):
+                soonest = at
+        return soonest
 
-        return await self._run(read)
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        cached, self._due_cache = self._due_cache, None
+        if cached is not None and cached[0] == tuple(queues):
+            return cached[1]
+        return await self._run(lambda db: self._next_due(db, queues))
 
     async def next_expiry(self) -> float | None:
         def read(db: sqlite3.Connection) -> float | None:

@@ -462,7 +462,7 @@ class VirtualTransport(Transport):
             snap = await self._fresh_topology()
             for name, owner in snap.owners.items():
                 if owner == self.connection_id:
-                    await self._storage.remove_queue(name)
+                    await self._remove_queue(name)
             await self._delete_auto_delete(idle)
         finally:
             self._connected = False
@@ -634,9 +634,7 @@ class VirtualTransport(Transport):
                 raise PreconditionFailed(
                     f"queue {name!r} has {stats.ready} message(s): purge it or drop if_empty"
                 )
-        removed = await self._storage.remove_queue(name)
-        self._invalidate()
-        return removed
+        return await self._remove_queue(name)
 
     async def purge_queue(self, name: str) -> int:
         self._check_open()
@@ -665,6 +663,27 @@ class VirtualTransport(Transport):
         await self._storage.add_binding(BoundBinding(exchange, queue, routing_key, arguments or {}))
         self._invalidate()
 
+    async def _remove_queue(self, name: str) -> int:
+        """Remove queue ``name``, then the auto-delete exchanges it was the last binding of."""
+        snap = await self._fresh_topology()
+        sources = {b.exchange for b in snap.topology.bindings if b.queue == name}
+        removed = await self._storage.remove_queue(name)
+        self._invalidate()
+        await self._drop_unbound_exchanges(sources)
+        return removed
+
+    async def _drop_unbound_exchanges(self, names: set[str]) -> None:
+        """Delete the auto-delete exchanges among ``names`` that have no bindings left."""
+        if not names:
+            return
+        snap = await self._fresh_topology()
+        for name in sorted(names):
+            exchange = snap.topology.exchanges.get(name)
+            unbound = exchange is not None and not snap.topology.bindings_of(name)
+            if unbound and exchange is not None and exchange.auto_delete:
+                await self._storage.remove_exchange(name)
+                self._invalidate()
+
     async def unbind_queue(
         self,
         queue: str,
@@ -679,6 +698,7 @@ class VirtualTransport(Transport):
             BoundBinding(exchange, queue, routing_key, arguments or {})
         )
         self._invalidate()
+        await self._drop_unbound_exchanges({exchange})
 
     # publishing
 
@@ -1018,8 +1038,7 @@ class VirtualTransport(Transport):
         for name in idle:
             queue = snap.topology.queues.get(name)
             if queue is not None and queue.auto_delete:
-                await self._storage.remove_queue(name)
-                self._invalidate()
+                await self._remove_queue(name)
 
     async def _after_reap(self, reaped: Reaped) -> None:
         if not reaped.connections:
@@ -1029,8 +1048,7 @@ class VirtualTransport(Transport):
         snap = await self._fresh_topology()
         for name, owner in snap.owners.items():
             if owner in dead:
-                await self._storage.remove_queue(name)
-                self._invalidate()
+                await self._remove_queue(name)
         await self._delete_auto_delete(reaped.idle_queues)
 
     async def _revive(self) -> None:
@@ -1066,8 +1084,7 @@ class VirtualTransport(Transport):
             deadline = act.used_at + limits[name]
             if deadline <= now:
                 log.info("queue %r unused for %ss (x-expires): deleting it", name, limits[name])
-                await self._storage.remove_queue(name)
-                self._invalidate()
+                await self._remove_queue(name)
             elif soonest is None or deadline < soonest:
                 soonest = deadline
         return soonest

@@ -8,8 +8,17 @@ from collections.abc import Callable
 
 import pytest
 
-from conveyor import Exchange, ExchangeType, NotFound, PreconditionFailed, Queue
-from conveyor.transports import Transport
+from conveyor import (
+    BrokerUnavailable,
+    Exchange,
+    ExchangeType,
+    NotFound,
+    PreconditionFailed,
+    ProtocolError,
+    Queue,
+    TopologyError,
+)
+from conveyor.transports import Transport, open_transport
 
 from .conftest import MakeTransport
 from .helpers import bodies, drain, env
@@ -181,3 +190,40 @@ async def _eventually_missing(t: Transport, queue: str, timeout: float = 3.0) ->
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"queue {queue!r} still exists after {timeout}s")
+
+
+async def test_auto_delete_exchange_goes_with_its_last_binding(
+    make_transport: MakeTransport, names: Callable[[str], str]
+) -> None:
+    t = await make_transport()
+    ex = Exchange(names("auto-ex"), ExchangeType.DIRECT, auto_delete=True)
+    a, b = names("a"), names("b")
+    await t.declare_queue(Queue(a, exchange=ex, routing_key="k"))
+    await t.declare_queue(Queue(b, exchange=ex, routing_key="k"))
+    await t.delete_queue(a)
+    assert await t.publish(env("still"), exchange=ex.name, routing_key="k") == 1
+    await t.unbind_queue(b, ex.name, "k")
+    with pytest.raises(NotFound):
+        await t.declare_exchange(ex, passive=True)
+
+
+async def test_using_a_transport_before_connect_is_broker_unavailable(broker_url: str) -> None:
+    t = open_transport(broker_url)
+    with pytest.raises(BrokerUnavailable):
+        await t.declare_queue(Queue("never"))
+    with pytest.raises(BrokerUnavailable):
+        await t.publish(env("m"), routing_key="never")
+    await t.close()
+
+
+async def test_bad_publish_input_is_refused_and_nothing_is_stored(
+    make_transport: MakeTransport, names: Callable[[str], str]
+) -> None:
+    t = await make_transport()
+    q = names("q")
+    await t.declare_queue(Queue(q))
+    with pytest.raises(ProtocolError):
+        await t.publish(b"raw bytes", routing_key=q)  # type: ignore[arg-type]
+    with pytest.raises(TopologyError):
+        await t.publish(env("m"), routing_key="k" * 256)
+    assert (await t.queue_stats(q)).ready == 0
