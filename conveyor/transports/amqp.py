@@ -786,14 +786,19 @@ class _AMQPConsumer(Consumer):
                             await channel.raw.basic_cancel(self._consumer_tag(index), timeout=10)
             finally:
                 channel.paused = False
+            requeued = False
             if not self._no_ack:
                 for delivery in self._buffer:
-                    channel.settle(cast(int, delivery.tag) & _TAG_MASK, True)
+                    requeued |= channel.settle(cast(int, delivery.tag) & _TAG_MASK, True)
             await channel.send_pending()
             if not self._direct_reply:
                 channel.close_when_idle = True
                 if not channel.unsettled:
                     await channel.close()
+                elif requeued:
+                    # A round trip on this channel: RabbitMQ has requeued them when it returns.
+                    with contextlib.suppress(Exception):
+                        await channel.raw.basic_qos(prefetch_count=self._prefetch, timeout=10)
         self._buffer.clear()
         self._finish()
 
@@ -1015,17 +1020,32 @@ class AMQPTransport(Transport):
         self._consumers.clear()
         for channel in list(self._channels.values()):
             if channel.flushing is not None:
-                channel.flushing.cancel()
-                channel.flushing = None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(channel.flushing), 5)
             if channel.alive:
-                await channel.send_pending(drain=True)
+                await channel.send_pending()
         self._channels.clear()
         self._shared.clear()
         connection, self._connection = self._connection, None
         self._ready.clear()
         if connection is not None:
             with contextlib.suppress(Exception):
+                await self._written(connection)
                 await connection.close()
+
+    @staticmethod
+    async def _written(connection: aiormq.abc.AbstractConnection) -> None:
+        """Wait until every frame queued so far is on the socket.
+
+        aiormq drops queued frames when it closes, so pending acks are written first.
+        """
+        if connection.is_closed:
+            return
+        written = asyncio.get_running_loop().create_future()
+        await connection.write_queue.put(
+            ChannelFrame.marshall(channel_number=0, frames=[], drain_future=written)
+        )
+        await asyncio.wait_for(written, 10)
 
     async def _connected(self, deadline: float) -> aiormq.abc.AbstractConnection:
         if self._closed:
@@ -1448,6 +1468,11 @@ class AMQPTransport(Transport):
         Raises NotFound for a missing exchange, Unroutable for a returned ``mandatory``
         message, BrokerUnavailable if the connection stays lost past ``reconnect_timeout``.
         """
+        if not isinstance(envelope, Envelope):
+            raise ProtocolError(
+                f"publish takes an Envelope, got {type(envelope).__name__}: wrap the body in "
+                "Envelope(body=...)"
+            )
         check_routing_key(routing_key)
         try:
             await self._ensure_exchange(exchange)
