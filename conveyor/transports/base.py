@@ -9,6 +9,8 @@ on every implementation:
 - ``publish`` routes by AMQP rules (direct, topic, fanout, headers, the default exchange,
   alternate exchanges) and returns how many queues took the message. A ``mandatory`` message that
   reaches no queue raises Unroutable; a non-mandatory one is dropped, and 0 is returned.
+  RabbitMQ tells a publisher only whether a message was routed, so transports with
+  ``native_exchanges`` return 1 for "one or more".
 - Delivery is at least once. A delivery stays unacked until ``ack``/``nack``/``reject``; if its
   consumer cancels without settling it, closes, or dies, it returns to its queue with
   ``redelivered=True`` and ``delivery_count`` one higher.
@@ -321,4 +323,8 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def queue_stats(self, name: str) -> QueueStats:
-        """Ready, unacked and consumer counts of queue ``name``; NotFound if it does not exist."""
+        """Ready, unacked and consumer counts of queue ``name``; NotFound if it does not exist.
+
+        On RabbitMQ ``unacked`` counts the deliveries this connection holds: the broker reports
+        the rest only through its management API.
+        """
