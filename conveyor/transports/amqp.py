@@ -74,7 +74,13 @@ from conveyor.errors import (
     Unroutable,
 )
 from conveyor.protocol.envelope import Envelope
-from conveyor.routing.entities import Exchange, ExchangeType, Queue, check_routing_key
+from conveyor.routing.entities import (
+    Exchange,
+    ExchangeType,
+    FrozenMapping,
+    Queue,
+    check_routing_key,
+)
 from conveyor.transports.base import (
     Capabilities,
     Consumer,
@@ -1397,7 +1403,7 @@ class AMQPTransport(Transport):
             )
 
         await self._call("command", f"binding queue {queue!r} to exchange {exchange!r}", bind)
-        key = ("binding", queue, exchange, routing_key, tuple(sorted(args.items(), key=str)))
+        key = ("binding", queue, exchange, routing_key, FrozenMapping(args))
         self._remember(key, lambda: self._call("command", str(key), bind))
 
     async def unbind_queue(
@@ -1421,9 +1427,7 @@ class AMQPTransport(Transport):
             await self._call(
                 "command", f"unbinding queue {queue!r} from exchange {exchange!r}", unbind
             )
-        self._topology.pop(
-            ("binding", queue, exchange, routing_key, tuple(sorted(args.items(), key=str))), None
-        )
+        self._topology.pop(("binding", queue, exchange, routing_key, FrozenMapping(args)), None)
 
     async def queue_stats(self, name: str) -> QueueStats:
         """Ready and consumer counts from RabbitMQ; unacked counts this connection's deliveries.
@@ -1630,7 +1634,7 @@ class AMQPTransport(Transport):
             )
 
         await self._call("command", f"binding exchange {destination!r} to {source!r}", bind)
-        key = ("exchange-binding", destination, source, tuple(sorted(args.items(), key=str)))
+        key = ("exchange-binding", destination, source, FrozenMapping(args))
         self._remember(key, lambda: self._call("command", str(key), bind))
 
     async def _ensure_delay_target(self, exchange: str, routing_key: str) -> str | None:
