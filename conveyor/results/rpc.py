@@ -7,6 +7,10 @@ through the default exchange to that queue, with ``correlation_id`` = the task i
 task on the caller's side files every reply under its correlation id, so results can be read in
 any order: a reply for a task nobody is waiting on yet is kept until someone asks.
 
+On RabbitMQ (a transport with ``direct_reply_to``) no reply queue is declared: the caller
+consumes RabbitMQ's direct reply-to pseudo-queue ``amq.rabbitmq.reply-to`` and workers reply
+straight to its connection.
+
 Results live only as long as the caller's connection, and only the App (and event loop) that
 sent a task can read its result. Nothing is stored on the broker; ``cleanup`` has nothing to do.
 """
@@ -34,6 +38,7 @@ __all__ = ["RPCBackend"]
 log = logging.getLogger("conveyor.results")
 
 _PER_WORKER = "x-conveyor-per-worker"
+_DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 _PLAIN = ""
 
 
@@ -74,7 +79,7 @@ class RPCBackend(ResultBackend):
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
-        if self._reply_to is not None:
+        if self._reply_to is not None and self._reply_to != _DIRECT_REPLY_TO:
             with contextlib.suppress(Exception):
                 transport = await self._host.atransport()
                 await transport.delete_queue(self._reply_to)
@@ -99,10 +104,13 @@ class RPCBackend(ResultBackend):
         async with self._lock:
             if self._reply_to is None:
                 transport = await self._host.atransport()
-                name = f"conveyor.reply.{uuid.uuid4().hex}"
-                await transport.declare_queue(
-                    Queue(name, durable=False, exclusive=True, auto_delete=True)
-                )
+                if transport.capabilities.direct_reply_to:
+                    name = _DIRECT_REPLY_TO
+                else:
+                    name = f"conveyor.reply.{uuid.uuid4().hex}"
+                    await transport.declare_queue(
+                        Queue(name, durable=False, exclusive=True, auto_delete=True)
+                    )
                 self._consumer = await transport.consume([name], no_ack=True)
                 self._reader = asyncio.get_running_loop().create_task(self._read(self._consumer))
                 self._reply_to = name
