@@ -612,6 +612,8 @@ class VirtualTransport(Transport):
                 BoundBinding(b.exchange_name, queue.name, b.routing_key, b.arguments)
             )
         self._invalidate()
+        if "x-expires" in queue.arguments:
+            self._housekeeper_wake.set()  # it schedules the expiry
         return await self._storage.stats(queue.name)
 
     async def delete_queue(

@@ -50,6 +50,14 @@ async def eventually_get(transport: Transport, queue: str, timeout: float = 5.0)
         await asyncio.sleep(0.02)
 
 
+def copies(transport: Transport, queues: int) -> int:
+    """What ``publish`` returns for a message that reached ``queues`` queues: the count itself,
+    or 1 for "one or more" on brokers that route natively and do not say (RabbitMQ)."""
+    if transport.capabilities.native_exchanges:
+        return min(queues, 1)
+    return queues
+
+
 def bodies(deliveries: list[Delivery]) -> list[str]:
     """The bodies of ``deliveries`` decoded as UTF-8."""
     return [d.envelope.body.decode() for d in deliveries]
