@@ -31,7 +31,7 @@ from conveyor.protocol.envelope import Envelope
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.routing.entities import Queue
-from conveyor.transports.base import Consumer
+from conveyor.transports.base import Consumer, Transport
 
 __all__ = ["RPCBackend"]
 
@@ -49,6 +49,7 @@ class RPCBackend(ResultBackend):
         self.url = url
         self._host = host
         self._reply_to: str | None = None
+        self._transport: Transport | None = None
         self._consumer: Consumer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
@@ -79,11 +80,13 @@ class RPCBackend(ResultBackend):
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
-        if self._reply_to is not None and self._reply_to != _DIRECT_REPLY_TO:
+        # The transport that declared the queue: asking the host for one here would open a new
+        # connection while the App is closing.
+        transport = self._transport
+        if self._reply_to not in (None, _DIRECT_REPLY_TO) and transport is not None:
             with contextlib.suppress(Exception):
-                transport = await self._host.atransport()
                 await transport.delete_queue(self._reply_to)
-        self._consumer = self._reader = self._reply_to = None
+        self._consumer = self._reader = self._reply_to = self._transport = None
         self._wake_all()
 
     def _wake(self, task_id: str) -> None:
@@ -114,6 +117,7 @@ class RPCBackend(ResultBackend):
                 self._consumer = await transport.consume([name], no_ack=True)
                 self._reader = asyncio.get_running_loop().create_task(self._read(self._consumer))
                 self._reply_to = name
+                self._transport = transport
         return self._reply_to
 
     async def _read(self, consumer: Consumer) -> None:

@@ -133,7 +133,9 @@ class SQLiteBackend(ResultBackend):
         return cls(url, sqlite_path(url.split("?", 1)[0]), poll=poll)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None or self._closed:
+        if self._closed:
+            raise BrokerUnavailable(f"the result backend {self.url} is closed")
+        if self._executor is None:
             await self.connect()
         assert self._executor is not None
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -158,7 +160,7 @@ class SQLiteBackend(ResultBackend):
         if self._connect_lock is None:
             self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
-            if self._executor is not None and not self._closed:
+            if self._executor is not None:
                 return
             self._closed = False
             if await asyncio.to_thread(_is_new_file, self.path):
