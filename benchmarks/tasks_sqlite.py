@@ -158,17 +158,15 @@ async def main() -> None:
             worker.wait(timeout=30)
             await client.aclose()
             await asyncio.to_thread(client.close)
-    print(
-        f"SQLite broker, one worker process (-c {opts.concurrency}, asyncio pool), {os.cpu_count()} CPUs"
-    )
-    print(
-        f"throughput, {opts.tasks} no-op tasks, results stored and read: {with_results:,.0f} tasks/s"
-    )
-    print(f"throughput, {opts.tasks} no-op tasks, ignore_result:          {ignored:,.0f} tasks/s")
+    n, c = opts.tasks, opts.concurrency
+    print(f"SQLite broker, one worker process (-c {c}, asyncio pool), {os.cpu_count()} CPUs")
+    print(f"throughput, {n} no-op tasks, results stored and read: {with_results:,.0f} tasks/s")
+    print(f"throughput, {n} no-op tasks, ignore_result:          {ignored:,.0f} tasks/s")
     for label, values in (("async", lat), ("sync ", sync_lat)):
+        p50, p90, p99 = statistics.median(values), pct(values, 0.9), pct(values, 0.99)
         print(
-            f"latency send_task().get() {label}, {len(values)} samples: p50 {statistics.median(values):.2f} ms, "
-            f"p90 {pct(values, 0.9):.2f} ms, p99 {pct(values, 0.99):.2f} ms"
+            f"latency send_task().get() {label}, {len(values)} samples: "
+            f"p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms"
         )
 
 
