@@ -183,3 +183,21 @@ async def test_second_signal_stops_at_once_and_the_task_comes_back(
     transport = await client.atransport()
     assert (await transport.queue_stats("default")).ready == 1
     assert await result.astate() is State.STARTED
+
+
+async def test_processes_pool_runs_tasks_and_kills_an_overrun(
+    client: App, start: StartProcess
+) -> None:
+    worker = start("w", "-P", "processes", "-c", "2")
+    await wait_consuming(client, "default")
+    overrun = await client.asend_task("proc.overrun")
+    cpu = await client.asend_task("proc.cpu", [1000])
+    async_add = await client.asend_task("proc.async_add", [1, 2])
+    assert await cpu.aget(timeout=20) == sum(i * i for i in range(1000))
+    assert await async_add.aget(timeout=20) == 3
+    with pytest.raises(TimeLimitExceeded):
+        await overrun.aget(timeout=20)
+    # the killed child was replaced: the pool still runs two tasks at once
+    again = [await client.asend_task("proc.add", [i, 1]) for i in range(4)]
+    assert [await r.aget(timeout=20) for r in again] == [1, 2, 3, 4]
+    assert "processes" in worker.output()
