@@ -85,6 +85,8 @@ def _workers(
                 f"{name}@%h",
                 "-c",
                 "1",
+                "--prefetch-multiplier",
+                "10",
                 "--loglevel",
                 "INFO",
             ]
@@ -144,7 +146,10 @@ def _run_story(client: App, console: Console) -> bool:
         console.print(f"      routed {_where(route)}  by {route.decided_by}", markup=False)
         console.print(f"      {outcome}", markup=not outcome.startswith("ran on"))
 
-    console.print("\n[bold]priority burst[/] to the web worker (concurrency 1):")
+    console.print(
+        "\n[bold]priority burst[/] to the web worker (concurrency 1, prefetch 10: the burst "
+        "waits in its local priority buffer while it is busy):"
+    )
     blocker = client.send_task("web.warm_up", [0.5], priority=10)
     burst = [(label, p, client.send_task("web.record", [label], priority=p)) for label, p in BURST]
     with contextlib.suppress(ConveyorError):
