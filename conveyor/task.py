@@ -48,7 +48,6 @@ class Request:
     hostname: str | None = None
     delivery_info: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, Any] = field(default_factory=dict)
-    is_eager: bool = False
 
 
 _current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(

@@ -34,7 +34,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from conveyor.app import App
-from conveyor.errors import ConfigurationError, ProtocolError, TaskRevoked, Unroutable
+from conveyor.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    ProtocolError,
+    TaskRevoked,
+    Unroutable,
+)
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
 from conveyor.results.base import ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State
@@ -107,6 +113,7 @@ class Worker:
         self.consumed_queues: dict[str, Queue] = {}
         self.broadcast_queues: dict[str, Broadcast] = {}
         self.processed = 0
+        self.failure: BaseException | None = None
         self._transport: Transport | None = None
         self._backend: ResultBackend | None = None
         self._consumer: Consumer | None = None
@@ -187,8 +194,23 @@ class Worker:
         self._hook("worker_started")
 
     async def _receive(self, consumer: Consumer) -> None:
-        async for delivery in consumer:
-            self._buffer.push(delivery)
+        try:
+            async for delivery in consumer:
+                self._buffer.push(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("worker %s lost its consumer, stopping: %s", self.hostname, exc)
+            self.failure = exc
+            self.request_stop()
+            return
+        if not self._stopping.is_set():
+            self.failure = BrokerUnavailable(
+                f"worker {self.hostname}: the broker ended the subscription to "
+                f"{', '.join(consumer.queues)}"
+            )
+            log.error("%s; stopping", self.failure)
+            self.request_stop()
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -531,12 +553,18 @@ class Worker:
         log.info("worker %s stopped after %d tasks", self.hostname, self.processed)
 
     async def run(self) -> None:
-        """Start, then serve until :meth:`request_stop` or :meth:`stop`, then stop."""
+        """Start, then serve until :meth:`request_stop` or :meth:`stop`, then stop.
+
+        Raises the error that ended consuming (for instance BrokerUnavailable when the
+        connection is lost for good), after stopping, so a supervisor can restart the worker.
+        """
         await self.start()
         try:
             await self._stopping.wait()
         finally:
             await asyncio.shield(self.stop())
+        if self.failure is not None:
+            raise self.failure
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1

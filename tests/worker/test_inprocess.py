@@ -379,3 +379,52 @@ async def test_rpc_results_through_a_worker_read_out_of_order(
             assert await result.aget(timeout=5) == n * n
     finally:
         await app.aclose()
+
+
+async def test_early_ack_acks_before_the_task_runs(app: App, start_worker: StartWorker) -> None:
+    running = asyncio.Event()
+    release = asyncio.Event()
+
+    @app.task(name="early", acks_late=False)
+    async def early() -> None:
+        running.set()
+        await release.wait()
+
+    @app.task(name="late_ack")
+    async def late_ack() -> None:
+        running.set()
+        await release.wait()
+
+    await start_worker(concurrency=1)
+    transport = await app.atransport()
+    for task, unacked in ((early, 0), (late_ack, 1)):
+        running.clear()
+        release.clear()
+        result = await task.adelay()
+        await asyncio.wait_for(running.wait(), 5)
+        assert (await transport.queue_stats("default")).unacked == unacked
+        release.set()
+        await result.aget(timeout=5)
+
+
+async def test_worker_stops_with_an_error_when_the_broker_goes_away(app: App) -> None:
+    from conveyor.errors import BrokerUnavailable
+    from conveyor.worker import Worker
+
+    worker = Worker(app, concurrency=1)
+    running = asyncio.create_task(worker.run())
+    transport = await app.atransport()
+    deadline = time.monotonic() + 5
+    while not await _consumed(transport, "default"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    await transport.close()
+    with pytest.raises(BrokerUnavailable):
+        await asyncio.wait_for(running, 5)
+
+
+async def _consumed(transport: Any, queue: str) -> bool:
+    try:
+        return bool((await transport.queue_stats(queue)).consumers)
+    except NotFound:
+        return False
