@@ -19,7 +19,7 @@
         └── RemoteTaskError         the task failed on a worker and its type is not importable here
 
 Errors from client libraries are mapped to these at the transport boundary with
-``raise ... from exc``, so callers never need to import aiormq or redis to handle them.
+``raise ... from exc``, so callers never need to import a broker client library to handle them.
 Each message says what happened and what to do about it.
 """
 

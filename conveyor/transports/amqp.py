@@ -1,6 +1,7 @@
 """RabbitMQ behind the Transport interface: the broker's own exchanges, queues and bindings.
 
-``amqp://user:pass@host:5672/vhost`` or ``amqps://...`` (TLS). Built on aiormq. How it works:
+``amqp://user:pass@host:5672/vhost`` or ``amqps://...`` (TLS), over the lean AMQP 0-9-1 layer in
+``amqp_protocol.py``. How it works:
 
 - One connection. Declarations, deletes and stats go over a command channel; ``get`` over its own
   channel (so a failed declaration never requeues a message someone holds); publishes over one
@@ -41,24 +42,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import datetime
 import itertools
 import logging
+import math
 import random
 import re
 import ssl
 import struct
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
 from typing import Any, ClassVar, Self, TypeVar, cast
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-import aiormq
-import aiormq.exceptions as amqp_errors
-from aiormq.abc import ChannelFrame, DeliveredMessage
 from pamqp import commands as spec
 from pamqp import encode as pamqp_encode
 
@@ -80,6 +77,15 @@ from conveyor.routing.entities import (
     FrozenMapping,
     Queue,
     check_routing_key,
+)
+from conveyor.transports.amqp_protocol import (
+    AMQPError,
+    Channel,
+    ChannelClosed,
+    Connection,
+    ConnectionClosed,
+    Message,
+    Nacked,
 )
 from conveyor.transports.base import (
     Capabilities,
@@ -105,6 +111,7 @@ _DELAY_EXPIRATION = "conveyor-delay-expiration"
 _TAG_BITS = 48
 _TAG_MASK = (1 << _TAG_BITS) - 1
 _RECONNECT_BASE_DELAY = 0.2
+_ACK_DELAY = 0.002
 _NO_EXCHANGE = re.compile(r"no exchange '(.*)' in vhost")
 # Set while the supervisor restores topology on a new connection, which is not "ready" yet.
 _RESTORING: contextvars.ContextVar[bool] = contextvars.ContextVar("_RESTORING", default=False)
@@ -129,7 +136,19 @@ _OPTION_DEFAULTS: dict[str, Any] = {
 # conveyor encodes tables itself (doubles for floats) wherever it sends one.
 
 
+_PACK_I = struct.Struct(">I").pack
+_PACK_INT = struct.Struct(">ci").pack
+_PACK_DOUBLE = struct.Struct(">cd").pack
+_KEYS: dict[str, bytes] = {}
+
+
 def _encode_value(value: Any) -> bytes:
+    kind = type(value)
+    if kind is str:
+        data: bytes = value.encode("utf-8")
+        return b"S" + _PACK_I(len(data)) + data
+    if kind is int and -(2**31) <= value < 2**31:
+        return _PACK_INT(b"I", value)
     if value is None:
         return b"V"
     if value is True or value is False:
@@ -141,7 +160,7 @@ def _encode_value(value: Any) -> bytes:
             return b"l" + struct.pack(">q", value)
         raise ProtocolError(f"integer {value} does not fit the 64 bits an AMQP header allows")
     if isinstance(value, float):
-        return b"d" + struct.pack(">d", value)
+        return _PACK_DOUBLE(b"d", value)
     if isinstance(value, str):
         data = value.encode("utf-8")
         return b"S" + struct.pack(">I", len(data)) + data
@@ -152,29 +171,116 @@ def _encode_value(value: Any) -> bytes:
     if isinstance(value, (list, tuple)):
         items = b"".join(_encode_value(item) for item in value)
         return b"A" + struct.pack(">I", len(items)) + items
-    if isinstance(value, datetime.datetime):
-        return b"T" + struct.pack(">Q", int(value.timestamp()))
     raise ProtocolError(f"cannot send a {type(value).__name__} in an AMQP field table: {value!r}")
+
+
+def _encode_key(key: str) -> bytes:
+    name = key.encode("utf-8")
+    if len(name) > 255:
+        raise ProtocolError(f"header name {key[:40]!r}... is over AMQP's 255 byte limit")
+    encoded = bytes((len(name),)) + name
+    if len(_KEYS) < 4096:
+        _KEYS[key] = encoded
+    return encoded
 
 
 def _encode_table(table: Mapping[str, Any] | None) -> bytes:
     if not table:
         return b"\x00\x00\x00\x00"
+    keys = _KEYS
+    data = b"".join(
+        (keys.get(key) or _encode_key(key)) + _encode_value(value) for key, value in table.items()
+    )
+    return _PACK_I(len(data)) + data
+
+
+def _short(text: str, what: str) -> bytes:
+    data = text.encode("utf-8")
+    if len(data) > 255:
+        raise ProtocolError(f"{what} is over AMQP's 255 byte limit: {text[:40]!r}...")
+    return bytes((len(data),)) + data
+
+
+_FRAME_HEAD = struct.Struct(">BHI").pack
+_PUBLISH_HEAD = struct.Struct(">HHH").pack(60, 40, 0)
+_CONTENT_HEAD = struct.Struct(">HHQH").pack
+_PACK_Q = struct.Struct(">Q").pack
+_FRAME_END = b"\xce"
+
+
+def _message_frames(
+    channel: int,
+    frame_max: int,
+    exchange: str,
+    routing_key: str,
+    mandatory: bool,
+    properties: bytes,
+    flags: int,
+    body: bytes,
+) -> bytes:
+    """basic.publish, its content header and body frames, as bytes for ``channel``."""
+    method = (
+        _PUBLISH_HEAD
+        + _short(exchange, "exchange name")
+        + _short(routing_key, "routing key")
+        + (b"\x01" if mandatory else b"\x00")
+    )
+    header = _CONTENT_HEAD(60, 0, len(body), flags) + properties
+    parts = [
+        _FRAME_HEAD(1, channel, len(method)),
+        method,
+        _FRAME_END,
+        _FRAME_HEAD(2, channel, len(header)),
+        header,
+        _FRAME_END,
+    ]
+    for start in range(0, len(body), frame_max):
+        chunk = body[start : start + frame_max]
+        parts += (_FRAME_HEAD(3, channel, len(chunk)), chunk, _FRAME_END)
+    return b"".join(parts)
+
+
+def _encode_properties(
+    envelope: Envelope, headers: Mapping[str, Any], message_id: str
+) -> tuple[int, bytes]:
+    """Basic properties in wire order with their presence flags (``expiration`` s -> ms)."""
+    flags = 0
     parts = []
-    for key, value in table.items():
-        name = key.encode("utf-8")
-        if len(name) > 255:
-            raise ProtocolError(f"header name {key[:40]!r}... is over AMQP's 255 byte limit")
-        parts.append(struct.pack("B", len(name)) + name + _encode_value(value))
-    data = b"".join(parts)
-    return struct.pack(">I", len(data)) + data
-
-
-class _Properties(spec.Basic.Properties):
-    def encode_property(self, name: str, value: Any) -> bytes:
-        if name == "headers":
-            return _encode_table(value)
-        return super().encode_property(name, value)
+    if envelope.content_type:
+        flags |= 0x8000
+        parts.append(_short(envelope.content_type, "content_type"))
+    if envelope.content_encoding:
+        flags |= 0x4000
+        parts.append(_short(envelope.content_encoding, "content_encoding"))
+    if headers:
+        flags |= 0x2000
+        parts.append(_encode_table(headers))
+    flags |= 0x1000
+    parts.append(bytes((envelope.delivery_mode,)))
+    if envelope.priority is not None:
+        flags |= 0x0800
+        parts.append(bytes((envelope.priority,)))
+    if envelope.correlation_id is not None:
+        flags |= 0x0400
+        parts.append(_short(envelope.correlation_id, "correlation_id"))
+    if envelope.reply_to is not None:
+        flags |= 0x0200
+        parts.append(_short(envelope.reply_to, "reply_to"))
+    if envelope.expiration is not None:
+        flags |= 0x0100
+        parts.append(_short(str(round(envelope.expiration * 1000)), "expiration"))
+    flags |= 0x0080
+    parts.append(_short(message_id, "message_id"))
+    if envelope.timestamp is not None:
+        flags |= 0x0040
+        parts.append(_PACK_Q(int(envelope.timestamp)))
+    if envelope.type is not None:
+        flags |= 0x0020
+        parts.append(_short(envelope.type, "type"))
+    if envelope.app_id is not None:
+        flags |= 0x0008
+        parts.append(_short(envelope.app_id, "app_id"))
+    return flags, b"".join(parts)
 
 
 class _DoubleTables:
@@ -228,19 +334,13 @@ class _ExchangeBind(_DoubleTables, spec.Exchange.Bind):
     pass
 
 
-def _json_value(value: Any) -> Any:
-    """A header value as decoded by pamqp, turned into the JSON value envelopes carry."""
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (which JSON cannot hold) replaced by None."""
     if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    if isinstance(value, datetime.datetime):
-        return int(value.timestamp())
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, float) and value != value:  # NaN has no JSON form
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
@@ -274,33 +374,10 @@ def _strip_delay(headers: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
-def _properties(envelope: Envelope, headers: Mapping[str, Any] | None = None) -> _Properties:
-    expiration = envelope.expiration
-    timestamp = envelope.timestamp
-    return _Properties(
-        content_type=envelope.content_type or None,
-        content_encoding=envelope.content_encoding or None,
-        headers=dict(envelope.headers if headers is None else headers) or None,
-        delivery_mode=envelope.delivery_mode,
-        priority=envelope.priority,
-        correlation_id=envelope.correlation_id,
-        reply_to=envelope.reply_to,
-        expiration=None if expiration is None else str(round(expiration * 1000)),
-        message_id=envelope.message_id or uuid.uuid4().hex,
-        timestamp=(
-            None
-            if timestamp is None
-            else datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
-        ),
-        message_type=envelope.type,
-        app_id=envelope.app_id,
-    )
-
-
-def _envelope(message: DeliveredMessage) -> tuple[Envelope, str | None]:
+def _envelope(message: Message) -> tuple[Envelope, str | None]:
     """The envelope of a received message, and the exchange a delayed message was sent to."""
-    props = message.header.properties
-    headers: dict[str, Any] = _json_value(props.headers) if props.headers else {}
+    props = message.properties
+    headers: dict[str, Any] = props.headers or {}
     expiration: float | None = None
     if props.expiration:
         with contextlib.suppress(ValueError):
@@ -315,9 +392,8 @@ def _envelope(message: DeliveredMessage) -> tuple[Envelope, str | None]:
         if isinstance(delayed_expiration, (int, float)) and expiration is None:
             expiration = delayed_expiration / 1000
         headers = _strip_delay(headers)
-    timestamp = props.timestamp
     priority = props.priority
-    envelope = Envelope(
+    fields = dict(
         body=message.body,
         headers=headers,
         content_type=(
@@ -333,43 +409,38 @@ def _envelope(message: DeliveredMessage) -> tuple[Envelope, str | None]:
         priority=priority if isinstance(priority, int) and 0 <= priority <= 255 else None,
         expiration=expiration,
         message_id=props.message_id,
-        timestamp=timestamp.timestamp() if isinstance(timestamp, datetime.datetime) else None,
-        type=props.message_type,
+        timestamp=float(props.timestamp) if props.timestamp is not None else None,
+        type=props.type,
         app_id=props.app_id,
         delivery_mode=2 if props.delivery_mode == 2 else 1,
     )
-    return envelope, delayed_to
+    try:
+        return Envelope(**fields), delayed_to  # type: ignore[arg-type]
+    except ProtocolError:
+        fields["headers"] = _finite(headers)
+        return Envelope(**fields), delayed_to  # type: ignore[arg-type]
 
 
 def _reply_text(exc: BaseException) -> str:
-    text = exc.args[0] if exc.args else str(exc)
-    if isinstance(exc, amqp_errors.ChannelClosed) and len(exc.args) == 2:
-        text = exc.args[1]
-    return str(text)
+    return exc.text if isinstance(exc, AMQPError) else str(exc)
 
 
 def _is_channel_error(exc: BaseException) -> bool:
-    return isinstance(
-        exc,
-        (
-            amqp_errors.ChannelNotFoundEntity,
-            amqp_errors.ChannelPreconditionFailed,
-            amqp_errors.ChannelAccessRefused,
-            amqp_errors.ChannelLockedResource,
-        ),
-    )
+    """True for RabbitMQ's channel errors about what was asked (not a lost connection)."""
+    return isinstance(exc, ChannelClosed) and exc.code in (403, 404, 405, 406)
 
 
 def _map_channel_error(exc: BaseException, what: str) -> TransportError | TopologyError:
     """The conveyor error for a channel error RabbitMQ raised while doing ``what``."""
     text = _reply_text(exc)
-    if isinstance(exc, amqp_errors.ChannelNotFoundEntity):
+    code = exc.code if isinstance(exc, ChannelClosed) else 0
+    if code == 404:
         return NotFound(f"{what}: {text}")
-    if isinstance(exc, amqp_errors.ChannelLockedResource):
+    if code == 405:
         return PreconditionFailed(
             f"{what}: {text}; an exclusive queue belongs to the connection that declared it"
         )
-    if isinstance(exc, amqp_errors.ChannelPreconditionFailed):
+    if code == 406:
         if "invalid arg" in text or "invalid property" in text:
             return TopologyError(
                 f"{what}: RabbitMQ refuses the definition: {text} (x-delivery-limit needs "
@@ -377,7 +448,7 @@ def _map_channel_error(exc: BaseException, what: str) -> TransportError | Topolo
                 "and not auto-delete)"
             )
         return PreconditionFailed(f"{what}: {text}")
-    if isinstance(exc, amqp_errors.ChannelAccessRefused):
+    if code == 403:
         return TransportError(f"{what}: RabbitMQ refused: {text}")
     return TransportError(f"{what}: {text}")
 
@@ -420,22 +491,24 @@ def _describe(definition: tuple[dict[str, Any], dict[str, Any]] | None) -> str:
 def _is_lost(exc: BaseException) -> bool:
     """True for errors that mean the channel or connection went away under the call."""
     return isinstance(
-        exc,
-        (
-            amqp_errors.AMQPConnectionError,
-            amqp_errors.ChannelClosed,
-            amqp_errors.ChannelInvalidStateError,
-            ConnectionError,
-            RuntimeError,
-            OSError,
-            asyncio.CancelledError,
-        ),
+        exc, (ConnectionClosed, ChannelClosed, OSError, asyncio.CancelledError)
     ) and not _is_channel_error(exc)
 
 
 def _being_cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Address:
+    host: str
+    port: int
+    vhost: str
+    user: str
+    password: str
+    display: str
+    server_hostname: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,10 +564,17 @@ def _ssl_context(tls: bool, values: Mapping[str, Any]) -> ssl.SSLContext | None:
 
 
 class _Channel:
-    """One aiormq channel, with the deliveries it holds unsettled and the settles not yet sent."""
+    """One channel, with the deliveries it holds unsettled and the settles not yet sent.
+
+    Settles are coalesced: acks wait up to ``_ACK_DELAY`` seconds, or until ``batch`` of them are
+    pending (nacks: one event-loop turn), then the settled prefix of the unsettled deliveries
+    goes as one ``multiple`` ack and the rest one by one. Fewer, larger writes matter: every
+    socket write wakes the broker.
+    """
 
     __slots__ = (
         "acks",
+        "batch",
         "close_when_idle",
         "flushing",
         "nacks",
@@ -502,19 +582,22 @@ class _Channel:
         "paused",
         "raw",
         "serial",
+        "timer",
         "unsettled",
     )
 
-    def __init__(self, serial: int, raw: aiormq.Channel, owner: _AMQPConsumer | None) -> None:
+    def __init__(self, serial: int, raw: Channel, owner: _AMQPConsumer | None) -> None:
         self.serial = serial
         self.raw = raw
         self.owner = owner
         self.unsettled: dict[int, str] = {}
         self.acks: set[int] = set()
         self.nacks: list[tuple[int, bool]] = []
-        self.flushing: asyncio.Task[None] | None = None
+        self.flushing = False
         self.close_when_idle = False
         self.paused = False
+        self.batch = 1
+        self.timer: asyncio.TimerHandle | None = None
 
     @property
     def alive(self) -> bool:
@@ -533,68 +616,72 @@ class _Channel:
         else:
             del self.unsettled[delivery_tag]
             self.nacks.append((delivery_tag, requeue))
-        if self.flushing is None:
-            self.flushing = asyncio.get_running_loop().create_task(self.flush())
+        if self.flushing:
+            return True
+        loop = asyncio.get_running_loop()
+        if requeue is None and len(self.acks) < self.batch:
+            if self.timer is None:
+                self.timer = loop.call_later(_ACK_DELAY, self._flush)
+        else:
+            self.flushing = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            loop.call_soon(self._flush)
         return True
 
-    def _frames(self) -> list[Any]:
-        frames: list[Any] = [
-            spec.Basic.Nack(delivery_tag=tag, multiple=False, requeue=requeue)
-            for tag, requeue in self.nacks
-        ]
-        self.nacks = []
-        acks = self.acks
-        if acks:
-            # Every delivery up to `last` is settled: one ack with multiple=True covers them.
-            last, count = 0, 0
-            for tag in self.unsettled:
-                if tag not in acks:
-                    break
-                last, count = tag, count + 1
-            for _ in range(count):
-                tag = next(iter(self.unsettled))
-                del self.unsettled[tag]
-                acks.discard(tag)
-            if count:
-                frames.append(spec.Basic.Ack(delivery_tag=last, multiple=count > 1))
-            for tag in sorted(acks):
-                del self.unsettled[tag]
-                frames.append(spec.Basic.Ack(delivery_tag=tag, multiple=False))
-            acks.clear()
-        return frames
-
-    async def send_pending(self, *, drain: bool = False) -> None:
+    def send_pending(self) -> None:
         """Write the queued acks and nacks now, ahead of anything sent on this channel later."""
-        frames = self._frames()
-        if not frames or not self.alive:
+        raw = self.raw
+        if raw.is_closed:
+            self.acks.clear()
+            self.nacks.clear()
             return
-        waiter = asyncio.get_running_loop().create_future() if drain else None
-        try:
-            await self.raw.write_queue.put(
-                ChannelFrame.marshall(
-                    channel_number=self.raw.number, frames=frames, drain_future=waiter
-                )
-            )
-            if waiter is not None:
-                await asyncio.wait_for(waiter, 10)
-        except Exception:
-            log.debug("could not send acks on channel %s", self.serial, exc_info=True)
+        for tag, requeue in self.nacks:
+            raw.nack(tag, requeue=requeue)
+        self.nacks.clear()
+        acks = self.acks
+        if not acks:
+            return
+        last, count = 0, 0
+        for tag in self.unsettled:
+            if tag not in acks:
+                break
+            last, count = tag, count + 1
+        for _ in range(count):
+            tag = next(iter(self.unsettled))
+            del self.unsettled[tag]
+            acks.discard(tag)
+        if count:
+            raw.ack(last, multiple=count > 1)
+        for tag in sorted(acks):
+            del self.unsettled[tag]
+            raw.ack(tag)
+        acks.clear()
 
-    async def flush(self) -> None:
-        """Task body: after one event-loop turn (so settles coalesce), send what is queued."""
-        try:
-            await asyncio.sleep(0)
-            if not self.paused:
-                await self.send_pending()
-        finally:
-            if asyncio.current_task() is self.flushing:
-                self.flushing = None
-        if self.close_when_idle and not self.unsettled:
-            await self.close()
+    def _flush(self) -> None:
+        self.flushing = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.paused:
+            return
+        self.send_pending()
+        if self.close_when_idle and not self.unsettled and self.alive:
+            asyncio.get_running_loop().create_task(self.close())
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.raw.close()
+
+
+def _delivery_count(message: Message) -> int:
+    """Quorum queues count returns in ``x-delivery-count``; classic ones only flag redelivery."""
+    headers = message.properties.headers
+    count = headers.get("x-delivery-count") if headers else None
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count + 1
+    return 2 if message.redelivered else 1
 
 
 class _AMQPConsumer(Consumer):
@@ -632,19 +719,20 @@ class _AMQPConsumer(Consumer):
         else:
             raw = await transport._open_raw_channel(confirms=False)
             channel = transport._register(raw, owner=self)
+            channel.batch = max(1, self._prefetch // 4) if self._prefetch else 64
         raw = channel.raw
         self._channel = channel
-        raw.closing.add_done_callback(lambda _: self._on_channel_closed(channel))
+        raw.closed.add_done_callback(lambda _: self._on_channel_closed(channel))
         try:
             if self._prefetch and not self._no_ack:
-                await raw.basic_qos(prefetch_count=self._prefetch)
-            raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+                await raw.qos(self._prefetch)
+            raw.on_cancel = self._on_broker_cancel
             for index, queue in enumerate(self._active):
-                await raw.basic_consume(
+                await raw.consume(
                     queue,
+                    self._consumer_tag(index),
                     self._callback(channel, queue),
                     no_ack=self._no_ack,
-                    consumer_tag=self._consumer_tag(index),
                 )
         except BaseException:
             if not self._direct_reply:
@@ -655,18 +743,14 @@ class _AMQPConsumer(Consumer):
     def _consumer_tag(self, index: int) -> str:
         return self.tag if index == 0 else f"{self.tag}.{index}"
 
-    def _callback(
-        self, channel: _Channel, queue: str
-    ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
-        async def on_message(message: DeliveredMessage) -> None:
+    def _callback(self, channel: _Channel, queue: str) -> Callable[[Message], None]:
+        def on_message(message: Message) -> None:
             self._on_message(channel, queue, message)
 
         return on_message
 
-    def _on_message(self, channel: _Channel, queue: str, message: DeliveredMessage) -> None:
-        frame = message.delivery
-        assert isinstance(frame, spec.Basic.Deliver)
-        delivery_tag = frame.delivery_tag or 0
+    def _on_message(self, channel: _Channel, queue: str, message: Message) -> None:
+        delivery_tag = message.delivery_tag
         if self._cancelled or channel is not self._channel:
             if not self._no_ack and channel.alive:
                 channel.hold(delivery_tag, queue)
@@ -677,13 +761,7 @@ class _AMQPConsumer(Consumer):
             if self._no_ack
             else channel.hold(delivery_tag, queue)
         )
-        headers = message.header.properties.headers or {}
-        count = headers.get("x-delivery-count")
-        delivery_count = (
-            int(count) + 1
-            if isinstance(count, int) and not isinstance(count, bool)
-            else (2 if frame.redelivered else 1)
-        )
+        delivery_count = _delivery_count(message)
         try:
             envelope, delayed_to = _envelope(message)
         except ConveyorError:
@@ -695,9 +773,9 @@ class _AMQPConsumer(Consumer):
             Delivery(
                 envelope=envelope,
                 queue=queue,
-                exchange=(frame.exchange or "") if delayed_to is None else delayed_to,
-                routing_key=frame.routing_key or "",
-                redelivered=bool(frame.redelivered),
+                exchange=message.exchange if delayed_to is None else delayed_to,
+                routing_key=message.routing_key,
+                redelivered=message.redelivered,
                 delivery_count=delivery_count,
                 tag=tag,
                 consumer_tag=self.tag,
@@ -705,8 +783,7 @@ class _AMQPConsumer(Consumer):
         )
         self._wakeup.set()
 
-    def _on_broker_cancel(self, frame: Any) -> None:
-        tag = getattr(frame, "consumer_tag", None)
+    def _on_broker_cancel(self, tag: str) -> None:
         for index, queue in enumerate(self._active):
             if self._consumer_tag(index) == tag:
                 log.warning("RabbitMQ cancelled consumer %r of queue %r", self.tag, queue)
@@ -789,14 +866,14 @@ class _AMQPConsumer(Consumer):
                 for index, queue in enumerate(self._active):
                     if queue:
                         with contextlib.suppress(Exception):
-                            await channel.raw.basic_cancel(self._consumer_tag(index), timeout=10)
+                            await channel.raw.cancel(self._consumer_tag(index), timeout=10)
             finally:
                 channel.paused = False
             requeued = False
             if not self._no_ack:
                 for delivery in self._buffer:
                     requeued |= channel.settle(cast(int, delivery.tag) & _TAG_MASK, True)
-            await channel.send_pending()
+            channel.send_pending()
             if not self._direct_reply:
                 channel.close_when_idle = True
                 if not channel.unsettled:
@@ -804,7 +881,9 @@ class _AMQPConsumer(Consumer):
                 elif requeued:
                     # A round trip on this channel: RabbitMQ has requeued them when it returns.
                     with contextlib.suppress(Exception):
-                        await channel.raw.basic_qos(prefetch_count=self._prefetch, timeout=10)
+                        await channel.raw.rpc(
+                            spec.Basic.Qos(prefetch_count=self._prefetch), timeout=10
+                        )
         self._buffer.clear()
         self._finish()
 
@@ -820,12 +899,12 @@ class AMQPTransport(Transport):
         shared=True,
     )
 
-    def __init__(self, url: str, connection_url: str, display: str, options: _Options) -> None:
+    def __init__(self, url: str, address: _Address, options: _Options) -> None:
         self.url = url
-        self._connection_url = connection_url
-        self._display = display
+        self._address = address
+        self._display = address.display
         self._options = options
-        self._connection: aiormq.abc.AbstractConnection | None = None
+        self._connection: Connection | None = None
         self._ready = asyncio.Event()
         self._opened = False
         self._closed = False
@@ -879,35 +958,33 @@ class AMQPTransport(Transport):
             client_name=values["client_name"],
             ssl_context=_ssl_context(scheme == "amqps", values),
         )
-        query = f"heartbeat={opts.heartbeat}"
-        if opts.client_name:
-            query += f"&name={quote(str(opts.client_name), safe='')}"
         netloc_host = f"[{host}]" if ":" in host else host
-        connection_url = (
-            f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{netloc_host}:{port}"
-            f"/{quote(vhost, safe='')}?{query}"
-        )
         display = f"{scheme}://{user}@{netloc_host}:{port}/{vhost if vhost != '/' else ''}"
-        return cls(url, connection_url, display, opts)
+        server_hostname = values["server_hostname"]
+        address = _Address(
+            host, port, vhost, user, password, display, str(server_hostname or host) or None
+        )
+        return cls(url, address, opts)
 
     # connection supervision
 
-    async def _open_connection(self) -> aiormq.abc.AbstractConnection:
-        connection = aiormq.Connection(
-            self._connection_url,
-            context=self._options.ssl_context,
-        )
-        try:
-            async with asyncio.timeout(self._options.connect_timeout):
-                await connection.connect()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await connection.close()
-            raise
-        return connection
+    async def _open_connection(self) -> Connection:
+        address = self._address
+        async with asyncio.timeout(self._options.connect_timeout):
+            return await Connection.open(
+                address.host,
+                address.port,
+                vhost=address.vhost,
+                user=address.user,
+                password=address.password,
+                heartbeat=self._options.heartbeat,
+                ssl_context=self._options.ssl_context,
+                server_hostname=address.server_hostname,
+                client_name=self._options.client_name,
+            )
 
     def _unavailable(self, exc: BaseException | None) -> BrokerUnavailable:
-        if isinstance(exc, amqp_errors.ProbableAuthenticationError):
+        if isinstance(exc, ConnectionClosed) and exc.code == 403:
             return BrokerUnavailable(
                 f"RabbitMQ at {self._display} refused the login ({_reply_text(exc)}): check "
                 "the user, password and virtual host in the broker URL"
@@ -939,7 +1016,7 @@ class AMQPTransport(Transport):
             connection = self._connection
             assert connection is not None
             try:
-                await connection.closing
+                await asyncio.shield(connection.closed)
             except asyncio.CancelledError:
                 if _being_cancelled():
                     raise
@@ -989,7 +1066,7 @@ class AMQPTransport(Transport):
             except Exception as exc:
                 self._last_error = exc
                 log.warning("could not restore the topology on RabbitMQ: %r", exc)
-                if self._connection.is_closed:
+                if self._connection.closed.done():
                     continue
             finally:
                 _RESTORING.reset(token)
@@ -1025,41 +1102,22 @@ class AMQPTransport(Transport):
             consumer._finish()
         self._consumers.clear()
         for channel in list(self._channels.values()):
-            if channel.flushing is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(channel.flushing), 5)
-            if channel.alive:
-                await channel.send_pending()
+            channel.send_pending()  # written before connection.close, which RabbitMQ reads after
         self._channels.clear()
         self._shared.clear()
         connection, self._connection = self._connection, None
         self._ready.clear()
         if connection is not None:
             with contextlib.suppress(Exception):
-                await self._written(connection)
                 await connection.close()
 
-    @staticmethod
-    async def _written(connection: aiormq.abc.AbstractConnection) -> None:
-        """Wait until every frame queued so far is on the socket.
-
-        aiormq drops queued frames when it closes, so pending acks are written first.
-        """
-        if connection.is_closed:
-            return
-        written = asyncio.get_running_loop().create_future()
-        await connection.write_queue.put(
-            ChannelFrame.marshall(channel_number=0, frames=[], drain_future=written)
-        )
-        await asyncio.wait_for(written, 10)
-
-    async def _connected(self, deadline: float) -> aiormq.abc.AbstractConnection:
+    async def _connected(self, deadline: float) -> Connection:
         if self._closed:
             raise BrokerUnavailable("this transport is closed; open a new one")
         if not self._opened:
             raise BrokerUnavailable("the transport is not connected: call connect() first")
         if _RESTORING.get():
-            if self._connection is None or self._connection.is_closed:
+            if self._connection is None or self._connection.closed.done():
                 raise self._unavailable(self._last_error)
             return self._connection
         if not self._ready.is_set():
@@ -1093,15 +1151,15 @@ class AMQPTransport(Transport):
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self._options.reconnect_timeout
 
-    def _register(self, raw: aiormq.abc.AbstractChannel, owner: _AMQPConsumer | None) -> _Channel:
-        channel = _Channel(next(self._serials), cast(aiormq.Channel, raw), owner)
+    def _register(self, raw: Channel, owner: _AMQPConsumer | None) -> _Channel:
+        channel = _Channel(next(self._serials), raw, owner)
         self._channels[channel.serial] = channel
-        raw.closing.add_done_callback(lambda _: self._channels.pop(channel.serial, None))
+        raw.closed.add_done_callback(lambda _: self._channels.pop(channel.serial, None))
         return channel
 
-    async def _open_raw_channel(self, *, confirms: bool) -> aiormq.abc.AbstractChannel:
+    async def _open_raw_channel(self, *, confirms: bool) -> Channel:
         connection = await self._connected(self._deadline())
-        return await connection.channel(publisher_confirms=confirms, frame_buffer_size=0)
+        return await connection.channel(confirms=confirms)
 
     async def _shared_channel(self, kind: str, deadline: float | None = None) -> _Channel:
         """The open ``command``, ``get`` or ``publish`` channel, opened (again) if needed."""
@@ -1116,20 +1174,14 @@ class AMQPTransport(Transport):
                 channel = self._shared.get(kind)
                 if channel is not None and channel.alive:
                     return channel
-                if connection is not self._connection or connection.is_closed:
+                if connection is not self._connection or connection.closed.done():
                     continue
-                raw = await connection.channel(
-                    publisher_confirms=kind == "publish",
-                    on_return_raises=True,
-                    frame_buffer_size=0,
-                )
+                raw = await connection.channel(confirms=kind == "publish")
                 channel = self._register(raw, owner=None)
                 self._shared[kind] = channel
                 return channel
 
-    async def _call(
-        self, kind: str, what: str, operation: Callable[[aiormq.Channel], Awaitable[T]]
-    ) -> T:
+    async def _call(self, kind: str, what: str, operation: Callable[[Channel], Awaitable[T]]) -> T:
         """Run ``operation`` on a shared channel; retry after a lost connection, map errors."""
         deadline = self._deadline()
         while True:
@@ -1162,7 +1214,7 @@ class AMQPTransport(Transport):
         passive = passive or name.startswith("amq.")
         arguments = dict(exchange.arguments)
 
-        async def declare(raw: aiormq.Channel) -> None:
+        async def declare(raw: Channel) -> None:
             await raw.rpc(
                 _ExchangeDeclare(
                     exchange=name,
@@ -1189,7 +1241,7 @@ class AMQPTransport(Transport):
 
             def declare_with(
                 flags: dict[str, Any], args: dict[str, Any]
-            ) -> Callable[[aiormq.Channel], Awaitable[Any]]:
+            ) -> Callable[[Channel], Awaitable[Any]]:
                 return lambda raw: raw.rpc(
                     _ExchangeDeclare(
                         exchange=name,
@@ -1219,7 +1271,7 @@ class AMQPTransport(Transport):
         await self._call(
             "command",
             f"deleting exchange {name!r}",
-            lambda raw: raw.exchange_delete(name, if_unused=if_unused),
+            lambda raw: raw.rpc(spec.Exchange.Delete(exchange=name, if_unused=if_unused)),
         )
         self._known_exchanges.discard(name)
         self._delay_targets.discard(f"exchange:{name}")
@@ -1240,8 +1292,8 @@ class AMQPTransport(Transport):
                 if isinstance(b.exchange, Exchange):
                     await self.declare_exchange(b.exchange)
 
-        async def declare(raw: aiormq.Channel) -> spec.Queue.DeclareOk:
-            return await raw.rpc(
+        async def declare(raw: Channel) -> spec.Queue.DeclareOk:
+            ok: spec.Queue.DeclareOk = await raw.rpc(
                 _QueueDeclare(
                     queue=name,
                     passive=passive,
@@ -1251,6 +1303,7 @@ class AMQPTransport(Transport):
                     arguments=arguments or None,
                 )
             )
+            return ok
 
         try:
             ok = await self._call("command", f"declaring queue {name!r}", declare)
@@ -1263,7 +1316,7 @@ class AMQPTransport(Transport):
 
             def declare_with(
                 flags: dict[str, Any], args: dict[str, Any]
-            ) -> Callable[[aiormq.Channel], Awaitable[Any]]:
+            ) -> Callable[[Channel], Awaitable[Any]]:
                 return lambda raw: raw.rpc(
                     _QueueDeclare(
                         queue=name,
@@ -1299,7 +1352,7 @@ class AMQPTransport(Transport):
         flags: dict[str, Any],
         arguments: dict[str, Any],
         declare_with: Callable[
-            [dict[str, Any], dict[str, Any]], Callable[[aiormq.Channel], Awaitable[Any]]
+            [dict[str, Any], dict[str, Any]], Callable[[Channel], Awaitable[Any]]
         ],
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """What RabbitMQ already has, learnt from its "inequivalent arg" errors, or None.
@@ -1345,7 +1398,7 @@ class AMQPTransport(Transport):
         """Put every queued ack and nack on the wire before a call that should see them."""
         for channel in list(self._channels.values()):
             if channel.acks or channel.nacks:
-                await channel.send_pending()
+                channel.send_pending()
 
     def _stats(self, name: str, ok: spec.Queue.DeclareOk) -> QueueStats:
         return QueueStats(
@@ -1363,7 +1416,9 @@ class AMQPTransport(Transport):
         ok = await self._call(
             "command",
             f"deleting queue {name!r}",
-            lambda raw: raw.queue_delete(name, if_unused=if_unused, if_empty=if_empty),
+            lambda raw: raw.rpc(
+                spec.Queue.Delete(queue=name, if_unused=if_unused, if_empty=if_empty)
+            ),
         )
         self._topology.pop(("queue", name), None)
         self._delay_targets.discard(f"queue:{name}")
@@ -1375,7 +1430,7 @@ class AMQPTransport(Transport):
         """Remove every ready message of ``name``; NotFound if it does not exist."""
         await self._send_pending()
         ok = await self._call(
-            "command", f"purging queue {name!r}", lambda raw: raw.queue_purge(name)
+            "command", f"purging queue {name!r}", lambda raw: raw.rpc(spec.Queue.Purge(queue=name))
         )
         return ok.message_count or 0
 
@@ -1395,7 +1450,7 @@ class AMQPTransport(Transport):
             )
         args = dict(arguments or {})
 
-        async def bind(raw: aiormq.Channel) -> None:
+        async def bind(raw: Channel) -> None:
             await raw.rpc(
                 _QueueBind(
                     queue=queue, exchange=exchange, routing_key=routing_key, arguments=args or None
@@ -1416,7 +1471,7 @@ class AMQPTransport(Transport):
         """Remove the binding; one that does not exist is not an error."""
         args = dict(arguments or {})
 
-        async def unbind(raw: aiormq.Channel) -> None:
+        async def unbind(raw: Channel) -> None:
             await raw.rpc(
                 _QueueUnbind(
                     queue=queue, exchange=exchange, routing_key=routing_key, arguments=args or None
@@ -1436,8 +1491,11 @@ class AMQPTransport(Transport):
         often not enabled, so ``unacked`` counts the deliveries this transport holds.
         """
 
-        async def passive(raw: aiormq.Channel) -> spec.Queue.DeclareOk:
-            return await raw.queue_declare(name, passive=True)
+        async def passive(raw: Channel) -> spec.Queue.DeclareOk:
+            result: spec.Queue.DeclareOk = await raw.rpc(
+                spec.Queue.Declare(queue=name, passive=True)
+            )
+            return result
 
         await self._send_pending()
         try:
@@ -1454,7 +1512,7 @@ class AMQPTransport(Transport):
         await self._call(
             "command",
             f"checking exchange {name!r}",
-            lambda raw: raw.exchange_declare(name, passive=True),
+            lambda raw: raw.rpc(spec.Exchange.Declare(exchange=name, passive=True)),
         )
         self._known_exchanges.add(name)
 
@@ -1503,8 +1561,10 @@ class AMQPTransport(Transport):
         *,
         target: tuple[str, str] | None = None,
     ) -> int:
-        properties = _properties(envelope, headers)
-        message_id = str(properties.message_id)
+        message_id = envelope.message_id or uuid.uuid4().hex
+        flags, properties = _encode_properties(
+            envelope, envelope.headers if headers is None else headers, message_id
+        )
         # RabbitMQ returns a mandatory message to a direct reply-to address even when it
         # delivers it, so replies go without mandatory (and count as routed).
         reply = not exchange and routing_key.startswith(DIRECT_REPLY_TO + ".")
@@ -1514,34 +1574,25 @@ class AMQPTransport(Transport):
             channel = await self._shared_channel("publish", deadline)
             raw = channel.raw
             try:
-                # Returns are matched by message id: never have two with one id in flight.
-                previous = raw.message_id_delivery_tag.get(message_id)
-                waiting = raw.confirmations.get(previous) if previous is not None else None
-                if waiting is not None and not waiting.done():
-                    await asyncio.wait([waiting])
                 async with asyncio.timeout(self._options.confirm_timeout):
-                    await raw.basic_publish(
+                    # Returns are matched by message id: never two with one id in flight.
+                    while (waiting := raw.in_flight(message_id)) is not None:
+                        await asyncio.wait([waiting])
+                    await raw.connection.writable()
+                    frames = _message_frames(
+                        raw.number,
+                        raw.connection.frame_max - 8,
+                        exchange,
+                        routing_key,
+                        not reply,
+                        properties,
+                        flags,
                         envelope.body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        properties=properties,
-                        mandatory=not reply,
-                        wait=False,
                     )
-                return 1
-            except amqp_errors.PublishError:
-                if mandatory:
-                    to_exchange, to_key = target or (exchange, routing_key)
-                    where = f"exchange {to_exchange!r}" if to_exchange else "the default exchange"
-                    raise Unroutable(
-                        f"no queue took the message published to {where} with routing key "
-                        f"{to_key!r}: bind a queue that matches it, or give the exchange an "
-                        "alternate-exchange",
-                        exchange=to_exchange,
-                        routing_key=to_key,
-                    ) from None
-                return 0
-            except amqp_errors.DeliveryError as exc:
+                    if await raw.publish(frames, message_id):
+                        return 1
+                break
+            except Nacked as exc:
                 raise TransportError(
                     f"RabbitMQ refused the message for exchange {exchange!r} (basic.nack): a "
                     "queue may be full with x-overflow reject-publish, or the broker is out of "
@@ -1573,6 +1624,16 @@ class AMQPTransport(Transport):
             if asyncio.get_running_loop().time() >= deadline:
                 raise self._unavailable(self._last_error)
             await asyncio.sleep(0.01)
+        if not mandatory:
+            return 0
+        to_exchange, to_key = target or (exchange, routing_key)
+        where = f"exchange {to_exchange!r}" if to_exchange else "the default exchange"
+        raise Unroutable(
+            f"no queue took the message published to {where} with routing key {to_key!r}: bind "
+            "a queue that matches it, or give the exchange an alternate-exchange",
+            exchange=to_exchange,
+            routing_key=to_key,
+        )
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
         """Publish all at once (confirms pipelined); the first failure, in order, raises."""
@@ -1626,7 +1687,7 @@ class AMQPTransport(Transport):
     ) -> None:
         args = dict(arguments)
 
-        async def bind(raw: aiormq.Channel) -> None:
+        async def bind(raw: Channel) -> None:
             await raw.rpc(
                 _ExchangeBind(
                     destination=destination, source=source, routing_key="", arguments=args
@@ -1693,25 +1754,16 @@ class AMQPTransport(Transport):
 
     # consuming
 
-    def _delivery(self, channel: _Channel, queue: str, message: DeliveredMessage) -> Delivery:
-        frame = message.delivery
-        assert isinstance(frame, spec.Basic.GetOk)
-        delivery_tag = frame.delivery_tag or 0
-        headers = message.header.properties.headers or {}
-        count = headers.get("x-delivery-count")
+    def _delivery(self, channel: _Channel, queue: str, message: Message) -> Delivery:
         envelope, delayed_to = _envelope(message)
         return Delivery(
             envelope=envelope,
             queue=queue,
-            exchange=(frame.exchange or "") if delayed_to is None else delayed_to,
-            routing_key=frame.routing_key or "",
-            redelivered=bool(frame.redelivered),
-            delivery_count=(
-                int(count) + 1
-                if isinstance(count, int) and not isinstance(count, bool)
-                else (2 if frame.redelivered else 1)
-            ),
-            tag=(channel.serial << _TAG_BITS) | delivery_tag,
+            exchange=message.exchange if delayed_to is None else delayed_to,
+            routing_key=message.routing_key,
+            redelivered=message.redelivered,
+            delivery_count=_delivery_count(message),
+            tag=(channel.serial << _TAG_BITS) | message.delivery_tag,
         )
 
     async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
@@ -1721,7 +1773,7 @@ class AMQPTransport(Transport):
         while True:
             channel = await self._shared_channel("get", deadline)
             try:
-                message = await channel.raw.basic_get(queue, no_ack=no_ack)
+                message = await channel.raw.get(queue, no_ack=no_ack)
                 break
             except asyncio.CancelledError:
                 if _being_cancelled():
@@ -1735,11 +1787,11 @@ class AMQPTransport(Transport):
             if asyncio.get_running_loop().time() >= deadline:
                 raise self._unavailable(self._last_error)
             await asyncio.sleep(0.01)
-        if not isinstance(message.delivery, spec.Basic.GetOk):
+        if message is None:
             return None
         delivery = self._delivery(channel, queue, message)
         if not no_ack:
-            channel.hold(message.delivery.delivery_tag or 0, queue)
+            channel.hold(message.delivery_tag, queue)
         return delivery
 
     async def consume(

@@ -76,7 +76,12 @@ def test_url_and_options_are_parsed_and_checked() -> None:
     )
     assert t._options.heartbeat == 5
     assert t._options.confirm_timeout == 3
-    assert "bob:s%40cret@rabbit.example:5673/prod%2Fjobs" in t._connection_url
+    assert (t._address.user, t._address.password) == ("bob", "s@cret")
+    assert (t._address.host, t._address.port, t._address.vhost) == (
+        "rabbit.example",
+        5673,
+        "prod/jobs",
+    )
     assert "s@cret" not in t._display
     assert "prod/jobs" in t._display
     assert AMQPTransport.from_url("amqps://h/?verify=false")._options.ssl_context is not None
