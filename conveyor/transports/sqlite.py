@@ -428,6 +428,7 @@ class SQLiteStorage(Storage):
         self._enqueues: list[_Enqueue] = []
         self._due_cache: tuple[tuple[str, ...], float | None] | None = None
         self._committer: asyncio.Task[None] | None = None
+        self._committing = False
 
     # the database thread
 
@@ -828,12 +829,31 @@ class SQLiteStorage(Storage):
             )
         future: asyncio.Future[list[StoredMessage]] = asyncio.get_running_loop().create_future()
         targets = {m.queue for m in messages}
-        self._enqueues.append(_Enqueue(rows, targets, topology_version, connection, settle, future))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_enqueues())
-        return await future
+        request = _Enqueue(rows, targets, topology_version, connection, settle, future)
+        if self._committing:
+            self._enqueues.append(request)  # joins the next group commit
+            return await future
+        # nothing in flight: commit this one at once, without a trip through a task
+        self._committing = True
+        try:
+            work = self._write_then_signal(self._enqueue_all([request]), targets)
+            (result,) = await self._run(work)
+        finally:
+            self._committing = False
+            if self._enqueues and (self._committer is None or self._committer.done()):
+                self._committer = asyncio.create_task(self._commit_enqueues())
+        if isinstance(result, StaleTopology):
+            raise result
+        return result
 
     async def _commit_enqueues(self) -> None:
+        self._committing = True
+        try:
+            await self._commit_pending()
+        finally:
+            self._committing = False
+
+    async def _commit_pending(self) -> None:
         while self._enqueues:
             batch, self._enqueues = self._enqueues, []
             batch = [r for r in batch if not r.future.done()]
