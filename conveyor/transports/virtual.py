@@ -1095,6 +1095,8 @@ class VirtualTransport(Transport):
         interval = self._lease / 4
         next_renew = 0.0
         while True:
+            # cleared before looking, so a wake-up that arrives while we look is kept
+            self._housekeeper_wake.clear()
             try:
                 now = time.time()
                 if now >= next_renew:
@@ -1102,20 +1104,21 @@ class VirtualTransport(Transport):
                         await self._revive()
                     next_renew = now + interval
                     await self._after_reap(await self._storage.reap())
-                await self._expire_messages()
                 wake = next_renew
+                message_expiry = await self._storage.next_expiry()
+                if message_expiry is not None and message_expiry <= time.time():
+                    await self._expire_messages()
+                    message_expiry = await self._storage.next_expiry()
+                if message_expiry is not None:
+                    wake = min(wake, message_expiry)
                 queue_expiry = await self._expire_queues(time.time())
                 if queue_expiry is not None:
                     wake = min(wake, queue_expiry)
-                message_expiry = await self._storage.next_expiry()
-                if message_expiry is not None:
-                    wake = min(wake, message_expiry)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("broker housekeeping failed; retrying in %.1fs", interval)
                 wake = time.time() + interval
-            self._housekeeper_wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.001, wake - time.time())):
                     await self._housekeeper_wake.wait()
