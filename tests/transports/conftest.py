@@ -19,7 +19,7 @@ import pytest
 
 from conveyor.transports import Transport, open_transport
 
-TRANSPORTS = ["memory", "sqlite"]
+TRANSPORTS = ["memory", "sqlite", "redis"]
 
 MakeTransport = Callable[..., Awaitable[Transport]]
 
@@ -29,7 +29,26 @@ def _url_for(transport_id: str, request: pytest.FixtureRequest, tmp_path: Path) 
         return f"memory://conformance-{uuid.uuid4().hex}"
     if transport_id == "sqlite":
         return f"sqlite://{tmp_path / 'broker.db'}"
+    if transport_id == "redis":
+        return redis_namespace(request)
     raise AssertionError(f"no URL for transport {transport_id!r}")
+
+
+def redis_namespace(request: pytest.FixtureRequest) -> str:
+    """A redis:// URL (database 15) with a key prefix of its own, deleted after the test."""
+    import redis
+
+    base = request.getfixturevalue("redis_url")
+    prefix = f"conveyor-test-{uuid.uuid4().hex}:"
+
+    def cleanup() -> None:
+        with redis.Redis.from_url(base) as client:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+
+    request.addfinalizer(cleanup)
+    return f"{base}?key_prefix={prefix}"
 
 
 @pytest.fixture(params=TRANSPORTS)

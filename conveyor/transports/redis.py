@@ -1,0 +1,600 @@
+"""``redis://host:6379/0`` (and ``rediss://``): the virtual broker with its storage in Redis.
+
+AMQP's semantics come from :class:`~conveyor.transports.virtual.VirtualTransport`; this module
+only keeps records and messages in Redis and moves them, each step one Lua script (see
+:mod:`.redis_scripts`), so every producer and worker sees one topology and no step is half done.
+
+Keys, under a prefix (``conveyor:`` unless the ``key_prefix`` option says otherwise)::
+
+    topo:ver  topology version        topo:ex / topo:q / topo:b   exchanges, queues, bindings
+    topo:maxlen  x-max-length by queue     used  last use of each queue (for x-expires)
+    seq  message sequence     exp  ready messages with a TTL, by expiry (zset of tags)
+    conns  live connections by lease deadline (zset)
+    q:<queue>:r  ready messages by score     q:<queue>:d  delayed ones by due time
+    q:<queue>:dp  priority of delayed ones    q:<queue>:m  message bodies by id
+    q:<queue>:n  delivery counts of messages given back     q:<queue>:l  leases by id
+    q:<queue>:c  consumers (``connection\\ntag``)
+    cl:<connection>  tags leased to it    cc:<connection>  its consumers
+    ch:<connection>  its last dequeue, replayed if the reply was lost
+
+A publish writes every copy in one script that first checks the topology version. A consumed
+message is leased, not removed: it moves from the ready set to the lease hash, and the
+connection's lease deadline (renewed by the transport's housekeeper) decides when a dead
+worker's messages go back, with their delivery count kept. Consumers block on pub/sub wake-ups
+(``w:<queue>`` channels, one shared subscriber connection per transport), never on a sleep
+loop; messages themselves never travel over pub/sub. Every call retries through a lost
+connection with backoff, for up to ``reconnect_timeout`` seconds.
+
+Options (URL query or ``broker_transport_options``): ``key_prefix``, ``lease`` (seconds a dead
+worker's messages stay leased, default 30), ``poll_interval`` (default 1), ``reconnect_timeout``
+(default 60), ``socket_timeout`` (default 10). Other URL query parameters go to redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+import struct
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar, Self, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.commands.core import AsyncScript
+
+from conveyor.errors import BrokerUnavailable, ConfigurationError, ProtocolError
+from conveyor.protocol.envelope import Envelope
+from conveyor.routing.entities import Binding, Exchange, FrozenMapping, Queue
+from conveyor.routing.topology import BoundBinding, Topology
+from conveyor.transports import redis_scripts as lua
+from conveyor.transports.base import Capabilities, DeliveryTag, QueueStats
+from conveyor.transports.redis_support import PubSubHub, make_client, redacted, run
+from conveyor.transports.storage import (
+    Listener,
+    NewMessage,
+    QueueActivity,
+    Reaped,
+    StaleTopology,
+    Storage,
+    StoredMessage,
+    TopologySnapshot,
+)
+from conveyor.transports.virtual import VirtualTransport, parse_options
+
+__all__ = ["RedisStorage", "RedisTransport"]
+
+T = TypeVar("T")
+
+SCHEMA = b"1"
+_META_SIZE = struct.Struct("!I")
+_MAX_BATCH = 1000
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, FrozenMapping):
+        return value.to_dict()
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_plain, option=orjson.OPT_SORT_KEYS)
+
+
+def _exchange_record(exchange: Exchange) -> dict[str, Any]:
+    return {
+        "name": exchange.name,
+        "type": exchange.type.value,
+        "durable": exchange.durable,
+        "auto_delete": exchange.auto_delete,
+        "arguments": exchange.arguments,
+    }
+
+
+def _exchange_from(record: Mapping[str, Any]) -> Exchange:
+    return Exchange(
+        record["name"],
+        record["type"],
+        durable=record["durable"],
+        auto_delete=record["auto_delete"],
+        arguments=record["arguments"],
+    )
+
+
+def _binding_target(exchange: Exchange | str | None) -> Any:
+    return _exchange_record(exchange) if isinstance(exchange, Exchange) else exchange
+
+
+def _binding_exchange(value: Any) -> Exchange | str | None:
+    return _exchange_from(value) if isinstance(value, dict) else value
+
+
+def _queue_record(queue: Queue, owner: str | None) -> dict[str, Any]:
+    return {
+        "name": queue.name,
+        "exchange": _binding_target(queue.exchange),
+        "routing_key": queue.routing_key,
+        "bindings": [
+            {
+                "exchange": _binding_target(b.exchange),
+                "routing_key": b.routing_key,
+                "arguments": b.arguments,
+            }
+            for b in queue.bindings
+        ],
+        "arguments": queue.arguments,
+        "durable": queue.durable,
+        "exclusive": queue.exclusive,
+        "auto_delete": queue.auto_delete,
+        "owner": owner,
+    }
+
+
+def _queue_from(record: Mapping[str, Any]) -> tuple[Queue, str | None]:
+    queue = Queue(
+        record["name"],
+        exchange=_binding_exchange(record["exchange"]),
+        routing_key=record["routing_key"],
+        bindings=tuple(
+            Binding(_binding_exchange(b["exchange"]) or "", b["routing_key"], b["arguments"])
+            for b in record["bindings"]
+        ),
+        queue_arguments=record["arguments"],
+        durable=record["durable"],
+        exclusive=record["exclusive"],
+        auto_delete=record["auto_delete"],
+    )
+    return queue, record["owner"]
+
+
+def _binding_field(bound: BoundBinding) -> bytes:
+    return _dumps([bound.exchange, bound.queue, bound.routing_key, bound.arguments])
+
+
+def _binding_from(field: bytes) -> BoundBinding:
+    exchange, queue, routing_key, arguments = orjson.loads(field)
+    return BoundBinding(exchange, queue, routing_key, arguments)
+
+
+def _pack(message: NewMessage) -> bytes:
+    meta = orjson.dumps(
+        [message.exchange, message.routing_key, message.priority, message.expires_at]
+    )
+    return _META_SIZE.pack(len(meta)) + meta + message.envelope.to_bytes()
+
+
+def _unpack(queue: bytes, ident: bytes, count: Any, blob: bytes | None) -> StoredMessage:
+    name = queue.decode()
+    tag = f"{ident.decode()}:{name}"
+    if blob is None:
+        raise ProtocolError(f"message {tag} lost its body in Redis; was the key evicted?")
+    try:
+        (size,) = _META_SIZE.unpack_from(blob, 0)
+        start = _META_SIZE.size
+        exchange, routing_key, priority, expires_at = orjson.loads(blob[start : start + size])
+    except (struct.error, orjson.JSONDecodeError, ValueError) as exc:
+        raise ProtocolError(f"message {tag} in Redis is not conveyor's: {exc}") from exc
+    return StoredMessage(
+        tag=tag,
+        queue=name,
+        envelope=Envelope.from_bytes(blob[start + size :]),
+        exchange=exchange,
+        routing_key=routing_key,
+        priority=priority,
+        delivery_count=int(count),
+        expires_at=expires_at,
+    )
+
+
+def _messages(reply: Sequence[Any]) -> list[StoredMessage]:
+    return [_unpack(*reply[i : i + 4]) for i in range(0, len(reply), 4)]
+
+
+def _tags(tags: Sequence[DeliveryTag]) -> list[str]:
+    return [t for t in tags if isinstance(t, str) and ":" in t]
+
+
+class _RedisListener(Listener):
+    """Wake-ups for some queues, fed by the storage's shared pub/sub connection."""
+
+    def __init__(self, hub: PubSubHub, channels: Sequence[bytes]) -> None:
+        self._hub = hub
+        self._channels = channels
+        self._subscriptions: list[tuple[bytes, int]] = []
+        self._event = asyncio.Event()
+        self._closed = False
+
+    def _poke(self, _data: bytes | None) -> None:
+        self._event.set()
+
+    async def start(self) -> None:
+        for channel in self._channels:
+            sid = await self._hub.subscribe(channel, self._poke)
+            self._subscriptions.append((channel, sid))
+        # Subscribing confirmed wakes us; what was published before is the caller's to fetch.
+        self._event.clear()
+
+    async def wait(self, timeout: float) -> bool:
+        if self._closed:
+            return False
+        if not self._event.is_set():
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
+            except TimeoutError:
+                return False
+        self._event.clear()
+        return not self._closed
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for channel, sid in self._subscriptions:
+            self._hub.unsubscribe(channel, sid)
+        self._subscriptions.clear()
+        self._event.set()
+
+
+class RedisStorage(Storage):
+    """One connection's storage in Redis: a client pool, the scripts and a pub/sub hub."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "conveyor:",
+        reconnect_timeout: float = 60.0,
+        socket_timeout: float = 10.0,
+    ) -> None:
+        self._url = url
+        self._prefix = key_prefix
+        self._prefix_bytes = key_prefix.encode()
+        self._patience = reconnect_timeout
+        self._socket_timeout = socket_timeout
+        self._client: aioredis.Redis | None = None
+        self._hub: PubSubHub | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = ""
+        self._requests = itertools.count(1)
+        self._renewed: set[str] = set()
+
+    # plumbing
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BrokerUnavailable(f"Redis storage for {redacted(self._url)} is not open")
+        return self._client
+
+    def _key(self, *parts: str) -> str:
+        return self._prefix + ":".join(parts)
+
+    async def _run(self, call: Callable[[], Awaitable[T]], doing: str) -> T:
+        return await run(
+            call,
+            url=self._url,
+            doing=doing,
+            patience=self._patience,
+            timeout=self._socket_timeout,
+        )
+
+    async def _script(self, name: str, args: Sequence[Any], doing: str) -> Any:
+        script = self._scripts[name]
+        argv = [self._prefix_bytes, *args]
+        client = self.client
+        return await self._run(lambda: script(keys=[], args=argv, client=client), doing)
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        client = make_client(self._url)
+        schema_key = self._key("schema")
+        try:
+            stored = await run(
+                lambda: client.set(schema_key, SCHEMA, nx=True, get=True),
+                url=self._url,
+                doing="connecting",
+                patience=0,
+                timeout=self._socket_timeout,
+            )
+        except BaseException:
+            await client.aclose()
+            raise
+        if stored is not None and stored != SCHEMA:
+            await client.aclose()
+            raise ConfigurationError(
+                f"Redis at {redacted(self._url)} holds conveyor data of schema "
+                f"{stored!r} under prefix {self._prefix!r}, but this "
+                f"version writes schema {SCHEMA.decode()}: use another prefix or database"
+            )
+        self._scripts = {name: client.register_script(getattr(lua, name)) for name in lua.__all__}
+        self._id_prefix = secrets.token_hex(6)
+        self._client = client
+        self._hub = PubSubHub(client, url=self._url)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            await hub.close()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # topology
+
+    async def load_topology(self) -> TopologySnapshot:
+        client = self.client
+
+        async def read() -> list[Any]:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.get(self._key("topo", "ver"))
+                pipe.hvals(self._key("topo", "ex"))
+                pipe.hvals(self._key("topo", "q"))
+                pipe.hgetall(self._key("topo", "b"))
+                return await pipe.execute()
+
+        version, exchanges, queues, bindings = await self._run(read, "loading the topology")
+        owners: dict[str, str] = {}
+        queue_list: list[Queue] = []
+        for raw in queues:
+            queue, owner = _queue_from(orjson.loads(raw))
+            queue_list.append(queue)
+            if owner is not None:
+                owners[queue.name] = owner
+        ordered = sorted(bindings.items(), key=lambda item: int(item[1]))
+        topology = Topology.build(
+            (_exchange_from(orjson.loads(raw)) for raw in exchanges),
+            queue_list,
+            (_binding_from(field) for field, _ in ordered),
+        )
+        return TopologySnapshot(int(version or 0), topology, owners)
+
+    async def topology_version(self) -> int:
+        client = self.client
+        key = self._key("topo", "ver")
+        version = await self._run(lambda: client.get(key), "reading the topology version")
+        return int(version or 0)
+
+    async def add_exchange(self, exchange: Exchange) -> Exchange:
+        record = _dumps(_exchange_record(exchange))
+        stored = await self._script(
+            "ADD_EXCHANGE", [exchange.name, record], f"declaring exchange {exchange.name!r}"
+        )
+        return _exchange_from(orjson.loads(stored))
+
+    async def remove_exchange(self, name: str) -> None:
+        await self._script("REMOVE_EXCHANGE", [name], f"deleting exchange {name!r}")
+
+    async def add_queue(
+        self, queue: Queue, *, owner: str | None = None
+    ) -> tuple[Queue, str | None]:
+        maxlen = queue.arguments.get("x-max-length")
+        stored = await self._script(
+            "ADD_QUEUE",
+            [
+                queue.name,
+                _dumps(_queue_record(queue, owner)),
+                "" if maxlen is None else int(maxlen),
+                repr(time.time()),
+            ],
+            f"declaring queue {queue.name!r}",
+        )
+        return _queue_from(orjson.loads(stored))
+
+    async def remove_queue(self, name: str) -> int:
+        return int(await self._script("REMOVE_QUEUE", [name], f"deleting queue {name!r}"))
+
+    async def add_binding(self, bound: BoundBinding) -> None:
+        await self._script("ADD_BINDING", [_binding_field(bound)], f"binding queue {bound.queue!r}")
+
+    async def remove_binding(self, bound: BoundBinding) -> None:
+        await self._script(
+            "REMOVE_BINDING", [_binding_field(bound)], f"unbinding queue {bound.queue!r}"
+        )
+
+    # messages
+
+    async def enqueue(
+        self,
+        messages: Sequence[NewMessage],
+        *,
+        topology_version: int,
+        connection: str,
+        settle: Sequence[DeliveryTag] = (),
+    ) -> list[StoredMessage]:
+        settled = _tags(settle)
+        args: list[Any] = [topology_version, connection, repr(time.time()), len(settled)]
+        args.extend(settled)
+        args.append(len(messages))
+        for m in messages:
+            args.extend(
+                (
+                    m.queue,
+                    self._new_id(),
+                    m.priority,
+                    "" if m.not_before is None else repr(m.not_before),
+                    "" if m.expires_at is None else repr(m.expires_at),
+                    _pack(m),
+                )
+            )
+        reply = await self._script("ENQUEUE", args, "publishing")
+        if reply == -1:
+            raise StaleTopology(f"topology changed since version {topology_version}")
+        return _messages(reply)
+
+    async def dequeue(
+        self,
+        queues: Sequence[str],
+        *,
+        connection: str,
+        limit: int,
+        ack: Sequence[DeliveryTag] = (),
+    ) -> list[StoredMessage]:
+        acks = _tags(ack)
+        args: list[Any] = [
+            connection,
+            min(limit, _MAX_BATCH),
+            repr(time.time()),
+            next(self._requests),
+            len(acks),
+            *acks,
+            *queues,
+        ]
+        return _messages(await self._script("DEQUEUE", args, "fetching messages"))
+
+    async def claim_expired(self, *, connection: str, limit: int) -> list[StoredMessage]:
+        reply = await self._script(
+            "CLAIM_EXPIRED",
+            [connection, min(limit, _MAX_BATCH), repr(time.time())],
+            "expiring messages",
+        )
+        return _messages(reply)
+
+    async def ack(self, tags: Sequence[DeliveryTag], *, connection: str) -> int:
+        valid = _tags(tags)
+        if not valid:
+            return 0
+        return int(await self._script("ACK", [connection, *valid], "acking"))
+
+    async def release(self, tags: Sequence[DeliveryTag], *, connection: str) -> int:
+        valid = _tags(tags)
+        if not valid:
+            return 0
+        return int(await self._script("RELEASE", [connection, *valid], "requeueing"))
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        if not queues:
+            return None
+        reply = await self._script(
+            "NEXT_DUE", [repr(time.time()), *queues], "reading delayed messages"
+        )
+        return None if reply is None else float(reply)
+
+    async def next_expiry(self) -> float | None:
+        client = self.client
+        key = self._key("exp")
+        first = await self._run(
+            lambda: client.zrange(key, 0, 0, withscores=True), "reading message expiry"
+        )
+        return float(first[0][1]) if first else None
+
+    async def purge(self, queue: str) -> int:
+        return int(await self._script("PURGE", [queue], f"purging queue {queue!r}"))
+
+    async def stats(self, queue: str) -> QueueStats:
+        ready, unacked, consumers = await self._script(
+            "STATS", [queue, repr(time.time())], f"reading stats of queue {queue!r}"
+        )
+        return QueueStats(queue, int(ready), int(unacked), int(consumers))
+
+    # connections and consumers
+
+    async def renew(self, connection: str, *, lease: float) -> bool:
+        known = await self._script(
+            "RENEW", [connection, repr(time.time() + lease)], "renewing the connection lease"
+        )
+        first = connection not in self._renewed
+        self._renewed.add(connection)
+        return bool(known) or first
+
+    async def disconnect(self, connection: str) -> list[str]:
+        idle = await self._script("DISCONNECT", [connection, repr(time.time())], "disconnecting")
+        self._renewed.discard(connection)
+        return [q.decode() for q in idle]
+
+    async def reap(self) -> Reaped:
+        dead, idle = await self._script("REAP", [repr(time.time())], "reaping dead connections")
+        return Reaped(
+            tuple(c.decode() for c in dead), tuple(dict.fromkeys(q.decode() for q in idle))
+        )
+
+    async def add_consumer(self, connection: str, tag: str, queues: Sequence[str]) -> None:
+        await self._script(
+            "ADD_CONSUMER",
+            [connection, tag, repr(time.time()), *queues],
+            f"registering consumer {tag!r}",
+        )
+
+    async def remove_consumer(self, connection: str, tag: str) -> list[str]:
+        idle = await self._script(
+            "REMOVE_CONSUMER",
+            [connection, tag, repr(time.time())],
+            f"removing consumer {tag!r}",
+        )
+        return [q.decode() for q in idle]
+
+    async def activity(self, queues: Sequence[str]) -> dict[str, QueueActivity]:
+        if not queues:
+            return {}
+        reply = await self._script(
+            "ACTIVITY", [repr(time.time()), *queues], "reading queue activity"
+        )
+        return {
+            reply[i].decode(): QueueActivity(float(reply[i + 1]), int(reply[i + 2]))
+            for i in range(0, len(reply), 3)
+        }
+
+    async def listen(self, queues: Sequence[str]) -> Listener:
+        hub = self._hub
+        if hub is None:
+            raise BrokerUnavailable(f"Redis storage for {redacted(self._url)} is not open")
+        listener = _RedisListener(hub, [self._key("w", q).encode() for q in queues])
+        await listener.start()
+        return listener
+
+
+_OPTIONS: dict[str, tuple[type, Any]] = {
+    "key_prefix": (str, "conveyor:"),
+    "lease": (float, 30.0),
+    "poll_interval": (float, 1.0),
+    "reconnect_timeout": (float, 60.0),
+    "socket_timeout": (float, 10.0),
+}
+
+
+class RedisTransport(VirtualTransport):
+    """The virtual broker on Redis: one topology and one set of queues for every process."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        native_exchanges=False,
+        max_priority=255,
+        delayed_delivery=True,
+        direct_reply_to=False,
+        shared=True,
+    )
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Self:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("redis", "rediss"):
+            raise ConfigurationError(
+                f"not a Redis URL: {redacted(url)!r}; write redis://host:6379/0 or rediss://..."
+            )
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        ours = [(k, v) for k, v in query if k in _OPTIONS]
+        theirs = [(k, v) for k, v in query if k not in _OPTIONS]
+        values = parse_options(
+            parts._replace(query=urlencode(ours)).geturl(), options or {}, _OPTIONS
+        )
+        client_url = parts._replace(query=urlencode(theirs)).geturl()
+        try:
+            parse_url(client_url)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"bad Redis URL {redacted(url)!r}: {exc}") from exc
+        storage = RedisStorage(
+            client_url,
+            key_prefix=values["key_prefix"],
+            reconnect_timeout=values["reconnect_timeout"],
+            socket_timeout=values["socket_timeout"],
+        )
+        return cls(url, storage, lease=values["lease"], poll_interval=values["poll_interval"])

@@ -1,0 +1,328 @@
+"""What the Redis transport and the Redis result backend share: clients, errors, retries, pub/sub.
+
+- :func:`make_client` builds a redis-py asyncio client (hiredis parser) from a ``redis://`` or
+  ``rediss://`` URL, raising ConfigurationError for a malformed one.
+- :func:`run` calls Redis, retrying with exponential backoff while the connection is lost (the
+  calls it runs must be idempotent), and maps redis-py errors to conveyor errors.
+- :class:`PubSubHub` shares one subscribed connection among every subscriber of a client; it
+  reconnects by itself and tells subscribers when they may have missed a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
+
+from conveyor.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    ConveyorError,
+    TransportError,
+)
+
+__all__ = [
+    "Backoff",
+    "PubSubHub",
+    "make_client",
+    "map_error",
+    "redacted",
+    "run",
+]
+
+log = logging.getLogger("conveyor.redis")
+
+T = TypeVar("T")
+
+_LOST = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def make_client(url: str, **options: Any) -> aioredis.Redis:
+    """An unconnected asyncio client for ``url`` (``redis://host:port/db``, ``rediss://``).
+
+    The client has no socket timeout of its own: redis-py enforces one with ``asyncio.wait_for``,
+    which on Python 3.11 can swallow a cancellation; :func:`run` bounds each call instead.
+    redis-py's own retries are limited to one immediate retry on a fresh connection (a pooled
+    connection the server closed); longer outages are :func:`run`'s business.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(
+            f"not a Redis URL: {redacted(url)!r}; write redis://host:6379/0 or rediss://..."
+        )
+    try:
+        return aioredis.Redis.from_url(
+            url,
+            socket_timeout=None,
+            socket_connect_timeout=options.pop("socket_connect_timeout", 5.0),
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=False,
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            **options,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"bad Redis URL {redacted(url)!r}: {exc}") from exc
+
+
+def map_error(exc: BaseException, url: str, doing: str) -> ConveyorError:
+    """The conveyor error for a redis-py error raised while ``doing`` something."""
+    where = redacted(url)
+    if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError):
+        return ConfigurationError(
+            f"Redis at {where} refused the credentials while {doing}: {exc}; fix the user and "
+            "password in the URL"
+        )
+    if isinstance(exc, rexc.ResponseError) and str(exc).startswith("WRONGTYPE"):
+        return ConfigurationError(
+            f"Redis at {where} holds keys of another program where conveyor keeps its own "
+            f"({exc}); use another database or set the key prefix option"
+        )
+    if isinstance(exc, _LOST):
+        return BrokerUnavailable(
+            f"cannot reach Redis at {where} while {doing}: {exc}; check that Redis is running "
+            "and the URL is right"
+        )
+    return TransportError(f"Redis at {where} failed while {doing}: {exc}")
+
+
+class Backoff:
+    """Exponential backoff with full jitter, from ``base`` up to ``cap`` seconds."""
+
+    def __init__(self, base: float = 0.05, cap: float = 2.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempts = 0
+
+    def next(self) -> float:
+        """The next delay to sleep."""
+        delay = min(self.cap, self.base * 2**self.attempts)
+        self.attempts += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        """Start again from ``base``."""
+        self.attempts = 0
+
+
+async def run(
+    call: Callable[[], Awaitable[T]],
+    *,
+    url: str,
+    doing: str,
+    patience: float,
+    timeout: float = 10.0,
+) -> T:
+    """Await ``call()``, retrying with backoff for up to ``patience`` seconds of lost connection.
+
+    Each attempt may take ``timeout`` seconds before the connection counts as lost. ``call``
+    must be safe to repeat: a lost reply does not say whether Redis ran the command. Raises
+    BrokerUnavailable when Redis stays unreachable, ConfigurationError for refused credentials
+    or foreign keys, TransportError for any other Redis error.
+    """
+    backoff: Backoff | None = None
+    give_up = 0.0
+    while True:
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await call()
+            except TimeoutError as exc:
+                raise rexc.TimeoutError(f"no answer within {timeout} s") from exc
+        except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
+            raise map_error(exc, url, doing) from exc
+        except _LOST as exc:
+            now = time.monotonic()
+            if backoff is None:
+                backoff = Backoff()
+                give_up = now + patience
+                log.warning(
+                    "lost Redis at %s while %s (%s); reconnecting", redacted(url), doing, exc
+                )
+            if now >= give_up:
+                raise map_error(exc, url, doing) from exc
+            await asyncio.sleep(min(backoff.next(), max(0.0, give_up - now)))
+        except rexc.RedisError as exc:
+            raise map_error(exc, url, doing) from exc
+
+
+Callback = Callable[[bytes | None], None]
+
+
+class PubSubHub:
+    """One connection in subscribe mode, shared by every subscriber of a client.
+
+    ``callback(data)`` runs (on the event loop, synchronously) for each message on a channel it
+    subscribed; ``callback(None)`` after the subscription was (re)established, when messages
+    may have been missed. The hub reconnects with backoff and subscribes again by itself, so a
+    subscriber never has to.
+    """
+
+    def __init__(self, client: aioredis.Redis, *, url: str, ping_every: float = 15.0) -> None:
+        self._client = client
+        self._url = url
+        self._ping_every = ping_every
+        self._subscribers: dict[bytes, dict[int, Callback]] = {}
+        self._active: set[bytes] = set()
+        self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._conn: AbstractConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+        self._next_id = 0
+
+    async def subscribe(self, channel: bytes, callback: Callback) -> int:
+        """Subscribe ``callback`` to ``channel``; return once Redis confirmed the subscription.
+
+        Returns an id for :meth:`unsubscribe`. Waits through a lost connection (the hub
+        reconnects); raises BrokerUnavailable only if the hub was closed.
+        """
+        if self._closed:
+            raise BrokerUnavailable(f"the Redis subscriber for {redacted(self._url)} is closed")
+        self._next_id += 1
+        sid = self._next_id
+        subs = self._subscribers.setdefault(channel, {})
+        first = not subs
+        subs[sid] = callback
+        if channel in self._active:
+            return sid
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirmations.setdefault(channel, []).append(fut)
+        self._ensure_reader()
+        if first and self._conn is not None and self._conn.is_connected:
+            with contextlib.suppress(*_LOST):
+                await self._conn.send_command("SUBSCRIBE", channel)
+        try:
+            await fut
+        except BaseException:
+            self.unsubscribe(channel, sid)
+            raise
+        return sid
+
+    def unsubscribe(self, channel: bytes, sid: int) -> None:
+        """Stop calling subscriber ``sid`` of ``channel`` (idempotent)."""
+        subs = self._subscribers.get(channel)
+        if subs is None or subs.pop(sid, None) is None or subs:
+            return
+        del self._subscribers[channel]
+        self._active.discard(channel)
+        conn = self._conn
+        if conn is not None and conn.is_connected:
+            asyncio.get_running_loop().create_task(self._send_quietly(conn, "UNSUBSCRIBE", channel))
+
+    async def close(self) -> None:
+        """Disconnect and stop; pending subscriptions fail with BrokerUnavailable."""
+        self._closed = True
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if self._conn is not None:
+            await self._conn.disconnect(nowait=True)
+            self._conn = None
+        for futures in self._confirmations.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(
+                        BrokerUnavailable(f"the Redis subscriber for {redacted(self._url)} closed")
+                    )
+        self._confirmations.clear()
+        self._subscribers.clear()
+        self._active.clear()
+
+    @staticmethod
+    async def _send_quietly(conn: AbstractConnection, *args: Any) -> None:
+        with contextlib.suppress(*_LOST):
+            await conn.send_command(*args)
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read_forever(), name="conveyor-redis-pubsub"
+            )
+
+    def _notify_all(self) -> None:
+        for subs in list(self._subscribers.values()):
+            for callback in list(subs.values()):
+                callback(None)
+
+    def _handle(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 3:
+            return
+        kind, channel, data = reply[0], reply[1], reply[2]
+        if kind == b"message":
+            for callback in list(self._subscribers.get(channel, {}).values()):
+                callback(data)
+        elif kind == b"subscribe" and channel in self._subscribers:
+            self._active.add(channel)
+            for fut in self._confirmations.pop(channel, []):
+                if not fut.done():
+                    fut.set_result(None)
+            for callback in list(self._subscribers[channel].values()):
+                callback(None)
+
+    async def _read_forever(self) -> None:
+        backoff = Backoff()
+        reconnecting = False
+        while not self._closed:
+            conn = self._conn
+            try:
+                if conn is None or not conn.is_connected:
+                    conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+                    self._conn = conn
+                    self._active.clear()
+                    await conn.connect()
+                    if self._subscribers:
+                        await conn.send_command("SUBSCRIBE", *self._subscribers)
+                    if reconnecting:
+                        log.info("reconnected to Redis at %s", redacted(self._url))
+                        reconnecting = False
+                reply = await conn.read_response(timeout=self._ping_every, push_request=True)
+                if reply is None:
+                    await conn.send_command("PING")
+                    reply = await conn.read_response(timeout=self._ping_every, push_request=True)
+                    if reply is None:
+                        raise rexc.TimeoutError("no answer to PING on the subscriber connection")
+                self._handle(reply)
+                backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except _LOST as exc:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
+                self._conn = None
+                self._active.clear()
+                if not reconnecting:
+                    log.warning(
+                        "lost the Redis subscriber connection to %s (%s); reconnecting",
+                        redacted(self._url),
+                        exc,
+                    )
+                    reconnecting = True
+                self._notify_all()
+                await asyncio.sleep(backoff.next())
+            except rexc.RedisError as exc:
+                log.warning("Redis subscriber error from %s: %s", redacted(self._url), exc)
+                await asyncio.sleep(backoff.next())
