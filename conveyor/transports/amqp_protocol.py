@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import platform
 import ssl
 import struct
@@ -35,6 +36,8 @@ __all__ = [
     "Message",
     "Properties",
 ]
+
+log = logging.getLogger(__name__)
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
 _FRAME_END = 0xCE
@@ -536,7 +539,10 @@ class Channel:
             tag = frame.consumer_tag or ""
             self.consumers.pop(tag, None)
             if self.on_cancel is not None:
-                self.on_cancel(tag)
+                try:
+                    self.on_cancel(tag)
+                except Exception:
+                    log.exception("consumer cancel callback failed for %r", tag)
         elif isinstance(frame, spec.Channel.Flow):
             self.connection.write(method_frame(self.number, spec.Channel.FlowOk(frame.active)))
         else:
@@ -569,7 +575,11 @@ class Channel:
         if kind == 1:
             callback = self.consumers.get(message.consumer_tag)
             if callback is not None:
-                callback(message)
+                try:
+                    callback(message)
+                except Exception:
+                    # A failing consumer must not stop the connection's reader.
+                    log.exception("consumer %r failed on a delivery", message.consumer_tag)
         elif kind == 2:
             self._reply(message)
         else:

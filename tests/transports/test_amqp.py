@@ -459,3 +459,42 @@ async def test_lost_connection_reconnects_resubscribes_and_publishers_wait(
     assert after.envelope.body == b"after"
     await t.ack(after)
     await consumer.cancel()
+
+
+async def test_large_bodies_travel_in_several_frames(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    q = name("large")
+    await t.declare_queue(Queue(q))
+    body = bytes(range(256)) * 4096  # 1 MiB: eight frames at RabbitMQ's 128 KiB frame_max
+    await t.publish(Envelope(body=body, content_type="application/octet-stream"), routing_key=q)
+    consumer = await t.consume([q])
+    (got,) = await take(consumer, 1)
+    assert got.envelope.body == body
+    await t.ack(got)
+    await consumer.cancel()
+
+
+async def test_an_idle_connection_lives_on_heartbeats(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp(heartbeat=1)
+    q = name("idle")
+    await t.declare_queue(Queue(q))
+    connection = t._connection
+    await asyncio.sleep(3.5)  # RabbitMQ drops a peer silent for two heartbeat intervals
+    assert t._connection is connection
+    assert await t.publish(env("still here"), routing_key=q) == 1
+
+
+async def test_deleting_its_queue_ends_a_consumer(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    other = await make_amqp()
+    q = name("doomed")
+    await t.declare_queue(Queue(q))
+    consumer = await t.consume([q])
+    await other.delete_queue(q)
+    assert [d async for d in consumer] == []
