@@ -44,7 +44,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.connection import parse_url
 from redis.commands.core import AsyncScript
 
 from conveyor.errors import BrokerUnavailable, ConfigurationError, ProtocolError
@@ -53,7 +52,7 @@ from conveyor.routing.entities import Binding, Exchange, FrozenMapping, Queue
 from conveyor.routing.topology import BoundBinding, Topology
 from conveyor.transports import redis_scripts as lua
 from conveyor.transports.base import Capabilities, DeliveryTag, QueueStats
-from conveyor.transports.redis_support import PubSubHub, make_client, redacted, run
+from conveyor.transports.redis_support import PubSubHub, check_url, make_client, redacted, run
 from conveyor.transports.storage import (
     Listener,
     NewMessage,
@@ -575,24 +574,16 @@ class RedisTransport(VirtualTransport):
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Self:
+        check_url(url, own_options=_OPTIONS)
         parts = urlsplit(url)
-        if parts.scheme.lower() not in ("redis", "rediss"):
-            raise ConfigurationError(
-                f"not a Redis URL: {redacted(url)!r}; write redis://host:6379/0 or rediss://..."
-            )
         query = parse_qsl(parts.query, keep_blank_values=True)
         ours = [(k, v) for k, v in query if k in _OPTIONS]
         theirs = [(k, v) for k, v in query if k not in _OPTIONS]
         values = parse_options(
             parts._replace(query=urlencode(ours)).geturl(), options or {}, _OPTIONS
         )
-        client_url = parts._replace(query=urlencode(theirs)).geturl()
-        try:
-            parse_url(client_url)
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"bad Redis URL {redacted(url)!r}: {exc}") from exc
         storage = RedisStorage(
-            client_url,
+            parts._replace(query=urlencode(theirs)).geturl(),
             key_prefix=values["key_prefix"],
             reconnect_timeout=values["reconnect_timeout"],
             socket_timeout=values["socket_timeout"],

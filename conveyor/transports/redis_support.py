@@ -15,13 +15,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
@@ -34,8 +34,10 @@ from conveyor.errors import (
 )
 
 __all__ = [
+    "CLIENT_QUERY_OPTIONS",
     "Backoff",
     "PubSubHub",
+    "check_url",
     "make_client",
     "map_error",
     "redacted",
@@ -58,6 +60,49 @@ def redacted(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+# Query parameters handed to redis-py; conveyor's own options are taken out before.
+CLIENT_QUERY_OPTIONS = frozenset(URL_QUERY_ARGUMENT_PARSERS) - {"socket_timeout", "timeout"} | {
+    "client_name",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_ca_data",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+    "ssl_ciphers",
+}
+
+
+def check_url(url: str, *, own_options: Iterable[str] = ()) -> None:
+    """Raise ConfigurationError unless ``url`` is a Redis URL redis-py reads as written.
+
+    ``own_options`` are query parameters the caller takes out itself.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        raise ConfigurationError(
+            f"not a Redis URL: {redacted(url)!r}; write redis://host:6379/0 or rediss://..."
+        )
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ConfigurationError(
+            f"bad Redis URL {redacted(url)!r}: the path names the database, a number such as "
+            f"/0, not {parts.path!r}"
+        )
+    allowed = CLIENT_QUERY_OPTIONS | set(own_options)
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in allowed:
+            raise ConfigurationError(
+                f"unknown option {name!r} in Redis URL {redacted(url)!r}: the options are "
+                f"{', '.join(sorted(allowed))}"
+            )
+    try:
+        parse_url(url)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"bad Redis URL {redacted(url)!r}: {exc}") from exc
+
+
 def make_client(url: str, **options: Any) -> aioredis.Redis:
     """An unconnected asyncio client for ``url`` (``redis://host:port/db``, ``rediss://``).
 
@@ -66,11 +111,7 @@ def make_client(url: str, **options: Any) -> aioredis.Redis:
     redis-py's own retries are limited to one immediate retry on a fresh connection (a pooled
     connection the server closed); longer outages are :func:`run`'s business.
     """
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(
-            f"not a Redis URL: {redacted(url)!r}; write redis://host:6379/0 or rediss://..."
-        )
+    check_url(url)
     try:
         return aioredis.Redis.from_url(
             url,

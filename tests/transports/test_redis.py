@@ -1,0 +1,381 @@
+"""Redis-specific behaviour beyond the conformance suite: URLs, foreign data, exact priorities,
+retries after a lost reply, a killed connection (``CLIENT KILL``) and killed processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.exceptions
+
+from conveyor import Envelope, Queue
+from conveyor.errors import BrokerUnavailable, ConfigurationError, NotFound, PreconditionFailed
+from conveyor.transports import Delivery, Outgoing, open_transport
+from conveyor.transports.redis import RedisStorage, RedisTransport
+from conveyor.transports.storage import NewMessage, StaleTopology
+from tests.transports.conftest import redis_namespace
+from tests.transports.helpers import bodies, drain, env, take
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def url(request: pytest.FixtureRequest) -> str:
+    """A redis:// URL with a key prefix of its own (keys deleted after the test)."""
+    return redis_namespace(request)
+
+
+def _prefix(url: str) -> str:
+    return url.split("key_prefix=", 1)[1]
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("bad_url", "fragment"),
+    [
+        ("redis://127.0.0.1:6379/0?lease=soon", "lease"),
+        ("redis://127.0.0.1:6379/0?visibility_timeout=5", "visibility_timeout"),
+        ("redis://127.0.0.1:6379/notanumber", "Redis URL"),
+        ("amqp://127.0.0.1/", "not a Redis URL"),
+    ],
+)
+def test_bad_urls_and_options_are_configuration_errors(bad_url: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        RedisTransport.from_url(bad_url)
+
+
+async def test_an_unreachable_server_is_broker_unavailable_at_once() -> None:
+    transport = open_transport("redis://127.0.0.1:1/0")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1"):
+        await transport.connect()
+    assert time.monotonic() - started < 5
+
+
+async def test_foreign_keys_and_other_schemas_are_refused_untouched(
+    url: str, sync_redis: redis.Redis
+) -> None:
+    prefix = _prefix(url)
+    sync_redis.hset(f"{prefix}schema", "owner", "someone else")
+    with pytest.raises(ConfigurationError, match="another program"):
+        await open_transport(url).connect()
+    assert sync_redis.hgetall(f"{prefix}schema") == {b"owner": b"someone else"}
+    sync_redis.delete(f"{prefix}schema")
+    sync_redis.set(f"{prefix}schema", "99")
+    with pytest.raises(ConfigurationError, match="schema"):
+        await open_transport(url).connect()
+    assert sync_redis.get(f"{prefix}schema") == b"99"
+
+
+async def test_every_key_is_under_the_prefix(url: str, sync_redis: redis.Redis) -> None:
+    queue = f"q-{uuid.uuid4().hex}"
+    async with open_transport(url) as t:
+        await t.declare_queue(Queue(queue, max_priority=3))
+        await t.publish(env("x", priority=2), routing_key=queue)
+        await t.publish(env("later"), routing_key=queue, delay=30)
+        consumer = await t.consume([queue])
+        [delivery] = await take(consumer, 1)
+        ours = [k.decode() for k in sync_redis.scan_iter(match=f"*{queue}*", count=1000)]
+        assert ours
+        assert all(k.startswith(_prefix(url)) for k in ours)
+        await t.ack(delivery)
+        await consumer.cancel()
+
+
+async def test_all_256_priorities_are_exact_and_fifo_within_a_level(
+    url: str, sync_redis: redis.Redis
+) -> None:
+    # Start the sequence high, where a careless score would lose precision in a double.
+    sync_redis.set(f"{_prefix(url)}seq", 2**44)
+    rng = random.Random(7)
+    priorities = [rng.randrange(256) for _ in range(600)]
+    async with open_transport(url) as t:
+        await t.declare_queue(Queue("prio", max_priority=255))
+        await t.publish_many(
+            [
+                Outgoing(env(str(i), priority=p), routing_key="prio")
+                for i, p in enumerate(priorities)
+            ]
+        )
+        got = [int(b) for b in bodies(await drain(t, "prio"))]
+    assert got == sorted(range(600), key=lambda i: (-priorities[i], i))
+
+
+async def test_a_stale_topology_version_stores_nothing(url: str) -> None:
+    storage = RedisStorage(url.split("?")[0], key_prefix=_prefix(url))
+    await storage.open()
+    try:
+        await storage.add_queue(Queue("a"))
+        version = await storage.topology_version()
+        await storage.add_queue(Queue("b"))
+        copies = [
+            NewMessage(queue=q, envelope=Envelope(body=b"x"), exchange="", routing_key=q)
+            for q in ("a", "b")
+        ]
+        with pytest.raises(StaleTopology):
+            await storage.enqueue(copies, topology_version=version, connection="c")
+        assert (await storage.stats("a")).ready == 0
+        assert (await storage.stats("b")).ready == 0
+        await storage.enqueue(
+            copies, topology_version=await storage.topology_version(), connection="c"
+        )
+        assert (await storage.stats("a")).ready == (await storage.stats("b")).ready == 1
+    finally:
+        await storage.close()
+
+
+def _lose_first_reply(storage: RedisStorage, name: str) -> list[int]:
+    """Make script ``name`` run in Redis but lose its reply, once; return the call counter."""
+    script = storage._scripts[name]
+    calls = [0]
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        reply = await script(*args, **kwargs)
+        if calls[0] == 1:
+            raise redis.exceptions.ConnectionError("reply lost on the way back")
+        return reply
+
+    storage._scripts[name] = flaky  # type: ignore[assignment]
+    return calls
+
+
+async def test_a_publish_whose_reply_was_lost_is_stored_once(url: str) -> None:
+    async with open_transport(url) as t:
+        assert isinstance(t, RedisTransport)
+        await t.declare_queue(Queue("once"))
+        calls = _lose_first_reply(t._storage, "ENQUEUE")  # type: ignore[arg-type]
+        assert await t.publish(env("only"), routing_key="once") == 1
+        assert calls[0] == 2
+        assert bodies(await drain(t, "once")) == ["only"]
+
+
+async def test_a_fetch_whose_reply_was_lost_is_replayed_not_leased_twice(url: str) -> None:
+    async with open_transport(url) as t:
+        assert isinstance(t, RedisTransport)
+        await t.declare_queue(Queue("replay"))
+        await t.publish_many([Outgoing(env(str(i)), routing_key="replay") for i in range(3)])
+        calls = _lose_first_reply(t._storage, "DEQUEUE")  # type: ignore[arg-type]
+        consumer = await t.consume(["replay"], prefetch=3)
+        got = await take(consumer, 3)
+        assert calls[0] >= 2
+        assert sorted(bodies(got)) == ["0", "1", "2"]
+        assert all(d.delivery_count == 1 for d in got)
+        assert (await t.queue_stats("replay")).unacked == 3
+        await t.ack_many(got)
+        assert (await t.queue_stats("replay")).unacked == 0
+        await consumer.cancel()
+
+
+async def test_healthy_consumers_never_see_a_message_twice(url: str) -> None:
+    async with open_transport(url) as producer, open_transport(url) as a, open_transport(url) as b:
+        await producer.declare_queue(Queue("shared"))
+        seen: list[Delivery] = []
+        all_seen = asyncio.Event()
+
+        async def work(transport: Any) -> None:
+            consumer = await transport.consume(["shared"], prefetch=16)
+            async for delivery in consumer:
+                seen.append(delivery)
+                await transport.ack(delivery)
+                if len(seen) >= 400:
+                    all_seen.set()
+
+        workers = [asyncio.create_task(work(a)), asyncio.create_task(work(b))]
+        await producer.publish_many(
+            [Outgoing(env(str(i)), routing_key="shared") for i in range(400)]
+        )
+        await asyncio.wait_for(all_seen.wait(), 20)
+        await asyncio.sleep(0.2)
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    assert sorted(int(b) for b in bodies(seen)) == list(range(400))
+    assert not any(d.redelivered for d in seen)
+
+
+async def test_consumers_survive_client_kill(url: str, sync_redis: redis.Redis) -> None:
+    name = f"conveyor-kill-{uuid.uuid4().hex[:8]}"
+    async with open_transport(url) as producer, open_transport(f"{url}&client_name={name}") as t:
+        await producer.declare_queue(Queue("survive"))
+        consumer = await t.consume(["survive"], prefetch=10)
+        got: list[str] = []
+
+        async def work() -> None:
+            async for delivery in consumer:
+                got.append(delivery.envelope.body.decode())
+                await t.ack(delivery)
+
+        worker = asyncio.create_task(work())
+        await producer.publish_many(
+            [Outgoing(env(f"a{i}"), routing_key="survive") for i in range(5)]
+        )
+        deadline = time.monotonic() + 10
+        while len(got) < 5:
+            assert time.monotonic() < deadline, "the consumer never started"
+            await asyncio.sleep(0.01)
+
+        killed = 0
+        for client in sync_redis.client_list():
+            if client.get("name") == name:
+                sync_redis.client_kill_filter(_id=client["id"])
+                killed += 1
+        assert killed >= 2, "expected the command and subscriber connections to be killed"
+
+        await producer.publish_many(
+            [Outgoing(env(f"b{i}"), routing_key="survive") for i in range(5)]
+        )
+        await t.publish(env("from-the-killed-side"), routing_key="survive")
+        deadline = time.monotonic() + 15
+        while len(got) < 11:
+            assert not worker.done(), "the consumer stopped after its connection was killed"
+            assert time.monotonic() < deadline, f"only {got} arrived after CLIENT KILL"
+            await asyncio.sleep(0.02)
+        assert sorted(got) == sorted(
+            [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)] + ["from-the-killed-side"]
+        )
+        assert [c for c in sync_redis.client_list() if c.get("name") == name]
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        await consumer.cancel()
+
+
+def _spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.transports.sqlite_processes", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+async def _wait_for(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not _exists(path):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path.name} did not appear within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines() if line]
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+
+
+async def test_a_killed_consumers_messages_come_back_redelivered(
+    url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    async with open_transport(url) as t:
+        await t.declare_queue(Queue("jobs"))
+        for i in range(5):
+            await t.publish(env(str(i)), routing_key="jobs")
+        holder = _spawn("hold", url, "jobs", str(tmp_path), "holder", "1.0")
+        processes.append(holder)
+        await _wait_for(tmp_path / "holder.ready")
+        assert (await t.queue_stats("jobs")).unacked == 3
+        with pytest.raises(PreconditionFailed):
+            await t.get("jobs.exclusive")
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        deadline = time.monotonic() + 10
+        while (await t.queue_stats("jobs")).unacked:
+            assert time.monotonic() < deadline, "the killed consumer's messages never came back"
+            await asyncio.sleep(0.05)
+        back = await drain(t, "jobs")
+        assert sorted(bodies(back)) == ["0", "1", "2", "3", "4"]
+        assert {d.envelope.body.decode() for d in back if d.redelivered} == {"0", "1", "2"}
+        assert {d.delivery_count for d in back if d.redelivered} == {2}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                await t.queue_stats("jobs.exclusive")
+            except NotFound:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the dead process's exclusive queue was not deleted")
+
+
+async def test_processes_share_redis_and_a_sigkill_loses_nothing(
+    url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    async with open_transport(url) as t:
+        await t.declare_queue(Queue("jobs"))
+    logs = tmp_path
+    consumers = {
+        name: _spawn("consume", url, "jobs", str(logs), name, "1.0")
+        for name in ("victim", "c1", "c2")
+    }
+    processes.extend(consumers.values())
+    for name in consumers:
+        await _wait_for(logs / f"{name}.ready")
+    steady = _spawn("produce", url, "jobs", str(logs), "steady", "600")
+    doomed = _spawn("produce", url, "jobs", str(logs), "doomed", "100000")
+    processes.extend([steady, doomed])
+
+    deadline = time.monotonic() + 60
+    while len(_lines(logs / "victim.acked")) < 40 or len(_lines(logs / "doomed.published")) < 300:
+        assert time.monotonic() < deadline, "the processes made no progress"
+        await asyncio.sleep(0.01)
+    consumers["victim"].send_signal(signal.SIGKILL)
+    doomed.send_signal(signal.SIGKILL)
+    assert steady.wait(60) == 0
+    consumers["victim"].wait(10)
+    doomed.wait(10)
+
+    async with open_transport(url) as t:
+        deadline = time.monotonic() + 30
+        while True:
+            stats = await t.queue_stats("jobs")
+            if stats.ready == 0 and stats.unacked == 0:
+                break
+            assert time.monotonic() < deadline, f"messages were left behind: {stats}"
+            await asyncio.sleep(0.05)
+    for name in ("c1", "c2"):
+        consumers[name].send_signal(signal.SIGTERM)
+        assert consumers[name].wait(30) == 0
+
+    confirmed = set(_lines(logs / "steady.published")) | set(_lines(logs / "doomed.published"))
+    assert len(_lines(logs / "steady.published")) == 600
+    delivered = {x for n in consumers for x in _lines(logs / f"{n}.delivered")}
+    assert confirmed <= delivered, f"lost: {sorted(confirmed - delivered)[:10]}"
+    survivors_acked = _lines(logs / "c1.acked") + _lines(logs / "c2.acked")
+    assert len(survivors_acked) == len(set(survivors_acked)), "a message was acked twice"
+    victim_acked = set(_lines(logs / "victim.acked"))
+    assert not victim_acked & set(survivors_acked), "an acked message was delivered again"
+    victim_maybe = set(_lines(logs / "victim.acking"))
+    unaccounted = delivered - set(survivors_acked) - victim_maybe
+    assert not unaccounted, f"never acked: {sorted(unaccounted)[:10]}"
+    victim_unacked = set(_lines(logs / "victim.delivered")) - victim_maybe
+    assert victim_unacked, "the victim was killed holding nothing: the test proved nothing"
+    assert victim_unacked <= set(survivors_acked)
