@@ -19,7 +19,7 @@ import pytest
 
 from conveyor.transports import Transport, open_transport
 
-TRANSPORTS = ["memory", "sqlite", "redis"]
+TRANSPORTS = ["memory", "sqlite", "redis", "amqp"]
 
 MakeTransport = Callable[..., Awaitable[Transport]]
 
@@ -31,7 +31,30 @@ def _url_for(transport_id: str, request: pytest.FixtureRequest, tmp_path: Path) 
         return f"sqlite://{tmp_path / 'broker.db'}"
     if transport_id == "redis":
         return redis_namespace(request)
+    if transport_id == "amqp":
+        return str(request.getfixturevalue("rabbitmq_url"))
     raise AssertionError(f"no URL for transport {transport_id!r}")
+
+
+async def forget_declared(transport: Transport) -> None:
+    """On the shared RabbitMQ, delete the queues and exchanges a test declared through
+    ``transport`` (its delay levels stay: every test shares them)."""
+    from conveyor.transports.amqp import DELAY_PREFIX, AMQPTransport
+
+    if not isinstance(transport, AMQPTransport):
+        return
+    declared = [key for key in transport._topology if not key[1].startswith(DELAY_PREFIX)]
+    cleaner = AMQPTransport.from_url(transport.url)
+    await cleaner.connect()
+    try:
+        for kind, name, *_ in declared:
+            if kind == "queue":
+                await cleaner.delete_queue(name)
+        for kind, name, *_ in declared:
+            if kind == "exchange":
+                await cleaner.delete_exchange(name)
+    finally:
+        await cleaner.close()
 
 
 def redis_namespace(request: pytest.FixtureRequest) -> str:
@@ -77,6 +100,8 @@ async def make_transport(broker_url: str) -> AsyncIterator[MakeTransport]:
     yield make
     for transport in reversed(made):
         await transport.close()
+    for transport in made:
+        await forget_declared(transport)
 
 
 @pytest.fixture

@@ -24,26 +24,12 @@ from conveyor.errors import (
     Unroutable,
 )
 from conveyor.transports import Delivery, Outgoing, open_transport
-from conveyor.transports.amqp import DELAY_PREFIX, DIRECT_REPLY_TO, AMQPTransport
+from conveyor.transports.amqp import DIRECT_REPLY_TO, AMQPTransport
 
+from .conftest import forget_declared
 from .helpers import bodies, drain, env, take
 
 MakeAMQP = Callable[..., Awaitable[AMQPTransport]]
-
-
-async def forget_declared(transport: AMQPTransport) -> None:
-    """Delete the queues and exchanges a test declared (the shared delay levels stay)."""
-    cleaner = AMQPTransport.from_url(transport.url)
-    await cleaner.connect()
-    try:
-        for key in list(transport._topology):
-            if key[0] == "queue" and not key[1].startswith(DELAY_PREFIX):
-                await cleaner.delete_queue(key[1])
-        for key in list(transport._topology):
-            if key[0] == "exchange" and not key[1].startswith(DELAY_PREFIX):
-                await cleaner.delete_exchange(key[1])
-    finally:
-        await cleaner.close()
 
 
 @pytest.fixture
