@@ -125,6 +125,7 @@ class Worker:
         self._immediate = False
         self._signals = 0
         self._service: list[asyncio.Task[None]] = []
+        self._stop_task: asyncio.Task[None] | None = None
         self._dead_letter_declared = False
 
     def _make_pool(self, name: str, app_spec: str | None) -> Pool:
@@ -510,11 +511,17 @@ class Worker:
         Idempotent.
         """
         self.request_stop(immediate=immediate)
-        if self._stopped.is_set():
-            return
+        if self._stop_task is None:
+            self._stop_task = asyncio.get_running_loop().create_task(self._stop())
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
         self._hook("worker_stopping")
         if self._consumer is not None:
-            await self._consumer.cancel()
+            try:
+                await self._consumer.cancel()
+            except Exception as exc:
+                log.warning("worker %s: cancelling the consumer failed: %s", self.hostname, exc)
         for task in self._service:
             task.cancel()
         for task in self._service:
@@ -548,7 +555,10 @@ class Worker:
                 task.cancel()
             await asyncio.wait(running, timeout=1.0)
         await self.pool.close()
-        await self.app.aclose()
+        try:
+            await self.app.aclose()
+        except Exception as exc:
+            log.warning("worker %s: closing the connection failed: %s", self.hostname, exc)
         self._stopped.set()
         log.info("worker %s stopped after %d tasks", self.hostname, self.processed)
 
@@ -558,8 +568,8 @@ class Worker:
         Raises the error that ended consuming (for instance BrokerUnavailable when the
         connection is lost for good), after stopping, so a supervisor can restart the worker.
         """
-        await self.start()
         try:
+            await self.start()
             await self._stopping.wait()
         finally:
             await asyncio.shield(self.stop())
