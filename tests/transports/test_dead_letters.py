@@ -180,7 +180,10 @@ async def test_delayed_message_is_invisible_until_due(
     consumer = await t.consume([q], prefetch=1)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    (d,) = await take(consumer, 1, timeout=5)
+    waiting = asyncio.create_task(take(consumer, 1, timeout=5))
+    await asyncio.sleep(0.1)
+    assert (await t.queue_stats(q)).unacked == 0  # nobody holds it while it waits
+    (d,) = await waiting
     assert d.envelope.body == b"later"
     assert d.delivery_count == 1
     assert loop.time() - started < 1.0

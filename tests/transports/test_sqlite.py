@@ -266,3 +266,21 @@ async def test_processes_share_the_file_and_a_sigkill_loses_nothing(
     victim_unacked = set(_lines(logs / "victim.delivered")) - victim_maybe
     assert victim_unacked, "the victim was killed holding nothing: the test proved nothing"
     assert victim_unacked <= set(survivors_acked)
+
+
+async def test_a_live_consumer_keeps_its_deliveries_past_the_lease(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'broker.db'}"
+    async with (
+        open_transport(url, {"lease": 0.4}) as holder,
+        open_transport(url, {"lease": 0.4}) as other,
+    ):
+        await holder.declare_queue(Queue("jobs"))
+        await holder.publish(env("mine"), routing_key="jobs")
+        held = await holder.get("jobs")
+        assert held is not None
+        await asyncio.sleep(1.2)  # three leases: renewals keep it
+        assert await other.get("jobs") is None
+        assert (await other.queue_stats("jobs")).unacked == 1
+        await holder.ack_many([held])  # durable on return (ack alone is batched)
+        stats = await other.queue_stats("jobs")
+        assert (stats.ready, stats.unacked) == (0, 0)
