@@ -227,12 +227,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def delete_queues(names: list[str]) -> None:
+    """Delete the benchmark's queues, and the exchanges of the same name made with them."""
     from conveyor.transports import open_transport
 
     async def run() -> None:
         async with open_transport(AMQP_URL) as transport:
             for name in names:
                 await transport.delete_queue(name)
+                await transport.delete_exchange(name)
 
     asyncio.run(run())
 

@@ -168,5 +168,6 @@ async def test_worker_survives_lost_connections_without_losing_a_task(
         await asyncio.to_thread(stop, worker)
         await producer.aclose()
         await observer.delete_queue(queue)
+        await observer.delete_exchange(queue)  # made with the queue by task_create_missing_queues
         await observer.close()
     assert worker.returncode == 0, worker_log.read_text()[-3000:]

@@ -40,5 +40,6 @@ async def test_rpc_results_come_back_over_direct_reply_to(rabbitmq_url: str) -> 
         await worker.stop()
         cleaner = await caller.atransport()
         await cleaner.delete_queue(queue)
+        await cleaner.delete_exchange(queue)  # made with it by task_create_missing_queues
         await caller.aclose()
         await remote.aclose()
