@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import multiprocessing
 import pickle
 import sys
@@ -34,6 +35,7 @@ from conveyor.worker.execution import (
 __all__ = ["ProcessPool", "load_app_spec"]
 
 _CTX = multiprocessing.get_context("spawn")
+log = logging.getLogger("conveyor.worker")
 
 
 def load_app_spec(spec: str) -> Any:
@@ -69,7 +71,12 @@ def _picklable(exc: BaseException) -> BaseException:
 
 def _child_main(conn: Connection, spec: str, path: list[str]) -> None:
     sys.path[:] = path
-    app = load_app_spec(spec)
+    try:
+        app = load_app_spec(spec)
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
     loop = asyncio.new_event_loop()
     while True:
         try:
@@ -111,22 +118,34 @@ class _Child:
         self.process.start()
         child_conn.close()
 
-    async def call(self, name: str, request: Request) -> tuple[Any, ...]:
+    async def _receive(self) -> Any:
         loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
+        readable: asyncio.Future[None] = loop.create_future()
         fd = self.conn.fileno()
 
-        def readable() -> None:
-            if not ready.done():
-                ready.set_result(None)
+        def ready() -> None:
+            if not readable.done():
+                readable.set_result(None)
 
-        self.conn.send((name, request))
-        loop.add_reader(fd, readable)
+        loop.add_reader(fd, ready)
         try:
-            await ready
+            await readable
         finally:
             loop.remove_reader(fd)
-        reply: tuple[Any, ...] = self.conn.recv()
+        return self.conn.recv()
+
+    async def started(self) -> None:
+        """Wait until the child imported the app; ConfigurationError if it could not."""
+        try:
+            kind, detail = await self._receive()
+        except (EOFError, OSError) as exc:
+            raise ConfigurationError(f"a pool process died while starting: {exc!r}") from exc
+        if kind != "ready":
+            raise ConfigurationError(f"a pool process could not load the app: {detail}")
+
+    async def call(self, name: str, request: Request) -> tuple[Any, ...]:
+        self.conn.send((name, request))
+        reply: tuple[Any, ...] = await self._receive()
         return reply
 
     def kill(self) -> None:
@@ -155,6 +174,7 @@ class ProcessPool(Pool):
         self.app_spec = app_spec
         self._idle: asyncio.Queue[_Child] | None = None
         self._children: set[_Child] = set()
+        self._respawning: set[asyncio.Task[None]] = set()
 
     def _spawn(self) -> _Child:
         child = _Child(self.app_spec)
@@ -162,13 +182,35 @@ class ProcessPool(Pool):
         return child
 
     async def start(self) -> None:
+        """Start the children and wait until each has loaded the app (so that a time limit
+        never counts a child's start-up). ConfigurationError if one cannot load it."""
         if self._idle is not None:
             return
+        children = [self._spawn() for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*(child.started() for child in children))
+        except BaseException:
+            await self.close()
+            raise
         self._idle = asyncio.Queue()
-        for _ in range(self.concurrency):
-            self._idle.put_nowait(self._spawn())
+        for child in children:
+            self._idle.put_nowait(child)
+
+    async def _respawn(self) -> None:
+        child = self._spawn()
+        try:
+            await child.started()
+        except ConfigurationError as exc:
+            self._children.discard(child)
+            child.kill()
+            log.error("could not replace a pool process (the pool runs one short): %s", exc)
+            return
+        if self._idle is not None:
+            self._idle.put_nowait(child)
 
     async def close(self) -> None:
+        for task in list(self._respawning):
+            task.cancel()
         children, self._children = self._children, set()
         self._idle = None
         await asyncio.gather(*(asyncio.to_thread(c.stop) for c in children))
@@ -176,8 +218,9 @@ class ProcessPool(Pool):
     def _replace(self, child: _Child) -> None:
         self._children.discard(child)
         child.kill()
-        if self._idle is not None:
-            self._idle.put_nowait(self._spawn())
+        task = asyncio.get_running_loop().create_task(self._respawn())
+        self._respawning.add(task)
+        task.add_done_callback(self._respawning.discard)
 
     async def run(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
         await self.start()

@@ -63,7 +63,7 @@ def overrun() -> None:
     time.sleep(10)
 
 
-@app.task(name="proc.cpu", time_limit=0.5)
+@app.task(name="proc.cpu", time_limit=10)
 def cpu(n: int) -> int:
     total = 0
     for i in range(n):
