@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import importlib
 import os
 import threading
 import uuid
@@ -138,7 +139,7 @@ class _LoopThread:
 
 _SYNC = _LoopThread()
 # Resources opened on the private loop, closed at exit even if their App is gone by then.
-_SYNC_RESOURCES: weakref.WeakSet[_LoopResources] = weakref.WeakSet()
+_SYNC_RESOURCES: set[_LoopResources] = set()
 
 
 async def _close_resources(resources: list[_LoopResources]) -> None:
@@ -154,7 +155,14 @@ def _close_at_exit() -> None:
     _SYNC.stop()
 
 
-atexit.register(_close_at_exit)
+# Run before the interpreter shuts thread pools down, so that closing can still use them: the
+# thread pool module registers its own hook on import, and hooks run last-registered first.
+importlib.import_module("concurrent.futures.thread")
+_register_early = getattr(threading, "_register_atexit", None)
+if _register_early is not None:
+    _register_early(_close_at_exit)
+else:
+    atexit.register(_close_at_exit)
 
 
 class _LoopResources:
@@ -167,6 +175,7 @@ class _LoopResources:
         self.declared: set[Any] = set()
 
     async def close(self) -> None:
+        _SYNC_RESOURCES.discard(self)
         backend, transport = self.backend, self.transport
         self.backend = self.transport = None
         self.declared.clear()
