@@ -12,8 +12,10 @@
   RabbitMQ does not say to how many queues, so 1 means "one or more".
 - Each consumer has its own channel with ``basic.qos`` per consumer (works for quorum queues,
   which refuse global QoS); with several queues the transport also holds back deliveries so no
-  more than ``prefetch`` are handed out unsettled. Acks are coalesced per event-loop turn into
-  one ``multiple`` ack for the settled prefix plus single acks for the rest.
+  more than ``prefetch`` are handed out unsettled. Acks are coalesced (up to 2 ms, or a quarter
+  of the prefetch) into one ``multiple`` ack for the settled prefix plus single acks for the
+  rest. Direct reply-to addresses are published without ``mandatory``: RabbitMQ returns such a
+  message even when it delivered it.
 - Delayed delivery uses no plugin and no consumer: a chain of delay levels, level n being a
   headers exchange ``conveyor.delay.NN`` and a queue of the same name whose queue-wide TTL is
   2**n ms. A message carries one header per bit of its delay; level n sends it through its queue
@@ -133,7 +135,7 @@ _OPTION_DEFAULTS: dict[str, Any] = {
 
 
 # Field tables. pamqp encodes floats as 32-bit; headers must come back as they went, so
-# conveyor encodes tables itself (doubles for floats) wherever it sends one.
+# conveyor encodes tables itself (doubles for floats) wherever it sends one, declarations too.
 
 
 _PACK_I = struct.Struct(">I").pack
