@@ -428,3 +428,24 @@ async def _consumed(transport: Any, queue: str) -> bool:
         return bool((await transport.queue_stats(queue)).consumers)
     except NotFound:
         return False
+
+
+async def test_subtasks_carry_parent_and_root_ids_and_headers(
+    app: App, start_worker: StartWorker
+) -> None:
+    @app.task(name="child", bind=True)
+    def child(self: Task) -> dict[str, Any]:
+        req = self.request
+        return {"parent": req.parent_id, "root": req.root_id, "tenant": req.headers.get("tenant")}
+
+    @app.task(name="parent", bind=True)
+    async def parent(self: Task) -> dict[str, Any]:
+        result = await child.aapply_async(headers={"tenant": "acme"})
+        seen: dict[str, Any] = await result.aget(timeout=5)
+        return {**seen, "me": self.request.id}
+
+    await start_worker()
+    got = await (await parent.adelay()).aget(timeout=10)
+    assert got["parent"] == got["me"]
+    assert got["root"] == got["me"]
+    assert got["tenant"] == "acme"
