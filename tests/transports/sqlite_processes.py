@@ -6,7 +6,8 @@ it wrote before a SIGKILL is on disk:
 
 - producer: ``<name>.published`` gets an id once ``publish`` has returned (confirmed);
 - consumer: ``<name>.delivered`` per delivery, ``<name>.acking`` before an ``ack_many`` and
-  ``<name>.acked`` after it returned (durable).
+  ``<name>.acked`` after it returned (durable). ``consume-then-hold N`` stops acking once it
+  has acked N messages and touches ``<name>.holding`` when it holds some unacked: kill it then.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ async def produce(url: str, queue: str, log_dir: Path, name: str, count: int) ->
     await transport.close()
 
 
-async def consume(url: str, queue: str, log_dir: Path, name: str, lease: float) -> None:
+async def consume(
+    url: str, queue: str, log_dir: Path, name: str, lease: float, stop_acking: int = 0
+) -> None:
     transport = open_transport(url, {"lease": lease})
     await transport.connect()
     await transport.declare_queue(Queue(queue))
@@ -80,6 +83,10 @@ async def consume(url: str, queue: str, log_dir: Path, name: str, lease: float) 
             delivered.write(delivery.envelope.body.decode() + "\n")
             await asyncio.sleep(0.001)
             batch.append(delivery)
+            if stop_acking and acked.tell() and len(_acked(log_dir, name)) >= stop_acking:
+                if len(batch) >= 5:
+                    (log_dir / f"{name}.holding").touch()  # now kill me: I hold unacked ones
+                continue
             if len(batch) >= 10:
                 await settle()
         if batch:
@@ -104,6 +111,10 @@ async def hold(url: str, queue: str, log_dir: Path, name: str, lease: float) -> 
                 await asyncio.sleep(3600)
 
 
+def _acked(log_dir: Path, name: str) -> list[str]:
+    return (log_dir / f"{name}.acked").read_text().split()
+
+
 def main(argv: list[str]) -> None:
     role, url, queue, log_dir, name, extra = argv
     directory = Path(log_dir)
@@ -111,6 +122,8 @@ def main(argv: list[str]) -> None:
         asyncio.run(produce(url, queue, directory, name, int(extra)))
     elif role == "consume":
         asyncio.run(consume(url, queue, directory, name, float(extra)))
+    elif role == "consume-then-hold":
+        asyncio.run(consume(url, queue, directory, name, 1.0, stop_acking=int(extra)))
     elif role == "hold":
         asyncio.run(hold(url, queue, directory, name, float(extra)))
     else:

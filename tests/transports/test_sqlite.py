@@ -220,8 +220,9 @@ async def test_processes_share_the_file_and_a_sigkill_loses_nothing(
         await t.declare_queue(Queue("jobs"))
     logs = tmp_path
     consumers = {
-        name: _spawn("consume", url, "jobs", str(logs), name, "1.0")
-        for name in ("victim", "c1", "c2")
+        "victim": _spawn("consume-then-hold", url, "jobs", str(logs), "victim", "40"),
+        "c1": _spawn("consume", url, "jobs", str(logs), "c1", "1.0"),
+        "c2": _spawn("consume", url, "jobs", str(logs), "c2", "1.0"),
     }
     processes.extend(consumers.values())
     for name in consumers:
@@ -231,7 +232,7 @@ async def test_processes_share_the_file_and_a_sigkill_loses_nothing(
     processes.extend([steady, doomed])
 
     deadline = time.monotonic() + 60
-    while len(_lines(logs / "victim.acked")) < 40 or len(_lines(logs / "doomed.published")) < 300:
+    while not _exists(logs / "victim.holding") or len(_lines(logs / "doomed.published")) < 300:
         assert time.monotonic() < deadline, "the processes made no progress"
         await asyncio.sleep(0.01)
     consumers["victim"].send_signal(signal.SIGKILL)
