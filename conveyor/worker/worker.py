@@ -120,6 +120,7 @@ class Worker:
         self._buffer = PriorityBuffer()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._running: dict[asyncio.Task[None], Delivery] = {}
+        self._holding: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._immediate = False
@@ -224,11 +225,17 @@ class Worker:
                 raise
             task = loop.create_task(self._handle(delivery))
             self._running[task] = delivery
+            self._holding.add(task)
             task.add_done_callback(self._finished)
+
+    def _release_slot(self, task: asyncio.Task[Any] | None) -> None:
+        if task in self._holding:
+            self._holding.discard(task)
+            self._slots.release()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
-        self._slots.release()
+        self._release_slot(task)
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "worker %s: handling a delivery failed", self.hostname, exc_info=task.exception()
@@ -430,6 +437,9 @@ class Worker:
         self._hook("before_task", request)
         limit = message.timelimit[0] or task.time_limit
         outcome = await self.pool.run(task, request, limit)
+        # The run is over: the next task may start while this one's result is stored and acked
+        # (unacked messages stay bounded by the prefetch).
+        self._release_slot(asyncio.current_task())
         await self._settle(delivery, message, task, request, outcome, store)
         self.processed += 1
         self._hook("after_task", request, outcome, reverse=True)
