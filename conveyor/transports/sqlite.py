@@ -30,12 +30,13 @@ import os
 import socket
 import sqlite3
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, ClassVar, Self, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -390,6 +391,53 @@ class _SocketListener(Listener):
         self._event.set()
 
 
+def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return  # the caller was cancelled
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _DatabaseThread:
+    """The one thread that owns a connection's sqlite3 handle and runs its calls in order.
+
+    Lighter than an executor (a call and its answer cost one queue put and one
+    ``call_soon_threadsafe``); a daemon, so a transport never closed cannot hold the process
+    open: an interrupted transaction is rolled back by SQLite, as after a crash.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: SimpleQueue[
+            tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None
+        ] = SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, future, loop = call
+            try:
+                outcome: tuple[Any, BaseException | None] = (fn(), None)
+            except BaseException as exc:
+                outcome = (None, exc)
+            # a closed loop raises RuntimeError: nobody is waiting for the answer any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle_future, future, *outcome)
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``fn`` on the thread; await the returned future for its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((fn, future, loop))
+        return future
+
+    def stop(self) -> None:
+        """Let the thread end once the calls already queued have run."""
+        self._calls.put(None)
+
+
 @dataclass(slots=True)
 class _Enqueue:
     """One caller's :meth:`SQLiteStorage.enqueue`, waiting for the next group commit."""
@@ -419,7 +467,7 @@ class SQLiteStorage(Storage):
         self.path = path
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: _DatabaseThread | None = None
         self._db: sqlite3.Connection | None = None
         self._waker: _Waker | None = None
         self._registered: set[str] = set()
@@ -436,8 +484,7 @@ class SQLiteStorage(Storage):
         executor = self._executor
         if executor is None:
             raise BrokerUnavailable(f"the SQLite broker {self.path} is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self._call, fn)
+        return await executor.run(lambda: self._call(fn))
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
@@ -499,12 +546,11 @@ class SQLiteStorage(Storage):
         if self._executor is not None:
             return
         self._check_path()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sqlite")
-        loop = asyncio.get_running_loop()
+        executor = _DatabaseThread(f"conveyor-sqlite-{self.path.name}")
         try:
-            self._db = await loop.run_in_executor(executor, self._connect)
+            self._db = await executor.run(self._connect)
         except BaseException:
-            executor.shutdown(wait=False)
+            executor.stop()
             raise
         self._executor = executor
         self._waker = _Waker(_wake_root(self.path))
@@ -618,10 +664,9 @@ class SQLiteStorage(Storage):
             return
         db, self._db = self._db, None
         if db is not None:
-            loop = asyncio.get_running_loop()
             with contextlib.suppress(sqlite3.Error):
-                await loop.run_in_executor(executor, db.close)
-        executor.shutdown(wait=False)
+                await executor.run(db.close)
+        executor.stop()
         if self._waker is not None:
             self._waker.close()
             self._waker = None
