@@ -48,7 +48,10 @@ IN_FLIGHT = 500  # conveyor's concurrent senders, each awaiting its publisher co
 
 
 def _mark_done() -> None:
-    Path(DONE_FILE).write_text(repr(time.time()))
+    at = time.time()
+    partial = Path(f"{DONE_FILE}.partial")
+    partial.write_text(repr(at))
+    os.replace(partial, DONE_FILE)  # the benchmark never reads a half-written file
 
 
 def make_conveyor(queue: str) -> Any:
