@@ -228,6 +228,8 @@ class PubSubHub:
         self._active: set[bytes] = set()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
         self._conn: AbstractConnection | None = None
+        self._live: AbstractConnection | None = None  # connected and subscribed to everything
+        self._sending: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
         self._next_id = 0
@@ -250,9 +252,8 @@ class PubSubHub:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._confirmations.setdefault(channel, []).append(fut)
         self._ensure_reader()
-        if first and self._conn is not None and self._conn.is_connected:
-            with contextlib.suppress(*_LOST):
-                await self._conn.send_command("SUBSCRIBE", channel)
+        if first and self._live is not None:
+            await self._send_quietly(self._live, "SUBSCRIBE", channel)
         try:
             await fut
         except BaseException:
@@ -267,13 +268,17 @@ class PubSubHub:
             return
         del self._subscribers[channel]
         self._active.discard(channel)
-        conn = self._conn
-        if conn is not None and conn.is_connected:
-            asyncio.get_running_loop().create_task(self._send_quietly(conn, "UNSUBSCRIBE", channel))
+        if self._live is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._send_quietly(self._live, "UNSUBSCRIBE", channel)
+            )
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def close(self) -> None:
         """Disconnect and stop; pending subscriptions fail with BrokerUnavailable."""
         self._closed = True
+        self._live = None
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()
@@ -292,8 +297,10 @@ class PubSubHub:
         self._subscribers.clear()
         self._active.clear()
 
-    @staticmethod
-    async def _send_quietly(conn: AbstractConnection, *args: Any) -> None:
+    async def _send_quietly(self, conn: AbstractConnection, *args: Any) -> None:
+        # redis-py reconnects a closed connection to send on it: never do that to a stale one
+        if self._closed or conn is not self._live or not conn.is_connected:
+            return
         with contextlib.suppress(*_LOST):
             await conn.send_command(*args)
 
@@ -334,8 +341,13 @@ class PubSubHub:
                     self._conn = conn
                     self._active.clear()
                     await conn.connect()
-                    if self._subscribers:
-                        await conn.send_command("SUBSCRIBE", *self._subscribers)
+                    sent = list(self._subscribers)
+                    if sent:
+                        await conn.send_command("SUBSCRIBE", *sent)
+                    self._live = conn
+                    late = [c for c in self._subscribers if c not in sent]
+                    if late:
+                        await conn.send_command("SUBSCRIBE", *late)
                     if reconnecting:
                         log.info("reconnected to Redis at %s", redacted(self._url))
                         reconnecting = False
@@ -350,6 +362,7 @@ class PubSubHub:
             except asyncio.CancelledError:
                 raise
             except _LOST as exc:
+                self._live = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.disconnect(nowait=True)

@@ -1,0 +1,318 @@
+"""``redis://host:6379/0``: results in Redis, kept for ``result_expires`` seconds.
+
+The layout is Celery's, so a Celery client reads conveyor's results and the other way round: the
+plain result of a task is the JSON document at ``celery-task-meta-<task id>``, and every store is
+also PUBLISHed on a channel of that same name. Broadcast results (one per worker) live in the hash
+``celery-task-meta-<task id>:workers``, by worker hostname, and are published on the same channel.
+The zset ``conveyor-results-done`` orders task ids by ``date_done`` for :meth:`cleanup`.
+
+A waiting caller subscribes to its task's channel (one shared subscriber connection per backend),
+then reads the stored state, then sleeps until Redis publishes: nothing polls, and any number of
+callers can wait for the same result. Options (URL query): ``key_prefix`` (prepended to every key
+and channel, default none), ``reconnect_timeout`` (default 60) and ``socket_timeout`` (default 10);
+other query parameters go to redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Self, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis.asyncio as aioredis
+
+from conveyor.errors import BrokerUnavailable, ResultTimeout
+from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
+from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.transports.redis_support import PubSubHub, check_url, make_client, redacted, run
+from conveyor.transports.virtual import parse_options
+
+__all__ = ["RedisBackend"]
+
+T = TypeVar("T")
+
+_OPTIONS: dict[str, tuple[type, Any]] = {
+    "key_prefix": (str, ""),
+    "reconnect_timeout": (float, 60.0),
+    "socket_timeout": (float, 10.0),
+}
+_PLAIN = ""
+
+
+class _Signal(enum.Enum):
+    """What a waiter's inbox holds besides published result documents."""
+
+    RECHECK = "recheck"  # the subscription was (re)made: read the stored state again
+    EXPIRED = "expired"
+    CLOSED = "closed"
+
+
+class RedisBackend(ResultBackend):
+    """Results in Redis with expiry; waiters are woken by Redis pub/sub."""
+
+    def __init__(
+        self,
+        url: str,
+        client_url: str,
+        *,
+        host: BackendHost,
+        key_prefix: str,
+        reconnect_timeout: float,
+        socket_timeout: float,
+    ) -> None:
+        self.url = url
+        self._client_url = client_url
+        self._host = host
+        self._prefix = key_prefix
+        self._patience = reconnect_timeout
+        self._socket_timeout = socket_timeout
+        self._client: aioredis.Redis | None = None
+        self._hub: PubSubHub | None = None
+        self._inboxes: set[asyncio.Queue[bytes | _Signal]] = set()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, *, host: BackendHost) -> Self:
+        check_url(url, own_options=_OPTIONS)
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        ours = [(k, v) for k, v in query if k in _OPTIONS]
+        theirs = [(k, v) for k, v in query if k not in _OPTIONS]
+        values = parse_options(parts._replace(query=urlencode(ours)).geturl(), {}, _OPTIONS)
+        return cls(
+            url,
+            parts._replace(query=urlencode(theirs)).geturl(),
+            host=host,
+            key_prefix=values["key_prefix"],
+            reconnect_timeout=values["reconnect_timeout"],
+            socket_timeout=values["socket_timeout"],
+        )
+
+    # plumbing
+
+    def _key(self, task_id: str) -> str:
+        return f"{self._prefix}celery-task-meta-{task_id}"
+
+    def _workers_key(self, task_id: str) -> str:
+        return f"{self._key(task_id)}:workers"
+
+    @property
+    def _done_key(self) -> str:
+        return f"{self._prefix}conveyor-results-done"
+
+    @property
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            state = "closed" if self._closed else "not connected: call connect() first"
+            raise BrokerUnavailable(f"Redis result backend {redacted(self.url)} is {state}")
+        return self._client
+
+    async def _run(self, call: Callable[[], Awaitable[T]], doing: str) -> T:
+        return await run(
+            call,
+            url=self._client_url,
+            doing=doing,
+            patience=self._patience,
+            timeout=self._socket_timeout,
+        )
+
+    async def connect(self) -> None:
+        if self._client is not None:
+            return
+        if self._closed:
+            raise BrokerUnavailable(f"Redis result backend {redacted(self.url)} is closed")
+        client = make_client(self._client_url)
+        try:
+            await run(
+                client.ping,
+                url=self._client_url,
+                doing="connecting the result backend",
+                patience=0,
+                timeout=self._socket_timeout,
+            )
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+        self._hub = PubSubHub(client, url=self._client_url)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for inbox in self._inboxes:
+            inbox.put_nowait(_Signal.CLOSED)
+        client, self._client = self._client, None
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            await hub.close()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # storing
+
+    def _expiry_ms(self) -> int | None:
+        expires = self._host.conf.result_expires
+        if expires is None or expires <= 0:
+            return None
+        return max(1, round(expires * 1000))
+
+    async def store(self, request: StoreRequest) -> None:
+        await self.store_many([request])
+
+    async def store_many(self, requests: Sequence[StoreRequest]) -> None:
+        if not requests:
+            return
+        docs = [(r, r.meta.to_json()) for r in requests]
+        client = self._redis
+        expiry = self._expiry_ms()
+        now = time.time()
+
+        async def write() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                for request, doc in docs:
+                    meta = request.meta
+                    key = self._key(meta.task_id)
+                    if request.per_worker:
+                        workers = self._workers_key(meta.task_id)
+                        pipe.hset(workers, meta.worker or "?", doc)
+                        if expiry is not None:
+                            pipe.pexpire(workers, expiry)
+                    else:
+                        pipe.set(key, doc, px=expiry)
+                    pipe.zadd(self._done_key, {meta.task_id: meta.date_done or now})
+                    pipe.publish(key, doc)
+                if expiry is not None:
+                    pipe.zremrangebyscore(self._done_key, "-inf", now - expiry / 1000)
+                await pipe.execute()
+
+        await self._run(write, "storing results")
+
+    # reading
+
+    async def _read(self, task_id: str) -> dict[str, ResultMeta]:
+        client = self._redis
+
+        async def read() -> list[Any]:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.get(self._key(task_id))
+                pipe.hgetall(self._workers_key(task_id))
+                return await pipe.execute()
+
+        plain, workers = await self._run(read, f"reading the result of task {task_id}")
+        found = {w.decode(): ResultMeta.from_json(doc) for w, doc in workers.items()}
+        if plain is not None:
+            found[_PLAIN] = ResultMeta.from_json(plain)
+        return found
+
+    async def get(self, task_id: str) -> ResultMeta | None:
+        return pick_result(await self._read(task_id))
+
+    @contextlib.asynccontextmanager
+    async def _subscribed(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes | _Signal]]:
+        """An inbox of what Redis publishes about ``task_id``, subscribed before it is yielded,
+        so a result stored after the caller's next read still arrives there."""
+        hub = self._hub
+        if hub is None or self._client is None:
+            self._redis  # noqa: B018 - raises the right BrokerUnavailable
+            raise AssertionError("unreachable")
+        inbox: asyncio.Queue[bytes | _Signal] = asyncio.Queue()
+
+        def deliver(data: bytes | None) -> None:
+            inbox.put_nowait(_Signal.RECHECK if data is None else data)
+
+        channel = self._key(task_id).encode()
+        sid = await hub.subscribe(channel, deliver)
+        while not inbox.empty():
+            inbox.get_nowait()
+        self._inboxes.add(inbox)
+        try:
+            yield inbox
+        finally:
+            self._inboxes.discard(inbox)
+            hub.unsubscribe(channel, sid)
+
+    @staticmethod
+    async def _next(
+        inbox: asyncio.Queue[bytes | _Signal], deadline: float | None
+    ) -> bytes | _Signal:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await inbox.get()
+        except TimeoutError:
+            return _Signal.EXPIRED
+
+    def _timeout(self, task_id: str, timeout: float | None) -> ResultTimeout:
+        reason = "the result backend closed" if self._closed else f"no result within {timeout} s"
+        return ResultTimeout(f"task {task_id}: {reason}; is a worker consuming its queue?")
+
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        async with self._subscribed(task_id) as inbox:
+            meta = pick_result(await self._read(task_id))
+            while meta is None or not meta.ready:
+                item = await self._next(inbox, deadline)
+                if item is _Signal.EXPIRED or item is _Signal.CLOSED:
+                    raise self._timeout(task_id, timeout)
+                if item is _Signal.RECHECK:
+                    meta = pick_result(await self._read(task_id))
+                else:
+                    assert isinstance(item, bytes)
+                    meta = ResultMeta.from_json(item)
+            return meta
+
+    async def collect(
+        self, task_id: str, *, timeout: float, expected: int | None = None
+    ) -> Mapping[str, ResultMeta]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._subscribed(task_id) as inbox:
+            while True:
+                ready = {k: m for k, m in (await self._read(task_id)).items() if m.ready}
+                if expected is not None and len(ready) >= expected:
+                    break
+                item = await self._next(inbox, deadline)
+                if item is _Signal.EXPIRED or item is _Signal.CLOSED:
+                    break
+        return {(m.worker or k): m for k, m in ready.items()}
+
+    async def forget(self, task_id: str) -> None:
+        client = self._redis
+
+        async def delete() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._key(task_id), self._workers_key(task_id))
+                pipe.zrem(self._done_key, task_id)
+                await pipe.execute()
+
+        await self._run(delete, f"forgetting task {task_id}")
+
+    async def cleanup(self, *, older_than: float) -> int:
+        client = self._redis
+        removed = 0
+        while True:
+            ids: list[Any] = await self._run(
+                lambda: client.zrangebyscore(
+                    self._done_key, "-inf", f"({older_than!r}", start=0, num=500
+                ),
+                "listing old results",
+            )
+            if not ids:
+                return removed
+            names = [bytes(i).decode() for i in ids]
+
+            async def delete(names: list[str] = names) -> list[Any]:
+                async with client.pipeline(transaction=True) as pipe:
+                    for name in names:
+                        pipe.delete(self._key(name), self._workers_key(name))
+                    pipe.zrem(self._done_key, *names)
+                    return await pipe.execute()
+
+            replies = await self._run(delete, "removing old results")
+            removed += sum(1 for n in replies[:-1] if n)

@@ -1,0 +1,175 @@
+"""The Redis result backend beyond the shared contract: Celery's layout both ways, expiry, many
+waiters on one result, waiting without polling, and a killed connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from conveyor.config import Settings
+from conveyor.errors import ConfigurationError, ResultTimeout
+from conveyor.results import ResultMeta, State, StoreRequest, open_backend
+from conveyor.results.redis import RedisBackend
+from conveyor.transports.base import Transport
+from tests.results.conftest import redis_results_url
+
+
+class _Host:
+    def __init__(self, **settings: Any) -> None:
+        self.conf = Settings()
+        self.conf.update_from(settings)
+
+    async def atransport(self) -> Transport:
+        raise AssertionError("the Redis backend must not need the broker")
+
+
+@pytest.fixture
+def url(request: pytest.FixtureRequest) -> str:
+    return redis_results_url(request)
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def backends(url: str) -> AsyncIterator[list[RedisBackend]]:
+    made: list[RedisBackend] = []
+    yield made
+    for backend in reversed(made):
+        await backend.close()
+
+
+async def _open(url: str, made: list[RedisBackend], **settings: Any) -> RedisBackend:
+    backend = open_backend(url, host=_Host(**settings))
+    assert isinstance(backend, RedisBackend)
+    await backend.connect()
+    made.append(backend)
+    return backend
+
+
+def _prefix(url: str) -> str:
+    return url.split("key_prefix=", 1)[1]
+
+
+def ok(task_id: str, value: object) -> StoreRequest:
+    return StoreRequest(ResultMeta.success(task_id, value, worker="w@h", task="t"))
+
+
+def test_unknown_options_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="poll"):
+        open_backend("redis://127.0.0.1:6379/0?poll=1", host=_Host())
+
+
+async def test_results_expire_after_result_expires(
+    url: str, backends: list[RedisBackend], sync_redis: redis.Redis
+) -> None:
+    backend = await _open(url, backends, result_expires=30)
+    await backend.store(ok("short", 1))
+    ttl = sync_redis.pttl(f"{_prefix(url)}celery-task-meta-short")
+    assert 25_000 < ttl <= 30_000
+    forever = await _open(url, backends, result_expires=None)
+    await forever.store(ok("kept", 1))
+    assert sync_redis.pttl(f"{_prefix(url)}celery-task-meta-kept") == -1
+
+
+async def test_celery_reads_conveyor_results_and_conveyor_reads_celery_results(
+    url: str, redis_url: str, backends: list[RedisBackend]
+) -> None:
+    from celery import Celery
+
+    celery = Celery(broker="memory://", backend=redis_url)
+    celery.conf.result_backend_transport_options = {"global_keyprefix": _prefix(url)}
+    celery.conf.accept_content = ["json"]
+    celery.conf.result_accept_content = ["json"]
+    backend = await _open(url, backends)
+
+    ours = str(uuid.uuid4())
+    await backend.store(ok(ours, {"from": "conveyor"}))
+    assert celery.AsyncResult(ours).get(timeout=5) == {"from": "conveyor"}
+
+    theirs = str(uuid.uuid4())
+    waiting = asyncio.create_task(backend.wait(theirs, timeout=10))
+    await asyncio.sleep(0.05)
+    with warnings.catch_warnings():
+        # Celery's Redis backend still calls redis-py's deprecated setex.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        celery.backend.store_result(theirs, [1, 2], "SUCCESS")
+    meta = await waiting
+    assert (meta.state, meta.result) == (State.SUCCESS, [1, 2])
+    celery.backend.client.close()
+
+
+async def test_many_callers_waiting_on_one_result_all_get_it(
+    url: str, backends: list[RedisBackend]
+) -> None:
+    first, second, writer = [await _open(url, backends) for _ in range(3)]
+    waits = [
+        asyncio.create_task(b.wait("shared", timeout=10))
+        for b in (first, second)
+        for _ in range(25)
+    ]
+    await asyncio.sleep(0.1)
+    await writer.store(ok("shared", "everyone"))
+    assert {(await w).result for w in waits} == {"everyone"}
+
+
+async def test_a_waiter_sleeps_until_redis_publishes(
+    url: str, backends: list[RedisBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader, writer = await _open(url, backends), await _open(url, backends)
+    reads: list[float] = []
+    real_read = reader._read
+
+    async def counted(task_id: str) -> dict[str, ResultMeta]:
+        reads.append(time.monotonic())
+        return await real_read(task_id)
+
+    monkeypatch.setattr(reader, "_read", counted)
+    waiting = asyncio.create_task(reader.wait("later", timeout=10))
+    await asyncio.sleep(0.5)
+    assert len(reads) == 1, "the waiter read the result more than once before it was stored"
+    await writer.store(StoreRequest(ResultMeta("later", State.STARTED, worker="w@h")))
+    await writer.store(ok("later", "done"))
+    assert (await waiting).result == "done"
+    assert len(reads) == 1
+
+
+async def test_close_wakes_waiters_with_result_timeout(
+    url: str, backends: list[RedisBackend]
+) -> None:
+    backend = await _open(url, backends)
+    waiting = asyncio.create_task(backend.wait("never", timeout=None))
+    await asyncio.sleep(0.05)
+    await backend.close()
+    with pytest.raises(ResultTimeout, match="closed"):
+        await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_waiter_survives_client_kill(
+    url: str, backends: list[RedisBackend], sync_redis: redis.Redis
+) -> None:
+    name = f"conveyor-kill-{uuid.uuid4().hex[:8]}"
+    reader = await _open(f"{url}&client_name={name}", backends)
+    writer = await _open(url, backends)
+    waiting = asyncio.create_task(reader.wait("k", timeout=20))
+    await asyncio.sleep(0.1)
+    killed = 0
+    for client in sync_redis.client_list():
+        if client.get("name") == name:
+            sync_redis.client_kill_filter(_id=client["id"])
+            killed += 1
+    assert killed
+    await asyncio.sleep(0.1)
+    await writer.store(ok("k", "after the kill"))
+    assert (await asyncio.wait_for(waiting, 15)).result == "after the kill"
+    assert (await reader.get("k")) is not None
