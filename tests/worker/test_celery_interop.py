@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from celery import Celery
 
 from conveyor.app import App
+from conveyor.errors import ResultTimeout
 from conveyor.worker import Worker
 from tests.worker.helpers import ROOT
 
@@ -59,11 +62,12 @@ async def test_celery_client_and_conveyor_worker(
 
 
 async def test_conveyor_client_and_celery_worker(
-    rabbitmq_url: str, queues: tuple[str, str]
+    rabbitmq_url: str, queues: tuple[str, str], tmp_path: Path
 ) -> None:
     queue = queues[0]
     env = dict(os.environ, INTEROP_AMQP_URL=rabbitmq_url)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log = (tmp_path / "celery.log").open("wb")
     celery_worker = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -84,19 +88,27 @@ async def test_conveyor_client_and_celery_worker(
         "WARNING",
         env=env,
         cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     client = App("client", broker=rabbitmq_url, result_backend="rpc://")
     try:
         product = await client.asend_task("interop.mul", [6, 7], queue=queue)
         failing = await client.asend_task("interop.boom", queue=queue)
-        assert await product.aget(timeout=30) == 42
+        try:
+            assert await product.aget(timeout=30) == 42
+        except ResultTimeout:
+            log.flush()
+            pytest.fail(
+                "the Celery worker did not answer:\n" + (tmp_path / "celery.log").read_text()
+            )
         with pytest.raises(ValueError, match="raised in a Celery worker") as info:
             await failing.aget(timeout=30)
         assert "celery_side.py" in info.value.remote_traceback  # type: ignore[attr-defined]
     finally:
         await client.aclose()
         # Celery's own shutdown takes seconds; it holds nothing that matters here.
-        celery_worker.kill()
+        with contextlib.suppress(ProcessLookupError):
+            celery_worker.kill()
         await celery_worker.wait()
+        log.close()
