@@ -449,3 +449,17 @@ async def test_subtasks_carry_parent_and_root_ids_and_headers(
     assert got["parent"] == got["me"]
     assert got["root"] == got["me"]
     assert got["tenant"] == "acme"
+
+
+async def test_a_result_json_cannot_hold_fails_the_task_clearly(
+    app: App, start_worker: StartWorker
+) -> None:
+    from conveyor.errors import ProtocolError
+
+    @app.task(name="opaque")
+    def opaque() -> object:
+        return object()
+
+    await start_worker()
+    with pytest.raises(ProtocolError, match="cannot be stored as JSON"):
+        await (await opaque.adelay()).aget(timeout=5)
