@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+# This directory also holds benchmarks/redis.py, which would shadow the redis package that
+# Dramatiq's result backend imports: take it off the path once this module is loaded.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 FRAMEWORK = os.environ.get("BENCH_FRAMEWORK", "")
