@@ -38,6 +38,7 @@ import itertools
 import secrets
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -159,11 +160,22 @@ def _binding_from(field: bytes) -> BoundBinding:
     return BoundBinding(exchange, queue, routing_key, arguments)
 
 
-def _pack(message: NewMessage) -> bytes:
+def _pack(message: NewMessage, ident: str) -> bytes:
+    """One message as the ENQUEUE script takes it and the body hash keeps it: a header
+    (``id, priority, not_before, expires_at, queue length`` and the queue, newline separated),
+    the routing fields as JSON, then the envelope."""
+    queue = message.queue.encode()
+    head = b"%s\n%d\n%s\n%s\n%d\n" % (
+        ident.encode(),
+        message.priority,
+        b"" if message.not_before is None else repr(message.not_before).encode(),
+        b"" if message.expires_at is None else repr(message.expires_at).encode(),
+        len(queue),
+    )
     meta = orjson.dumps(
         [message.exchange, message.routing_key, message.priority, message.expires_at]
     )
-    return _META_SIZE.pack(len(meta)) + meta + message.envelope.to_bytes()
+    return b"".join((head, queue, _META_SIZE.pack(len(meta)), meta, message.envelope.to_bytes()))
 
 
 def _unpack(queue: bytes, ident: bytes, count: Any, blob: bytes | None) -> StoredMessage:
@@ -172,8 +184,13 @@ def _unpack(queue: bytes, ident: bytes, count: Any, blob: bytes | None) -> Store
     if blob is None:
         raise ProtocolError(f"message {tag} lost its body in Redis; was the key evicted?")
     try:
-        (size,) = _META_SIZE.unpack_from(blob, 0)
-        start = _META_SIZE.size
+        pos = 0
+        for _ in range(4):
+            pos = blob.index(b"\n", pos) + 1
+        end = blob.index(b"\n", pos)
+        start = end + 1 + int(blob[pos:end])
+        (size,) = _META_SIZE.unpack_from(blob, start)
+        start += _META_SIZE.size
         exchange, routing_key, priority, expires_at = orjson.loads(blob[start : start + size])
     except (struct.error, orjson.JSONDecodeError, ValueError) as exc:
         raise ProtocolError(f"message {tag} in Redis is not conveyor's: {exc}") from exc
@@ -262,6 +279,8 @@ class RedisStorage(Storage):
         self._id_prefix = ""
         self._requests = itertools.count(1)
         self._renewed: set[str] = set()
+        self._publishes: deque[tuple[list[Any], int, asyncio.Future[Any]]] = deque()
+        self._publisher: asyncio.Task[None] | None = None
 
     # plumbing
 
@@ -321,6 +340,13 @@ class RedisStorage(Storage):
         self._hub = PubSubHub(client, url=self._url)
 
     async def close(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+        while self._publishes:
+            self._publishes.popleft()[2].cancel()
         client, self._client = self._client, None
         hub, self._hub = self._hub, None
         if hub is not None:
@@ -411,25 +437,49 @@ class RedisStorage(Storage):
         connection: str,
         settle: Sequence[DeliveryTag] = (),
     ) -> list[StoredMessage]:
+        """See :meth:`Storage.enqueue`. Concurrent calls share one script call (group commit);
+        each keeps its own topology check, settlement and overflow."""
         settled = _tags(settle)
-        args: list[Any] = [topology_version, connection, repr(time.time()), len(settled)]
-        args.extend(settled)
-        args.append(len(messages))
-        for m in messages:
-            args.extend(
-                (
-                    m.queue,
-                    self._new_id(),
-                    m.priority,
-                    "" if m.not_before is None else repr(m.not_before),
-                    "" if m.expires_at is None else repr(m.expires_at),
-                    _pack(m),
-                )
-            )
-        reply = await self._script("ENQUEUE", args, "publishing")
+        group: list[Any] = [topology_version, connection, len(settled), *settled, len(messages)]
+        group.extend(_pack(m, self._new_id()) for m in messages)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._publishes.append((group, len(messages), done))
+        if self._publisher is None:
+            self._publisher = asyncio.create_task(self._publish_pending())
+        reply = await done
         if reply == -1:
             raise StaleTopology(f"topology changed since version {topology_version}")
         return _messages(reply)
+
+    async def _publish_pending(self) -> None:
+        """Write every pending enqueue, a batch per script call, until none is left."""
+        try:
+            while self._publishes:
+                batch: list[tuple[list[Any], int, asyncio.Future[Any]]] = []
+                size = 0
+                while self._publishes and size < _MAX_BATCH:
+                    item = self._publishes.popleft()
+                    batch.append(item)
+                    size += item[1]
+                argv: list[Any] = [repr(time.time()), len(batch)]
+                for group, _, _ in batch:
+                    argv.extend(group)
+                try:
+                    replies = await self._script("ENQUEUE", argv, "publishing")
+                except Exception as exc:
+                    for _, _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                except BaseException:
+                    for _, _, done in batch:
+                        done.cancel()
+                    raise
+                for (_, _, done), reply in zip(batch, replies, strict=True):
+                    if not done.done():
+                        done.set_result(reply)
+        finally:
+            self._publisher = None
 
     async def dequeue(
         self,

@@ -62,6 +62,20 @@ local function parse_lease(v)
   return string.match(v, '^(%d+)|([^|]*)|([^|]*)|(.*)$')
 end
 
+-- A new message is one argument: "id\\nprio\\nnot_before\\nexpires_at\\nqueue length\\nqueue"
+-- followed by the stored payload; the whole argument is what the body hash keeps.
+local function parse_message(a)
+  local p1 = string.find(a, '\\n', 1, true)
+  local p2 = string.find(a, '\\n', p1 + 1, true)
+  local p3 = string.find(a, '\\n', p2 + 1, true)
+  local p4 = string.find(a, '\\n', p3 + 1, true)
+  local p5 = string.find(a, '\\n', p4 + 1, true)
+  local qlen = tonumber(string.sub(a, p4 + 1, p5 - 1))
+  return string.sub(a, p5 + 1, p5 + qlen), string.sub(a, 1, p1 - 1),
+    tonumber(string.sub(a, p1 + 1, p2 - 1)), string.sub(a, p2 + 1, p3 - 1),
+    string.sub(a, p3 + 1, p4 - 1)
+end
+
 local function notify(q)
   redis.call('PUBLISH', P .. 'w:' .. q, '1')
 end
@@ -212,60 +226,81 @@ def _script(body: str) -> str:
     return _COMMON + body
 
 
-# ARGV: prefix, topology version, connection, now, settle count, settle tags...,
-#       message count, then per message (queue, id, priority, not_before, expires_at, blob).
-# Returns -1 for a stale topology, else the flat (queue, id, count, blob) of the messages pushed
-# out of the head of a queue over its x-max-length, now leased to the connection.
+# ARGV: prefix, now, group count, then per group (one enqueue call): topology version,
+#       connection, settle count, settle tags..., message count, messages (see parse_message).
+# Returns per group -1 for a stale topology, else the flat (queue, id, count, blob) of the
+# messages pushed out of the head of a queue over its x-max-length, now leased to the group's
+# connection. Listeners are woken for queues that had no ready message before (a consumer only
+# sleeps after finding its queues empty) and for new delayed messages (due times changed).
 ENQUEUE = _script("""
-if (redis.call('GET', P .. 'topo:ver') or '0') ~= ARGV[2] then return -1 end
-local c, now = ARGV[3], ARGV[4]
-local ns = tonumber(ARGV[5])
-local at = 6 + ns
-local n = tonumber(ARGV[at])
-if n > 0 and redis.call('HEXISTS', P .. 'q:' .. ARGV[at + 1] .. ':m', ARGV[at + 2]) == 1 then
-  return {}
-end
-if ns > 0 then ack(c, slice(6, ns)) end
-local touched = {}
-for i = 0, n - 1 do
-  local j = at + 1 + i * 6
-  local q, id, prio, nb, ex = ARGV[j], ARGV[j + 1], tonumber(ARGV[j + 2]), ARGV[j + 3], ARGV[j + 4]
-  local base = P .. 'q:' .. q
-  if not touched[q] then
-    promote(q, now)
-    touched[q] = true
+local now = ARGV[2]
+local groups = tonumber(ARGV[3])
+local version = redis.call('GET', P .. 'topo:ver') or '0'
+local wake = {}
+local results = {}
+local at = 4
+for g = 1, groups do
+  local c, ns = ARGV[at + 1], tonumber(ARGV[at + 2])
+  local n = tonumber(ARGV[at + 3 + ns])
+  local first = at + 4 + ns
+  local replay = false
+  if n > 0 and ARGV[at] == version then
+    local q, id = parse_message(ARGV[first])
+    replay = redis.call('HEXISTS', P .. 'q:' .. q .. ':m', id) == 1
   end
-  redis.call('HSET', base .. ':m', id, ARGV[j + 5])
-  if nb == '' then
-    redis.call('ZADD', base .. ':r', ready_score(prio), id)
+  if ARGV[at] ~= version then
+    results[g] = -1
+  elseif replay then
+    results[g] = {}
   else
-    redis.call('ZADD', base .. ':d', nb, id)
-    redis.call('HSET', base .. ':dp', id, prio)
-  end
-  if ex ~= '' then redis.call('ZADD', P .. 'exp', ex, id .. ':' .. q) end
-end
-local out = {}
-for q in pairs(touched) do
-  local maxlen = redis.call('HGET', P .. 'topo:maxlen', q)
-  if maxlen then
-    local base = P .. 'q:' .. q
-    local excess = redis.call('ZCARD', base .. ':r') - tonumber(maxlen)
-    if excess > 0 then
-      local popped = redis.call('ZPOPMIN', base .. ':r', excess)
-      for i = 1, #popped, 2 do
-        local id = popped[i]
-        local cnt = redis.call('HGET', base .. ':n', id) or '0'
-        lease(q, id, cnt, popped[i + 1], c)
-        out[#out + 1] = q
-        out[#out + 1] = id
-        out[#out + 1] = cnt
-        out[#out + 1] = redis.call('HGET', base .. ':m', id)
+    if ns > 0 then ack(c, slice(at + 3, ns)) end
+    local touched = {}
+    for j = first, first + n - 1 do
+      local q, id, prio, nb, ex = parse_message(ARGV[j])
+      local base = P .. 'q:' .. q
+      if wake[q] == nil then
+        wake[q] = redis.call('ZCARD', base .. ':r') == 0
+        promote(q, now)
+      end
+      touched[q] = true
+      redis.call('HSET', base .. ':m', id, ARGV[j])
+      if nb == '' then
+        redis.call('ZADD', base .. ':r', ready_score(prio), id)
+      else
+        redis.call('ZADD', base .. ':d', nb, id)
+        redis.call('HSET', base .. ':dp', id, prio)
+        wake[q] = true
+      end
+      if ex ~= '' then redis.call('ZADD', P .. 'exp', ex, id .. ':' .. q) end
+    end
+    local out = {}
+    for q in pairs(touched) do
+      local maxlen = redis.call('HGET', P .. 'topo:maxlen', q)
+      if maxlen then
+        local base = P .. 'q:' .. q
+        local excess = redis.call('ZCARD', base .. ':r') - tonumber(maxlen)
+        if excess > 0 then
+          local popped = redis.call('ZPOPMIN', base .. ':r', excess)
+          for i = 1, #popped, 2 do
+            local id = popped[i]
+            local cnt = redis.call('HGET', base .. ':n', id) or '0'
+            lease(q, id, cnt, popped[i + 1], c)
+            out[#out + 1] = q
+            out[#out + 1] = id
+            out[#out + 1] = cnt
+            out[#out + 1] = redis.call('HGET', base .. ':m', id)
+          end
+        end
       end
     end
+    results[g] = out
   end
-  notify(q)
+  at = first + n
 end
-return out
+for q, yes in pairs(wake) do
+  if yes then notify(q) end
+end
+return results
 """)
 
 # ARGV: prefix, connection, limit, now, request id, ack count, ack tags..., queues...
