@@ -28,7 +28,14 @@ import redis.asyncio as aioredis
 from conveyor.errors import BrokerUnavailable, ResultTimeout
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
-from conveyor.transports.redis_support import PubSubHub, check_url, make_client, redacted, run
+from conveyor.transports.redis_support import (
+    PubSubHub,
+    RedisLink,
+    check_url,
+    make_client,
+    redacted,
+    run,
+)
 from conveyor.transports.virtual import parse_options
 
 __all__ = ["RedisBackend"]
@@ -41,6 +48,32 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "socket_timeout": (float, 10.0),
 }
 _PLAIN = ""
+
+# ARGV: now, expiry in ms ('' for none), done zset, count, then per result
+# (key, worker field or '' for the plain result, task id, date_done, document).
+_STORE = """
+local now, px, done = ARGV[1], ARGV[2], ARGV[3]
+for j = 5, 4 + 5 * tonumber(ARGV[4]), 5 do
+  local key, field, doc = ARGV[j], ARGV[j + 1], ARGV[j + 4]
+  if field == '' then
+    if px == '' then redis.call('SET', key, doc) else redis.call('SET', key, doc, 'PX', px) end
+  else
+    redis.call('HSET', key .. ':workers', field, doc)
+    if px ~= '' then redis.call('PEXPIRE', key .. ':workers', px) end
+  end
+  redis.call('ZADD', done, ARGV[j + 3], ARGV[j + 2])
+  redis.call('PUBLISH', key, doc)
+end
+if px ~= '' then
+  redis.call('ZREMRANGEBYSCORE', done, '-inf', '(' .. (tonumber(now) - tonumber(px) / 1000))
+end
+return 1
+"""
+
+# ARGV: key. Returns {plain document or nil, flat worker -> document pairs}.
+_READ = """
+return {redis.call('GET', ARGV[1]), redis.call('HGETALL', ARGV[1] .. ':workers')}
+"""
 
 
 class _Signal(enum.Enum):
@@ -71,6 +104,7 @@ class RedisBackend(ResultBackend):
         self._patience = reconnect_timeout
         self._socket_timeout = socket_timeout
         self._client: aioredis.Redis | None = None
+        self._link: RedisLink | None = None
         self._hub: PubSubHub | None = None
         self._inboxes: set[asyncio.Queue[bytes | _Signal]] = set()
         self._closed = False
@@ -111,13 +145,23 @@ class RedisBackend(ResultBackend):
             raise BrokerUnavailable(f"Redis result backend {redacted(self.url)} is {state}")
         return self._client
 
-    async def _run(self, call: Callable[[], Awaitable[T]], doing: str) -> T:
+    @property
+    def _fast(self) -> RedisLink:
+        if self._link is None:
+            self._redis  # noqa: B018 - raises the right BrokerUnavailable
+            raise AssertionError("unreachable")
+        return self._link
+
+    async def _run(
+        self, call: Callable[[], Awaitable[T]], doing: str, *, timeout: float | None = None
+    ) -> T:
+        """Run ``call`` through :func:`run`; ``timeout`` only for calls the link does not bound."""
         return await run(
             call,
             url=self._client_url,
             doing=doing,
             patience=self._patience,
-            timeout=self._socket_timeout,
+            timeout=timeout,
         )
 
     async def connect(self) -> None:
@@ -126,18 +170,21 @@ class RedisBackend(ResultBackend):
         if self._closed:
             raise BrokerUnavailable(f"Redis result backend {redacted(self.url)} is closed")
         client = make_client(self._client_url)
+        link = RedisLink(client, timeout=self._socket_timeout)
         try:
             await run(
-                client.ping,
+                lambda: link.execute("PING"),
                 url=self._client_url,
                 doing="connecting the result backend",
                 patience=0,
-                timeout=self._socket_timeout,
+                timeout=self._socket_timeout + 1,
             )
         except BaseException:
+            await link.close()
             await client.aclose()
             raise
         self._client = client
+        self._link = link
         self._hub = PubSubHub(client, url=self._client_url)
 
     async def close(self) -> None:
@@ -148,6 +195,9 @@ class RedisBackend(ResultBackend):
             inbox.put_nowait(_Signal.CLOSED)
         client, self._client = self._client, None
         hub, self._hub = self._hub, None
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
         if hub is not None:
             await hub.close()
         if client is not None:
@@ -168,44 +218,29 @@ class RedisBackend(ResultBackend):
     async def store_many(self, requests: Sequence[StoreRequest]) -> None:
         if not requests:
             return
-        docs = [(r, r.meta.to_json()) for r in requests]
-        client = self._redis
-        expiry = self._expiry_ms()
+        args: list[Any] = [repr(time.time()), self._expiry_ms() or "", self._done_key, 0]
         now = time.time()
-
-        async def write() -> None:
-            async with client.pipeline(transaction=True) as pipe:
-                for request, doc in docs:
-                    meta = request.meta
-                    key = self._key(meta.task_id)
-                    if request.per_worker:
-                        workers = self._workers_key(meta.task_id)
-                        pipe.hset(workers, meta.worker or "?", doc)
-                        if expiry is not None:
-                            pipe.pexpire(workers, expiry)
-                    else:
-                        pipe.set(key, doc, px=expiry)
-                    pipe.zadd(self._done_key, {meta.task_id: meta.date_done or now})
-                    pipe.publish(key, doc)
-                if expiry is not None:
-                    pipe.zremrangebyscore(self._done_key, "-inf", now - expiry / 1000)
-                await pipe.execute()
-
-        await self._run(write, "storing results")
+        for request in requests:
+            meta = request.meta
+            field = (meta.worker or "?") if request.per_worker else ""
+            doc = meta.to_json()
+            args.extend((self._key(meta.task_id), field, meta.task_id, meta.date_done or now, doc))
+        args[3] = len(requests)
+        link = self._fast
+        await self._run(lambda: link.run_script(_STORE, args), "storing results")
 
     # reading
 
     async def _read(self, task_id: str) -> dict[str, ResultMeta]:
-        client = self._redis
-
-        async def read() -> list[Any]:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.get(self._key(task_id))
-                pipe.hgetall(self._workers_key(task_id))
-                return await pipe.execute()
-
-        plain, workers = await self._run(read, f"reading the result of task {task_id}")
-        found = {w.decode(): ResultMeta.from_json(doc) for w, doc in workers.items()}
+        link = self._fast
+        key = self._key(task_id)
+        plain, workers = await self._run(
+            lambda: link.run_script(_READ, [key]), f"reading the result of task {task_id}"
+        )
+        found = {
+            bytes(workers[i]).decode(): ResultMeta.from_json(workers[i + 1])
+            for i in range(0, len(workers), 2)
+        }
         if plain is not None:
             found[_PLAIN] = ResultMeta.from_json(plain)
         return found
@@ -291,7 +326,7 @@ class RedisBackend(ResultBackend):
                 pipe.zrem(self._done_key, task_id)
                 await pipe.execute()
 
-        await self._run(delete, f"forgetting task {task_id}")
+        await self._run(delete, f"forgetting task {task_id}", timeout=self._socket_timeout)
 
     async def cleanup(self, *, older_than: float) -> int:
         client = self._redis
@@ -302,6 +337,7 @@ class RedisBackend(ResultBackend):
                     self._done_key, "-inf", f"({older_than!r}", start=0, num=500
                 ),
                 "listing old results",
+                timeout=self._socket_timeout,
             )
             if not ids:
                 return removed
@@ -314,5 +350,5 @@ class RedisBackend(ResultBackend):
                     pipe.zrem(self._done_key, *names)
                     return await pipe.execute()
 
-            replies = await self._run(delete, "removing old results")
+            replies = await self._run(delete, "removing old results", timeout=self._socket_timeout)
             removed += sum(1 for n in replies[:-1] if n)

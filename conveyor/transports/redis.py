@@ -45,7 +45,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
 from conveyor.errors import BrokerUnavailable, ConfigurationError, ProtocolError
 from conveyor.protocol.envelope import Envelope
@@ -53,7 +52,14 @@ from conveyor.routing.entities import Binding, Exchange, FrozenMapping, Queue
 from conveyor.routing.topology import BoundBinding, Topology
 from conveyor.transports import redis_scripts as lua
 from conveyor.transports.base import Capabilities, DeliveryTag, QueueStats
-from conveyor.transports.redis_support import PubSubHub, check_url, make_client, redacted, run
+from conveyor.transports.redis_support import (
+    PubSubHub,
+    RedisLink,
+    check_url,
+    make_client,
+    redacted,
+    run,
+)
 from conveyor.transports.storage import (
     Listener,
     NewMessage,
@@ -274,13 +280,15 @@ class RedisStorage(Storage):
         self._socket_timeout = socket_timeout
         self._client: aioredis.Redis | None = None
         self._hub: PubSubHub | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._link: RedisLink | None = None
         self._ids = itertools.count(1)
         self._id_prefix = ""
         self._requests = itertools.count(1)
         self._renewed: set[str] = set()
         self._publishes: deque[tuple[list[Any], int, asyncio.Future[Any]]] = deque()
         self._publisher: asyncio.Task[None] | None = None
+        self._writing = False
+        self._due_hints: dict[frozenset[str], float | None] = {}
 
     # plumbing
 
@@ -290,23 +298,32 @@ class RedisStorage(Storage):
             raise BrokerUnavailable(f"Redis storage for {redacted(self._url)} is not open")
         return self._client
 
+    @property
+    def link(self) -> RedisLink:
+        if self._link is None:
+            raise BrokerUnavailable(f"Redis storage for {redacted(self._url)} is not open")
+        return self._link
+
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
 
-    async def _run(self, call: Callable[[], Awaitable[T]], doing: str) -> T:
+    async def _run(
+        self, call: Callable[[], Awaitable[T]], doing: str, *, timeout: float | None = None
+    ) -> T:
+        """Run ``call`` through :func:`run`; ``timeout`` only for calls the link does not bound."""
         return await run(
             call,
             url=self._url,
             doing=doing,
             patience=self._patience,
-            timeout=self._socket_timeout,
+            timeout=timeout,
         )
 
     async def _script(self, name: str, args: Sequence[Any], doing: str) -> Any:
-        script = self._scripts[name]
+        source: str = getattr(lua, name)
         argv = [self._prefix_bytes, *args]
-        client = self.client
-        return await self._run(lambda: script(keys=[], args=argv, client=client), doing)
+        link = self.link
+        return await self._run(lambda: link.run_script(source, argv), doing)
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
@@ -315,28 +332,29 @@ class RedisStorage(Storage):
         if self._client is not None:
             return
         client = make_client(self._url)
+        link = RedisLink(client, timeout=self._socket_timeout)
         schema_key = self._key("schema")
         try:
             stored = await run(
-                lambda: client.set(schema_key, SCHEMA, nx=True, get=True),
+                lambda: link.execute("SET", schema_key, SCHEMA, "NX", "GET"),
                 url=self._url,
                 doing="connecting",
                 patience=0,
-                timeout=self._socket_timeout,
+                timeout=self._socket_timeout + 1,
             )
+            if stored is not None and stored != SCHEMA:
+                raise ConfigurationError(
+                    f"Redis at {redacted(self._url)} holds conveyor data of schema "
+                    f"{stored!r} under prefix {self._prefix!r}, but this "
+                    f"version writes schema {SCHEMA.decode()}: use another prefix or database"
+                )
         except BaseException:
+            await link.close()
             await client.aclose()
             raise
-        if stored is not None and stored != SCHEMA:
-            await client.aclose()
-            raise ConfigurationError(
-                f"Redis at {redacted(self._url)} holds conveyor data of schema "
-                f"{stored!r} under prefix {self._prefix!r}, but this "
-                f"version writes schema {SCHEMA.decode()}: use another prefix or database"
-            )
-        self._scripts = {name: client.register_script(getattr(lua, name)) for name in lua.__all__}
         self._id_prefix = secrets.token_hex(6)
         self._client = client
+        self._link = link
         self._hub = PubSubHub(client, url=self._url)
 
     async def close(self) -> None:
@@ -347,8 +365,12 @@ class RedisStorage(Storage):
                 await publisher
         while self._publishes:
             self._publishes.popleft()[2].cancel()
+        self._writing = False
         client, self._client = self._client, None
         hub, self._hub = self._hub, None
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
         if hub is not None:
             await hub.close()
         if client is not None:
@@ -368,7 +390,9 @@ class RedisStorage(Storage):
                 pipe.hgetall(self._key("topo", "b"))
                 return await pipe.execute()
 
-        version, exchanges, queues, bindings = await self._run(read, "loading the topology")
+        version, exchanges, queues, bindings = await self._run(
+            read, "loading the topology", timeout=self._socket_timeout
+        )
         owners: dict[str, str] = {}
         queue_list: list[Queue] = []
         for raw in queues:
@@ -385,9 +409,9 @@ class RedisStorage(Storage):
         return TopologySnapshot(int(version or 0), topology, owners)
 
     async def topology_version(self) -> int:
-        client = self.client
+        link = self.link
         key = self._key("topo", "ver")
-        version = await self._run(lambda: client.get(key), "reading the topology version")
+        version = await self._run(lambda: link.execute("GET", key), "reading the topology version")
         return int(version or 0)
 
     async def add_exchange(self, exchange: Exchange) -> Exchange:
@@ -444,42 +468,65 @@ class RedisStorage(Storage):
         group.extend(_pack(m, self._new_id()) for m in messages)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._publishes.append((group, len(messages), done))
-        if self._publisher is None:
-            self._publisher = asyncio.create_task(self._publish_pending())
+        if not self._writing:
+            # No write in flight: this call writes, taking along whatever queued with it.
+            self._writing = True
+            try:
+                await self._write_batch()
+            except BaseException:
+                done.cancel()
+                raise
+            finally:
+                if self._publishes:
+                    self._publisher = asyncio.create_task(self._write_rest())
+                else:
+                    self._writing = False
         reply = await done
         if reply == -1:
             raise StaleTopology(f"topology changed since version {topology_version}")
         return _messages(reply)
 
-    async def _publish_pending(self) -> None:
-        """Write every pending enqueue, a batch per script call, until none is left."""
+    async def _write_rest(self) -> None:
+        """Write the enqueues that queued while the last write was in flight, batch by batch."""
         try:
             while self._publishes:
-                batch: list[tuple[list[Any], int, asyncio.Future[Any]]] = []
-                size = 0
-                while self._publishes and size < _MAX_BATCH:
-                    item = self._publishes.popleft()
-                    batch.append(item)
-                    size += item[1]
-                argv: list[Any] = [repr(time.time()), len(batch)]
-                for group, _, _ in batch:
-                    argv.extend(group)
-                try:
-                    replies = await self._script("ENQUEUE", argv, "publishing")
-                except Exception as exc:
-                    for _, _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                    continue
-                except BaseException:
-                    for _, _, done in batch:
-                        done.cancel()
-                    raise
-                for (_, _, done), reply in zip(batch, replies, strict=True):
-                    if not done.done():
-                        done.set_result(reply)
+                await self._write_batch()
         finally:
+            self._writing = False
             self._publisher = None
+
+    async def _write_batch(self) -> None:
+        """Write the oldest pending enqueues in one script call and settle their futures.
+
+        If the writer is cancelled, the other calls of its batch go back to the head of the
+        queue: sent again, a group already stored is recognized and not stored twice.
+        """
+        batch: list[tuple[list[Any], int, asyncio.Future[Any]]] = []
+        size = 0
+        while self._publishes and size < _MAX_BATCH:
+            item = self._publishes.popleft()
+            if item[2].done():
+                continue
+            batch.append(item)
+            size += item[1]
+        if not batch:
+            return
+        argv: list[Any] = [repr(time.time()), len(batch)]
+        for group, _, _ in batch:
+            argv.extend(group)
+        try:
+            replies = await self._script("ENQUEUE", argv, "publishing")
+        except Exception as exc:
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        except BaseException:
+            self._publishes.extendleft(reversed([i for i in batch if not i[2].done()]))
+            raise
+        for (_, _, done), reply in zip(batch, replies, strict=True):
+            if not done.done():
+                done.set_result(reply)
 
     async def dequeue(
         self,
@@ -499,7 +546,11 @@ class RedisStorage(Storage):
             *acks,
             *queues,
         ]
-        return _messages(await self._script("DEQUEUE", args, "fetching messages"))
+        messages, due = await self._script("DEQUEUE", args, "fetching messages")
+        # The next look at these queues' due times is free: listeners are woken by any new
+        # delayed message, so a consumer never sleeps past one published after this answer.
+        self._due_hints[frozenset(queues)] = None if due is None else float(due)
+        return _messages(messages)
 
     async def claim_expired(self, *, connection: str, limit: int) -> list[StoredMessage]:
         reply = await self._script(
@@ -524,18 +575,24 @@ class RedisStorage(Storage):
     async def next_due(self, queues: Sequence[str]) -> float | None:
         if not queues:
             return None
+        key = frozenset(queues)
+        if key in self._due_hints:
+            return self._due_hints.pop(key)
         reply = await self._script(
             "NEXT_DUE", [repr(time.time()), *queues], "reading delayed messages"
         )
         return None if reply is None else float(reply)
 
     async def next_expiry(self) -> float | None:
-        client = self.client
+        link = self.link
         key = self._key("exp")
         first = await self._run(
-            lambda: client.zrange(key, 0, 0, withscores=True), "reading message expiry"
+            lambda: link.execute("ZRANGE", key, 0, 0, "WITHSCORES"), "reading message expiry"
         )
-        return float(first[0][1]) if first else None
+        if not first:
+            return None
+        head = first[0]  # RESP3 pairs each member with its score; RESP2 flattens them
+        return float(head[1] if isinstance(head, list) else first[1])
 
     async def purge(self, queue: str) -> int:
         return int(await self._script("PURGE", [queue], f"purging queue {queue!r}"))

@@ -304,7 +304,8 @@ return results
 """)
 
 # ARGV: prefix, connection, limit, now, request id, ack count, ack tags..., queues...
-# Returns the flat (queue, id, count, blob) of the messages leased, in delivery order.
+# Returns {the flat (queue, id, count, blob) of the messages leased, in delivery order; the
+# earliest due time still ahead among the queues' delayed messages, or false}.
 DEQUEUE = _script("""
 local c, limit, now, req = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local chash = P .. 'ch:' .. c
@@ -324,7 +325,7 @@ if redis.call('HGET', chash, 'req') == req then
       end
     end
   end
-  return out
+  return {out, false}
 end
 local na = tonumber(ARGV[6])
 if na > 0 then ack(c, slice(7, na)) end
@@ -383,7 +384,13 @@ for i = 1, #used, 2 do
 end
 if #known > 0 then redis.call('HSET', P .. 'used', unpack(known)) end
 redis.call('HSET', chash, 'req', req, 'last', table.concat(tags, '\\n'))
-return out
+local due = false
+for qi = 7 + na, #ARGV do
+  local first = redis.call('ZRANGEBYSCORE', P .. 'q:' .. ARGV[qi] .. ':d', '(' .. now, '+inf',
+    'WITHSCORES', 'LIMIT', 0, 1)
+  if #first > 0 and (not due or tonumber(first[2]) < tonumber(due)) then due = first[2] end
+end
+return {out, due}
 """)
 
 # ARGV: prefix, connection, limit, now. Leases ready messages (due or not) whose TTL passed.

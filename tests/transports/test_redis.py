@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import redis.exceptions
 
 from conveyor import Envelope, Queue
 from conveyor.errors import BrokerUnavailable, ConfigurationError, NotFound, PreconditionFailed
-from conveyor.transports import Delivery, Outgoing, open_transport
+from conveyor.transports import Delivery, Outgoing, open_transport, redis_scripts
 from conveyor.transports.redis import RedisStorage, RedisTransport
 from conveyor.transports.storage import NewMessage, StaleTopology
 from tests.transports.conftest import redis_namespace
@@ -142,17 +142,21 @@ async def test_a_stale_topology_version_stores_nothing(url: str) -> None:
 
 def _lose_first_reply(storage: RedisStorage, name: str) -> list[int]:
     """Make script ``name`` run in Redis but lose its reply, once; return the call counter."""
-    script = storage._scripts[name]
+    link = storage.link
+    real = link.run_script
+    source = getattr(redis_scripts, name)
     calls = [0]
 
-    async def flaky(*args: Any, **kwargs: Any) -> Any:
+    async def flaky(script: str, args: Sequence[Any]) -> Any:
+        if script != source:
+            return await real(script, args)
         calls[0] += 1
-        reply = await script(*args, **kwargs)
+        reply = await real(script, args)
         if calls[0] == 1:
             raise redis.exceptions.ConnectionError("reply lost on the way back")
         return reply
 
-    storage._scripts[name] = flaky  # type: ignore[assignment]
+    link.run_script = flaky  # type: ignore[method-assign]
     return calls
 
 
