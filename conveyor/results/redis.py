@@ -24,6 +24,7 @@ from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
+from redis import exceptions as rexc
 
 from conveyor.errors import BrokerUnavailable, ResultTimeout
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
@@ -82,6 +83,19 @@ class _Signal(enum.Enum):
     RECHECK = "recheck"  # the subscription was (re)made: read the stored state again
     EXPIRED = "expired"
     CLOSED = "closed"
+
+
+def _found(plain: bytes | None, workers: Any) -> dict[str, ResultMeta]:
+    """Results by worker (``""`` for the plain one) from GET and HGETALL replies."""
+    pairs = (
+        workers.items()
+        if isinstance(workers, dict)
+        else zip(workers[::2], workers[1::2], strict=True)
+    )
+    found = {bytes(w).decode(): ResultMeta.from_json(doc) for w, doc in pairs}
+    if plain is not None:
+        found[_PLAIN] = ResultMeta.from_json(plain)
+    return found
 
 
 class RedisBackend(ResultBackend):
@@ -237,21 +251,17 @@ class RedisBackend(ResultBackend):
         plain, workers = await self._run(
             lambda: link.run_script(_READ, [key]), f"reading the result of task {task_id}"
         )
-        found = {
-            bytes(workers[i]).decode(): ResultMeta.from_json(workers[i + 1])
-            for i in range(0, len(workers), 2)
-        }
-        if plain is not None:
-            found[_PLAIN] = ResultMeta.from_json(plain)
-        return found
+        return _found(plain, workers)
 
     async def get(self, task_id: str) -> ResultMeta | None:
         return pick_result(await self._read(task_id))
 
     @contextlib.asynccontextmanager
-    async def _subscribed(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes | _Signal]]:
-        """An inbox of what Redis publishes about ``task_id``, subscribed before it is yielded,
-        so a result stored after the caller's next read still arrives there."""
+    async def _subscribed(
+        self, task_id: str
+    ) -> AsyncIterator[tuple[asyncio.Queue[bytes | _Signal], dict[str, ResultMeta]]]:
+        """An inbox of what Redis publishes about ``task_id`` and what was stored when it
+        started: nothing stored in between is missed."""
         hub = self._hub
         if hub is None or self._client is None:
             self._redis  # noqa: B018 - raises the right BrokerUnavailable
@@ -261,13 +271,29 @@ class RedisBackend(ResultBackend):
         def deliver(data: bytes | None) -> None:
             inbox.put_nowait(_Signal.RECHECK if data is None else data)
 
-        channel = self._key(task_id).encode()
-        sid = await hub.subscribe(channel, deliver)
-        while not inbox.empty():
-            inbox.get_nowait()
+        key = self._key(task_id)
+        channel = key.encode()
+        try:
+            sid, (plain, workers) = await hub.subscribe_then(
+                channel, deliver, ("GET", key), ("HGETALL", self._workers_key(task_id))
+            )
+            found = _found(plain, workers)
+        except rexc.ConnectionError:
+            sid = await hub.subscribe(channel, deliver)
+            try:
+                found = await self._read(task_id)
+            except BaseException:
+                hub.unsubscribe(channel, sid)
+                raise
+        # The subscription's own confirmation asks for a re-read: the read above already did it.
+        # Documents published meanwhile stay.
+        early = [inbox.get_nowait() for _ in range(inbox.qsize())]
+        for item in early:
+            if item is not _Signal.RECHECK:
+                inbox.put_nowait(item)
         self._inboxes.add(inbox)
         try:
-            yield inbox
+            yield inbox, found
         finally:
             self._inboxes.discard(inbox)
             hub.unsubscribe(channel, sid)
@@ -289,8 +315,8 @@ class RedisBackend(ResultBackend):
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        async with self._subscribed(task_id) as inbox:
-            meta = pick_result(await self._read(task_id))
+        async with self._subscribed(task_id) as (inbox, found):
+            meta = pick_result(found)
             while meta is None or not meta.ready:
                 item = await self._next(inbox, deadline)
                 if item is _Signal.EXPIRED or item is _Signal.CLOSED:
@@ -307,14 +333,15 @@ class RedisBackend(ResultBackend):
     ) -> Mapping[str, ResultMeta]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with self._subscribed(task_id) as inbox:
+        async with self._subscribed(task_id) as (inbox, found):
             while True:
-                ready = {k: m for k, m in (await self._read(task_id)).items() if m.ready}
+                ready = {k: m for k, m in found.items() if m.ready}
                 if expected is not None and len(ready) >= expected:
                     break
                 item = await self._next(inbox, deadline)
                 if item is _Signal.EXPIRED or item is _Signal.CLOSED:
                     break
+                found = await self._read(task_id)
         return {(m.worker or k): m for k, m in ready.items()}
 
     async def forget(self, task_id: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
+from hiredis import PushNotification
 from redis import exceptions as rexc
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
@@ -343,13 +344,23 @@ Callback = Callable[[bytes | None], None]
 _UNSUBSCRIBE_DELAY = 0.05
 
 
+def _resp3(conn: AbstractConnection) -> bool:
+    return str(getattr(conn, "protocol", "2")) == "3"
+
+
+def _is_push(conn: AbstractConnection, reply: Any) -> bool:
+    # RESP3 marks pub/sub messages as pushes; on RESP2 everything the connection reads is one
+    return not _resp3(conn) or isinstance(reply, PushNotification)
+
+
 class PubSubHub:
     """One connection in subscribe mode, shared by every subscriber of a client.
 
     ``callback(data)`` runs (on the event loop, synchronously) for each message on a channel it
     subscribed; ``callback(None)`` after the subscription was (re)established, when messages
     may have been missed. The hub reconnects with backoff and subscribes again by itself, so a
-    subscriber never has to.
+    subscriber never has to. On RESP3 (redis-py's default) the connection also runs commands
+    between its messages: :meth:`subscribe_then` subscribes and reads in one round trip.
     """
 
     def __init__(self, client: aioredis.Redis, *, url: str, ping_every: float = 15.0) -> None:
@@ -365,6 +376,7 @@ class PubSubHub:
         self._leaving: set[bytes] = set()
         self._leave_timer: asyncio.TimerHandle | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._replies: deque[asyncio.Future[Any]] = deque()
         self._closed = False
         self._next_id = 0
 
@@ -394,6 +406,37 @@ class PubSubHub:
             self.unsubscribe(channel, sid)
             raise
         return sid
+
+    async def subscribe_then(
+        self, channel: bytes, callback: Callback, *commands: Sequence[Any]
+    ) -> tuple[int, list[Any]]:
+        """Subscribe ``callback`` to ``channel`` and run ``commands`` right after on the same
+        connection: they see everything stored before the subscription took effect, and the
+        subscription everything after. Returns the subscriber id and the commands' replies.
+
+        Raises redis-py's ConnectionError, having subscribed nothing, when there is no live
+        RESP3 connection or it is lost before the replies come: use :meth:`subscribe` and run
+        the commands elsewhere then.
+        """
+        conn = self._live
+        if conn is None or conn._writer is None or not _resp3(conn) or self._closed:
+            raise rexc.ConnectionError("the subscriber connection cannot run commands now")
+        self._next_id += 1
+        sid = self._next_id
+        subs = self._subscribers.setdefault(channel, {})
+        first = not subs
+        subs[sid] = callback
+        self._leaving.discard(channel)
+        loop = asyncio.get_running_loop()
+        replies = [loop.create_future() for _ in commands]
+        self._replies.extend(replies)
+        batch = [("SUBSCRIBE", channel)] if first and channel not in self._active else []
+        conn._writer.writelines(conn.pack_commands([*batch, *commands]))
+        try:
+            return sid, [await reply for reply in replies]
+        except BaseException:
+            self.unsubscribe(channel, sid)
+            raise
 
     def unsubscribe(self, channel: bytes, sid: int) -> None:
         """Stop calling subscriber ``sid`` of ``channel`` (idempotent)."""
@@ -432,6 +475,7 @@ class PubSubHub:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        self._fail_replies(BrokerUnavailable("the Redis subscriber closed"))
         if self._conn is not None:
             await self._conn.disconnect(nowait=True)
             self._conn = None
@@ -478,9 +522,25 @@ class PubSubHub:
             for callback in list(self._subscribers[channel].values()):
                 callback(None)
 
+    @staticmethod
+    def _settle(fut: asyncio.Future[Any], reply: Any) -> None:
+        if fut.done():
+            return
+        if isinstance(reply, BaseException):
+            fut.set_exception(reply)
+        else:
+            fut.set_result(reply)
+
+    def _fail_replies(self, error: BaseException) -> None:
+        while self._replies:
+            fut = self._replies.popleft()
+            if not fut.done():
+                fut.set_exception(rexc.ConnectionError(str(error) or type(error).__name__))
+
     async def _read_forever(self) -> None:
         backoff = Backoff()
         reconnecting = False
+        pinged = False
         while not self._closed:
             conn = self._conn
             try:
@@ -499,18 +559,36 @@ class PubSubHub:
                     if reconnecting:
                         log.info("reconnected to Redis at %s", redacted(self._url))
                         reconnecting = False
-                reply = await conn.read_response(timeout=self._ping_every, push_request=True)
-                if reply is None:
+                try:
+                    async with asyncio.timeout(self._ping_every):
+                        reply = await conn.read_response(
+                            timeout=math.inf, push_request=True, disconnect_on_error=False
+                        )
+                except TimeoutError:
+                    if pinged:
+                        raise rexc.TimeoutError(
+                            "no answer to PING on the subscriber connection"
+                        ) from None
+                    self._replies.append(asyncio.get_running_loop().create_future())
                     await conn.send_command("PING")
-                    reply = await conn.read_response(timeout=self._ping_every, push_request=True)
-                    if reply is None:
-                        raise rexc.TimeoutError("no answer to PING on the subscriber connection")
-                self._handle(reply)
+                    pinged = True
+                    continue
+                except rexc.ResponseError as exc:
+                    if self._replies:
+                        self._settle(self._replies.popleft(), exc)
+                    continue
+                pinged = False
+                if _is_push(conn, reply):
+                    self._handle(reply)
+                elif self._replies:
+                    self._settle(self._replies.popleft(), reply)
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
             except _LOST as exc:
                 self._live = None
+                pinged = False
+                self._fail_replies(exc)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.disconnect(nowait=True)

@@ -4,7 +4,6 @@ waiters on one result, waiting without polling, and a killed connection."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -127,21 +126,37 @@ async def test_a_waiter_sleeps_until_redis_publishes(
     url: str, backends: list[RedisBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reader, writer = await _open(url, backends), await _open(url, backends)
-    reads: list[float] = []
+    await writer.store(ok("before", "stored first"))
+    assert (await reader.wait("before", timeout=5)).result == "stored first"
+    reads: list[str] = []
     real_read = reader._read
 
     async def counted(task_id: str) -> dict[str, ResultMeta]:
-        reads.append(time.monotonic())
+        reads.append(task_id)
         return await real_read(task_id)
 
     monkeypatch.setattr(reader, "_read", counted)
+    await writer.store(ok("again", "stored before the wait"))
+    # With the subscriber connection up, subscribing and reading are one round trip on it.
+    assert (await reader.wait("again", timeout=5)).result == "stored before the wait"
     waiting = asyncio.create_task(reader.wait("later", timeout=10))
     await asyncio.sleep(0.5)
-    assert len(reads) == 1, "the waiter read the result more than once before it was stored"
+    assert not waiting.done()
     await writer.store(StoreRequest(ResultMeta("later", State.STARTED, worker="w@h")))
     await writer.store(ok("later", "done"))
     assert (await waiting).result == "done"
-    assert len(reads) == 1
+    assert reads == [], "the waiter read the store instead of being woken by Redis"
+
+
+async def test_a_result_stored_while_the_waiter_subscribes_is_never_missed(
+    url: str, backends: list[RedisBackend]
+) -> None:
+    reader, writer = await _open(url, backends), await _open(url, backends)
+    for i in range(150):
+        waiting = asyncio.create_task(reader.wait(f"race-{i}", timeout=5))
+        await asyncio.sleep(0.0005 * (i % 4))
+        await writer.store(ok(f"race-{i}", i))
+        assert (await waiting).result == i
 
 
 async def test_close_wakes_waiters_with_result_timeout(
