@@ -334,15 +334,20 @@ class RedisStorage(Storage):
         client = make_client(self._url)
         link = RedisLink(client, timeout=self._socket_timeout)
         schema_key = self._key("schema")
+
+        async def mark() -> Any:
+            await link.execute("SETNX", schema_key, SCHEMA)
+            return await link.execute("GET", schema_key)
+
         try:
             stored = await run(
-                lambda: link.execute("SET", schema_key, SCHEMA, "NX", "GET"),
+                mark,
                 url=self._url,
                 doing="connecting",
                 patience=0,
                 timeout=self._socket_timeout + 1,
             )
-            if stored is not None and stored != SCHEMA:
+            if stored != SCHEMA:
                 raise ConfigurationError(
                     f"Redis at {redacted(self._url)} holds conveyor data of schema "
                     f"{stored!r} under prefix {self._prefix!r}, but this "
