@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import enum
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -26,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
-from conveyor.errors import BrokerUnavailable, ResultTimeout
+from conveyor.errors import BrokerUnavailable, ConveyorError, ProtocolError, ResultTimeout
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.transports.redis_support import (
@@ -49,13 +51,16 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "socket_timeout": (float, 10.0),
 }
 _PLAIN = ""
+_KEPT_REPLIES = 10_000  # results heard on the reply channel before anyone asked for them
 
 # ARGV: now, expiry in ms ('' for none), done zset, count, then per result
-# (key, worker field or '' for the plain result, task id, date_done, document).
+# (key, worker field or '' for the plain result, task id, date_done, document, reply channel
+# or '').
 _STORE = """
 local now, px, done = ARGV[1], ARGV[2], ARGV[3]
-for j = 5, 4 + 5 * tonumber(ARGV[4]), 5 do
+for j = 5, 4 + 6 * tonumber(ARGV[4]), 6 do
   local key, field, doc = ARGV[j], ARGV[j + 1], ARGV[j + 4]
+  if ARGV[j + 5] ~= '' then redis.call('PUBLISH', ARGV[j + 5], doc) end
   if field == '' then
     if px == '' then redis.call('SET', key, doc) else redis.call('SET', key, doc, 'PX', px) end
   else
@@ -121,6 +126,9 @@ class RedisBackend(ResultBackend):
         self._link: RedisLink | None = None
         self._hub: PubSubHub | None = None
         self._inboxes: set[asyncio.Queue[bytes | _Signal]] = set()
+        self._reply_channel: str | None = None
+        self._reply_waiters: dict[str, list[asyncio.Future[ResultMeta]]] = {}
+        self._replies: OrderedDict[str, ResultMeta] = OrderedDict()
         self._closed = False
 
     @classmethod
@@ -238,7 +246,12 @@ class RedisBackend(ResultBackend):
             meta = request.meta
             field = (meta.worker or "?") if request.per_worker else ""
             doc = meta.to_json()
-            args.extend((self._key(meta.task_id), field, meta.task_id, meta.date_done or now, doc))
+            reply = request.reply_to or ""
+            if not reply.startswith(self._reply_prefix):
+                reply = ""
+            args.extend(
+                (self._key(meta.task_id), field, meta.task_id, meta.date_done or now, doc, reply)
+            )
         args[3] = len(requests)
         link = self._fast
         await self._run(lambda: link.run_script(_STORE, args), "storing results")
@@ -312,7 +325,74 @@ class RedisBackend(ResultBackend):
         reason = "the result backend closed" if self._closed else f"no result within {timeout} s"
         return ResultTimeout(f"task {task_id}: {reason}; is a worker consuming its queue?")
 
+    @property
+    def _reply_prefix(self) -> str:
+        return f"{self._prefix}conveyor-reply-"
+
+    async def prepare_reply(self) -> str:
+        """This backend's reply channel, for the task message's ``reply_to``.
+
+        Workers with a Redis backend of the same prefix publish the result there as well, so a
+        caller that sent the task hears of its result without first subscribing to it.
+        """
+        hub = self._hub
+        if hub is None:
+            self._redis  # noqa: B018 - raises the right BrokerUnavailable
+            raise AssertionError("unreachable")
+        if self._reply_channel is None:
+            channel = f"{self._reply_prefix}{uuid.uuid4().hex}"
+            await hub.subscribe(channel.encode(), self._replied)
+            self._reply_channel = channel
+        return self._reply_channel
+
+    def _replied(self, doc: bytes | None) -> None:
+        if doc is None:
+            return
+        try:
+            meta = ResultMeta.from_json(doc)
+        except ProtocolError:
+            return
+        waiters = self._reply_waiters.get(meta.task_id)
+        if waiters:
+            for fut in waiters:
+                if not fut.done() and meta.ready:
+                    fut.set_result(meta)
+            return
+        if meta.ready:
+            self._replies[meta.task_id] = meta
+            while len(self._replies) > _KEPT_REPLIES:
+                self._replies.popitem(last=False)
+
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
+        kept = self._replies.pop(task_id, None)
+        if kept is not None:
+            return kept
+        if self._reply_channel is None:
+            return await self._wait_subscribed(task_id, timeout)
+        # A task sent with this backend's reply channel announces its result there; the
+        # subscription to the task's own channel covers every other case. First one wins.
+        replied: asyncio.Future[ResultMeta] = asyncio.get_running_loop().create_future()
+        self._reply_waiters.setdefault(task_id, []).append(replied)
+        subscribed = asyncio.ensure_future(self._wait_subscribed(task_id, timeout))
+        try:
+            await asyncio.wait({replied, subscribed}, return_when=asyncio.FIRST_COMPLETED)
+            if replied.done():
+                return replied.result()
+            return subscribed.result()
+        finally:
+            waiters = self._reply_waiters.get(task_id, [])
+            if replied in waiters:
+                waiters.remove(replied)
+            if not waiters:
+                self._reply_waiters.pop(task_id, None)
+            if not subscribed.done():
+                subscribed.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConveyorError):
+                    await subscribed
+            elif not subscribed.cancelled():
+                subscribed.exception()  # retrieved: the reply channel answered first
+
+    async def _wait_subscribed(self, task_id: str, timeout: float | None) -> ResultMeta:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         async with self._subscribed(task_id) as (inbox, found):

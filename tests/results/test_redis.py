@@ -159,6 +159,34 @@ async def test_a_result_stored_while_the_waiter_subscribes_is_never_missed(
         assert (await waiting).result == i
 
 
+async def test_the_caller_hears_results_on_its_reply_channel(
+    url: str, backends: list[RedisBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caller, worker = await _open(url, backends), await _open(url, backends)
+    reply_to = await caller.prepare_reply()
+    assert reply_to == await caller.prepare_reply()
+
+    async def never(task_id: str, timeout: float | None) -> ResultMeta:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(caller, "_wait_subscribed", never)
+    waiting = asyncio.create_task(caller.wait("mine", timeout=5))
+    await asyncio.sleep(0.05)
+    meta = ResultMeta.success("mine", "over the reply channel", worker="w@h", task="t")
+    await worker.store(StoreRequest(meta, reply_to=reply_to))
+    assert (await asyncio.wait_for(waiting, 5)).result == "over the reply channel"
+    early = ResultMeta.success("early", "kept until asked", worker="w@h", task="t")
+    await worker.store(StoreRequest(early, reply_to=reply_to))
+    await asyncio.sleep(0.1)
+    assert (await caller.wait("early", timeout=1)).result == "kept until asked"
+    # Someone else's reply_to (an rpc:// queue, a Celery client's id) is not published to.
+    other = ResultMeta.success("theirs", 1, worker="w@h", task="t")
+    await worker.store(StoreRequest(other, reply_to="conveyor.reply.1234"))
+    monkeypatch.undo()
+    assert (await caller.wait("theirs", timeout=1)).result == 1
+
+
 async def test_close_wakes_waiters_with_result_timeout(
     url: str, backends: list[RedisBackend]
 ) -> None:
