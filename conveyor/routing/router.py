@@ -103,6 +103,19 @@ class Route:
         return self.queue.name if self.queue is not None else None
 
 
+_ROUTE_CACHE_SIZE = 4096
+
+
+def _cache_values(values: Sequence[Any]) -> tuple[Any, ...]:
+    """Routing values as part of a cache key. Values other than None and plain strings carry
+    their type, so that ``True`` and ``1`` (equal, same hash) never share an entry: one is a
+    valid priority, the other is not.
+    """
+    return tuple(
+        value if value is None or type(value) is str else (type(value), value) for value in values
+    )
+
+
 def _task_options(task: RoutableTask | None) -> dict[str, Any]:
     if task is None:
         return {}
@@ -129,6 +142,7 @@ class Router:
         )
         self._functions: dict[str, Callable[..., Any]] = {}
         self._missing: dict[str, Queue] = {}
+        self._routes: dict[tuple[Any, ...], Route] = {}
 
     @property
     def declarations(self) -> Declarations:
@@ -194,10 +208,23 @@ class Router:
         Raises RoutingError if a router function raises or answers something that is not a
         route.
         """
+        return self._lookup(name, args, kwargs, options, task)[0]
+
+    def _lookup(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        options: Mapping[str, Any] | None,
+        task: RoutableTask | None,
+    ) -> tuple[tuple[Rule, dict[str, Any]] | None, bool]:
+        """:meth:`lookup`, and whether the answer came from pattern rules alone (no router
+        function was asked, so the same name always gets the same answer)."""
+        pure = True
         for rule in self._rules:
             if isinstance(rule, PatternRule):
                 if rule.matches(name):
-                    return rule, dict(rule.route)
+                    return (rule, dict(rule.route)), pure
                 continue
             fn = self._function(rule)
             try:
@@ -209,8 +236,9 @@ class Router:
                     f"{rule.label} raised {type(exc).__name__}: {exc} while routing {name!r}"
                 ) from exc
             if answer:
-                return rule, route_options(answer, f"{rule.label} for {name!r}")
-        return None
+                return (rule, route_options(answer, f"{rule.label} for {name!r}")), False
+            pure = False
+        return None, pure
 
     def route(
         self,
@@ -227,7 +255,20 @@ class Router:
         RoutingError for an undeclared queue while missing-queue creation is off, a bad route
         value or a failing router function; TopologyError for a priority outside 0..255 or a
         routing key over 255 bytes.
+
+        Routes decided without asking a router function depend only on the name, the routing
+        options and the task's routing attributes, so they are remembered under those (errors
+        are not); a router function is asked on every call.
         """
+        sent = _cache_values([options.get(k) for k in ROUTE_KEYS]) if options else None
+        own = None if task is None else _cache_values([getattr(task, k, None) for k in ROUTE_KEYS])
+        key: tuple[Any, ...] | None = (name, sent, own)
+        try:
+            cached = self._routes.get(key)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable option value: route it without the cache
+            key = cached = None
+        if cached is not None:
+            return cached
         explicit = route_options(
             {k: v for k, v in (options or {}).items() if k in ROUTE_KEYS}, "send options"
         )
@@ -235,10 +276,15 @@ class Router:
             (EXPLICIT, explicit),
             (TASK_ATTRIBUTE, _task_options(task)),
         ]
-        found = self.lookup(name, args, kwargs, options, task)
+        found, pure = self._lookup(name, args, kwargs, options, task)
         if found is not None:
             sources.append((found[0].label, found[1]))
-        return self.resolve(sources)
+        route = self.resolve(sources)
+        if pure and key is not None:
+            if len(self._routes) >= _ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[key] = route
+        return route
 
     def resolve(self, sources: Sequence[tuple[str, Mapping[str, Any]]]) -> Route:
         """Merge route options from ``sources`` (label, options), highest precedence first,

@@ -267,6 +267,52 @@ def test_router_reads_settings_once() -> None:
     assert Router(settings).route("x").queue_name == "second"
 
 
+def test_repeated_routes_still_ask_router_functions_every_time() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def by_size(name: str, args: tuple[Any, ...], *rest: Any, **kw: Any) -> Any:
+        calls.append(args)
+        return "big" if args and args[0] > 10 else None
+
+    first = router(task_routes=[by_size, {"feed.*": "feeds"}])
+    assert [first.route("feed.a", (n,)).queue_name for n in (1, 20, 1, 20)] == [
+        "feeds",
+        "big",
+        "feeds",
+        "big",
+    ]
+    assert len(calls) == 4
+    later = router(task_routes=[{"feed.*": "feeds"}, by_size])
+    assert [later.route(name, (n,)).queue_name for name, n in [("feed.a", 20), ("web", 20)]] == [
+        "feeds",
+        "big",
+    ]
+    assert later.route("web", (1,)).queue_name == "default"
+
+
+def test_repeated_routes_see_changed_options_and_task_attributes() -> None:
+    class Task:
+        name = "feed.a"
+        queue: str | None = None
+        exchange = exchange_type = routing_key = None
+        priority: int | None = None
+
+    task = Task()
+    r = router(task_routes={"feed.*": "feeds"})
+    assert r.route("feed.a", task=task).queue_name == "feeds"
+    task.queue = "mine"
+    assert r.route("feed.a", task=task).queue_name == "mine"
+    assert r.route("feed.a", options={"queue": "other"}, task=task).queue_name == "other"
+    task.priority = 3
+    assert r.route("feed.a", task=task).priority == 3
+    assert r.route("feed.a", options={"priority": 1}).priority == 1
+    # Equal to 1 and hashing alike, but not a priority: refused every time.
+    for _ in range(2):
+        with pytest.raises(RoutingError, match="priority"):
+            r.route("feed.a", options={"priority": True})
+    assert r.route("feed.a", options={"queue": Queue("q", routing_key="k")}).routing_key == "k"
+
+
 _segment = st.sampled_from(["feed", "web", "video", "tasks", "x"])
 _name = st.lists(_segment, min_size=1, max_size=4).map(".".join)
 _glob = st.lists(st.one_of(_segment, st.just("*")), min_size=1, max_size=3).map(".".join)
