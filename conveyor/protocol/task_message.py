@@ -45,6 +45,7 @@ PICKLE = "application/x-python-serialize"
 CONTENT_TYPES: dict[str, tuple[str, str]] = {"json": (JSON, "utf-8"), "pickle": (PICKLE, "binary")}
 _NAMES = {ct: name for name, (ct, _) in CONTENT_TYPES.items()}
 _REPR_LIMIT = 1024
+_NO_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _STANDARD_HEADERS = frozenset(
     {
         "lang",
@@ -223,38 +224,31 @@ def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
 
     Raises ProtocolError when the arguments cannot be serialized or a header is not a JSON value.
     """
-    embed = (
-        dict(message.embed)
-        if message.embed is not None
-        else {
-            "callbacks": None,
-            "errbacks": None,
-            "chain": None,
-            "chord": None,
-        }
-    )
-    payload = [list(message.args), dict(message.kwargs), embed]
-    body, content_type, encoding = dumps(payload, serializer)
+    args = message.args
+    kwargs = message.kwargs if type(message.kwargs) is dict else dict(message.kwargs)
+    embed = dict(message.embed) if message.embed is not None else _NO_EMBED
+    body, content_type, encoding = dumps((args, kwargs, embed), serializer)
     headers: dict[str, Any] = {
-        key: value for key, value in message.headers.items() if key not in _STANDARD_HEADERS
+        "lang": "py",
+        "task": message.task,
+        "id": message.id,
+        "shadow": message.shadow,
+        "eta": message.eta.isoformat() if message.eta is not None else None,
+        "expires": message.expires.isoformat() if message.expires is not None else None,
+        "group": message.group,
+        "retries": message.retries,
+        "timelimit": list(message.timelimit),
+        "root_id": message.root_id or message.id,
+        "parent_id": message.parent_id,
+        "argsrepr": _short_repr(args) if args else "()",
+        "kwargsrepr": _short_repr(kwargs) if kwargs else "{}",
+        "origin": message.origin or default_origin(),
+        "ignore_result": message.ignore_result,
     }
-    headers.update(
-        lang="py",
-        task=message.task,
-        id=message.id,
-        shadow=message.shadow,
-        eta=message.eta.isoformat() if message.eta is not None else None,
-        expires=message.expires.isoformat() if message.expires is not None else None,
-        group=message.group,
-        retries=message.retries,
-        timelimit=list(message.timelimit),
-        root_id=message.root_id or message.id,
-        parent_id=message.parent_id,
-        argsrepr=_short_repr(message.args),
-        kwargsrepr=_short_repr(dict(message.kwargs)),
-        origin=message.origin or default_origin(),
-        ignore_result=message.ignore_result,
-    )
+    if message.headers:
+        # Custom headers first, as before: the standard ones are written after them.
+        custom = {k: v for k, v in message.headers.items() if k not in _STANDARD_HEADERS}
+        headers = {**custom, **headers}
     return Envelope(
         body=body,
         headers=headers,
