@@ -149,12 +149,15 @@ def _encode_value(value: Any) -> bytes:
     if kind is str:
         data: bytes = value.encode("utf-8")
         return b"S" + _PACK_I(len(data)) + data
-    if kind is int and -(2**31) <= value < 2**31:
-        return _PACK_INT(b"I", value)
     if value is None:
         return b"V"
-    if value is True or value is False:
+    if kind is int and -(2**31) <= value < 2**31:
+        return _PACK_INT(b"I", value)
+    if kind is bool:
         return b"t\x01" if value else b"t\x00"
+    if kind is list:
+        items = b"".join([_encode_value(item) for item in value])
+        return b"A" + _PACK_I(len(items)) + items
     if isinstance(value, int):
         if -(2**31) <= value < 2**31:
             return b"I" + struct.pack(">i", value)
@@ -171,8 +174,8 @@ def _encode_value(value: Any) -> bytes:
     if isinstance(value, Mapping):
         return b"F" + _encode_table(value)
     if isinstance(value, (list, tuple)):
-        items = b"".join(_encode_value(item) for item in value)
-        return b"A" + struct.pack(">I", len(items)) + items
+        items = b"".join([_encode_value(item) for item in value])
+        return b"A" + _PACK_I(len(items)) + items
     raise ProtocolError(f"cannot send a {type(value).__name__} in an AMQP field table: {value!r}")
 
 
@@ -189,11 +192,26 @@ def _encode_key(key: str) -> bytes:
 def _encode_table(table: Mapping[str, Any] | None) -> bytes:
     if not table:
         return b"\x00\x00\x00\x00"
+    # A FrozenMapping's own items() goes through the Mapping mixins: a copy is cheaper.
+    items = (table.to_dict() if isinstance(table, FrozenMapping) else table).items()
     keys = _KEYS
-    data = b"".join(
-        (keys.get(key) or _encode_key(key)) + _encode_value(value) for key, value in table.items()
-    )
-    return _PACK_I(len(data)) + data
+    pack = _PACK_I
+    parts: list[bytes] = []
+    append = parts.append
+    for key, value in items:
+        append(keys.get(key) or _encode_key(key))
+        kind = type(value)
+        if kind is str:
+            data = value.encode("utf-8")
+            append(b"S" + pack(len(data)) + data)
+        elif value is None:
+            append(b"V")
+        elif kind is bool:
+            append(b"t\x01" if value else b"t\x00")
+        else:
+            append(_encode_value(value))
+    body = b"".join(parts)
+    return pack(len(body)) + body
 
 
 def _short(text: str, what: str) -> bytes:
@@ -923,6 +941,9 @@ class AMQPTransport(Transport):
         self._delay_levels = 0
         self._delay_targets: set[str] = set()
         self._delay_lock = asyncio.Lock()
+        # Message ids for publishes that carry none (returns are matched by id): unique, cheap.
+        self._message_ids_prefix = f"{uuid.uuid4().hex}."
+        self._message_ids = itertools.count(1)
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Self:
@@ -1563,36 +1584,40 @@ class AMQPTransport(Transport):
         *,
         target: tuple[str, str] | None = None,
     ) -> int:
-        message_id = envelope.message_id or uuid.uuid4().hex
+        message_id = envelope.message_id or f"{self._message_ids_prefix}{next(self._message_ids)}"
         flags, properties = _encode_properties(
             envelope, envelope.headers if headers is None else headers, message_id
         )
         # RabbitMQ returns a mandatory message to a direct reply-to address even when it
         # delivers it, so replies go without mandatory (and count as routed).
         reply = not exchange and routing_key.startswith(DIRECT_REPLY_TO + ".")
-        deadline = self._deadline()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.reconnect_timeout
         retried = False
         while True:
             channel = await self._shared_channel("publish", deadline)
             raw = channel.raw
+            connection = raw.connection
+            confirm_by = loop.time() + self._options.confirm_timeout
             try:
-                async with asyncio.timeout(self._options.confirm_timeout):
-                    # Returns are matched by message id: never two with one id in flight.
-                    while (waiting := raw.in_flight(message_id)) is not None:
-                        await asyncio.wait([waiting])
-                    await raw.connection.writable()
-                    frames = _message_frames(
-                        raw.number,
-                        raw.connection.frame_max - 8,
-                        exchange,
-                        routing_key,
-                        not reply,
-                        properties,
-                        flags,
-                        envelope.body,
-                    )
-                    if await raw.publish(frames, message_id):
-                        return 1
+                if raw.in_flight(message_id) is not None or not connection.can_write:
+                    async with asyncio.timeout_at(confirm_by):
+                        # Returns are matched by message id: never two with one id in flight.
+                        while (waiting := raw.in_flight(message_id)) is not None:
+                            await asyncio.wait([waiting])
+                        await connection.writable()
+                frames = _message_frames(
+                    raw.number,
+                    connection.frame_max - 8,
+                    exchange,
+                    routing_key,
+                    not reply,
+                    properties,
+                    flags,
+                    envelope.body,
+                )
+                if await raw.publish(frames, message_id, confirm_by):
+                    return 1
                 break
             except Nacked as exc:
                 raise TransportError(

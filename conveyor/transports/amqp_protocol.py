@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import platform
 import ssl
 import struct
@@ -40,6 +41,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
+_NEVER = math.inf
 _FRAME_END = 0xCE
 _HEAD = struct.Struct(">BHI")
 _CLASS_METHOD = struct.Struct(">HH")
@@ -331,8 +333,10 @@ class Channel:
         self._lock = asyncio.Lock()
         self._waiter: asyncio.Future[Any] | None = None
         self._next_tag = 0
-        self._unconfirmed: dict[int, tuple[asyncio.Future[bool], str]] = {}
+        # tag -> (confirm future, message id, loop time by which the confirm must come)
+        self._unconfirmed: dict[int, tuple[asyncio.Future[bool], str, float]] = {}
         self._by_message_id: dict[str, int] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
         self._incoming: Message | None = None
         self._incoming_kind = 0
         self._props: Properties | None = None
@@ -348,11 +352,14 @@ class Channel:
             self.closed.set_exception(exc)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
-        for future, _ in self._unconfirmed.values():
+        for future, _, _ in self._unconfirmed.values():
             if not future.done():
                 future.set_exception(exc)
         self._unconfirmed.clear()
         self._by_message_id.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def rpc(self, frame: Frame, *, timeout: float | None = None) -> Any:
         """Send a synchronous method and return RabbitMQ's reply frame.
@@ -438,20 +445,49 @@ class Channel:
         bits = (1 if multiple else 0) | (2 if requeue else 0)
         self.connection.write(_settle_frame(self.number, 120, delivery_tag, bits))
 
-    def publish(self, frames: bytes, message_id: str) -> asyncio.Future[bool]:
+    def publish(
+        self, frames: bytes, message_id: str, confirm_by: float | None = None
+    ) -> asyncio.Future[bool]:
         """Write an encoded message (see :func:`message_frames`); in confirm mode, the future
-        resolves with RabbitMQ's confirm. Messages must have distinct ids while in flight."""
+        resolves with RabbitMQ's confirm, or fails with TimeoutError if none came by the loop
+        time ``confirm_by``. Messages must have distinct ids while in flight."""
         if self.closed.done():
             raise self.closed.exception() or ChannelClosed(0, "channel closed")
-        future: asyncio.Future[bool] = self.connection.loop.create_future()
+        loop = self.connection.loop
+        future: asyncio.Future[bool] = loop.create_future()
         if self.confirms:
             self._next_tag += 1
-            self._unconfirmed[self._next_tag] = (future, message_id)
+            deadline = _NEVER if confirm_by is None else confirm_by
+            self._unconfirmed[self._next_tag] = (future, message_id, deadline)
             self._by_message_id[message_id] = self._next_tag
+            # One timer for every confirm awaited, armed at the earliest deadline.
+            watchdog = self._watchdog
+            if confirm_by is not None and (watchdog is None or confirm_by < watchdog.when()):
+                if watchdog is not None:
+                    watchdog.cancel()
+                self._watchdog = loop.call_at(confirm_by, self._expire)
         else:
             future.set_result(True)
         self.connection.write(frames)
         return future
+
+    def _expire(self) -> None:
+        """Fail the confirms whose deadline passed; arm the timer for the next deadline."""
+        self._watchdog = None
+        now = self.connection.loop.time()
+        late: list[int] = []
+        earliest = _NEVER
+        for tag, (_, _, deadline) in self._unconfirmed.items():
+            if deadline <= now:
+                late.append(tag)
+            elif deadline < earliest:
+                earliest = deadline
+        for tag in late:
+            future = self._forget(tag)
+            if future is not None and not future.done():
+                future.set_exception(TimeoutError("no publisher confirm in time"))
+        if earliest != _NEVER:
+            self._watchdog = self.connection.loop.call_at(earliest, self._expire)
 
     def in_flight(self, message_id: str) -> asyncio.Future[bool] | None:
         """The confirm still awaited for a message with this id, if any."""
@@ -459,13 +495,19 @@ class Channel:
         entry = self._unconfirmed.get(tag) if tag is not None else None
         return entry[0] if entry is not None else None
 
-    def _settled(self, tag: int, ok: bool) -> None:
+    def _forget(self, tag: int) -> asyncio.Future[bool] | None:
         entry = self._unconfirmed.pop(tag, None)
         if entry is None:
-            return
-        future, message_id = entry
+            return None
+        future, message_id, _ = entry
         if self._by_message_id.get(message_id) == tag:
             del self._by_message_id[message_id]
+        return future
+
+    def _settled(self, tag: int, ok: bool) -> None:
+        future = self._forget(tag)
+        if future is None:
+            return
         if not future.done():
             if ok:
                 future.set_result(True)
@@ -817,6 +859,11 @@ class Connection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
             self._last_sent = self.loop.time()
+
+    @property
+    def can_write(self) -> bool:
+        """True unless the socket's write buffer is full or RabbitMQ blocks publishers."""
+        return self._writable.is_set() and self.blocked.is_set()
 
     async def writable(self) -> None:
         """Wait while the socket's write buffer is full or RabbitMQ blocks publishers."""

@@ -21,6 +21,7 @@ from conveyor.errors import (
     NotFound,
     PreconditionFailed,
     TopologyError,
+    TransportError,
     Unroutable,
 )
 from conveyor.transports import Delivery, Outgoing, open_transport
@@ -445,6 +446,42 @@ async def test_lost_connection_reconnects_resubscribes_and_publishers_wait(
     assert after.envelope.body == b"after"
     await t.ack(after)
     await consumer.cancel()
+
+
+def suspend_queue_process(vhost: str, queue: str, *, resume: bool = False) -> None:
+    """Suspend (or resume) the Erlang process of a RabbitMQ queue: it confirms nothing while
+    suspended."""
+    expr = (
+        f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, <<"{queue}">>)),'
+        f" sys:{'resume' if resume else 'suspend'}(amqqueue:get_pid(Q))."
+    )
+    subprocess.run(["rabbitmqctl", "eval", expr], capture_output=True, check=True)
+
+
+@needs_rabbitmqctl
+async def test_a_publish_that_is_never_confirmed_fails_after_confirm_timeout(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp(confirm_timeout=1)
+    stalled, healthy = name("stalled"), name("healthy")
+    await t.declare_queue(Queue(stalled))
+    await t.declare_queue(Queue(healthy))
+    vhost = t._address.vhost
+    loop = asyncio.get_running_loop()
+    await asyncio.to_thread(suspend_queue_process, vhost, stalled)
+    try:
+        started = loop.time()
+        late = asyncio.ensure_future(t.publish(env("late"), routing_key=stalled))
+        # Other publishes are confirmed meanwhile; only the late one times out.
+        for n in range(3):
+            assert await t.publish(env(f"ok {n}"), routing_key=healthy) == 1
+        with pytest.raises(TransportError, match="did not confirm a message within 1 s"):
+            await late
+        assert 0.9 < loop.time() - started < 10
+    finally:
+        await asyncio.to_thread(suspend_queue_process, vhost, stalled, resume=True)
+    assert await t.publish(env("after"), routing_key=stalled) == 1
+    assert (await t.queue_stats(stalled)).ready == 2  # the late one arrived after all
 
 
 async def test_large_bodies_travel_in_several_frames(
