@@ -93,3 +93,21 @@ def test_retry_backoff_delays() -> None:
     def t() -> None: ...
 
     assert [t.retry_delay(n) for n in range(4)] == [2.0, 4.0, 8.0, 10.0]
+
+
+async def test_reassigned_routing_settings_take_effect_at_the_next_send() -> None:
+    app = App("svc", broker="memory://", result_backend="memory://")
+    app.conf.task_routes = {"feed.*": "feeds"}
+    assert app.router.route("feed.import").queue_name == "feeds"
+    assert app.router is app.router  # unchanged settings: the same router
+    app.conf.task_routes = {"feed.*": "imports"}
+    assert app.router.route("feed.import").queue_name == "imports"
+    app.conf.task_default_queue = "other"
+    assert app.router.route("web.page").queue_name == "other"
+    async with app:
+        await app.asend_task("feed.import", ignore_result=True)
+        app.conf.task_routes = {"feed.*": "feeds"}
+        await app.asend_task("feed.import", ignore_result=True)
+        transport = await app.atransport()
+        assert (await transport.queue_stats("imports")).ready == 1
+        assert (await transport.queue_stats("feeds")).ready == 1
