@@ -116,15 +116,51 @@ class Pool(abc.ABC):
         """
 
 
+class _Completions:
+    """Calls finished in threads, handed to their event loop in batches: one wake-up of the
+    loop (a write to its self-pipe) for however many finish before it gets to them."""
+
+    __slots__ = ("_done", "_lock", "_scheduled", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._done: list[tuple[_Job, Any, BaseException | None]] = []
+        self._scheduled = False
+
+    def put(self, job: _Job, value: Any, exc: BaseException | None) -> None:
+        """Called from a worker thread."""
+        with self._lock:
+            self._done.append((job, value, exc))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(self._settle_all)
+
+    def _settle_all(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+            self._scheduled = False
+        for job, value, exc in done:
+            future = job.future
+            if future.done():
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+
+
 class _Job:
     """A call handed to a worker thread, which an overrun can interrupt."""
 
-    __slots__ = ("fn", "future", "ident", "lock", "loop", "state")
+    __slots__ = ("completions", "fn", "future", "ident", "lock", "state")
 
-    def __init__(self, fn: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, fn: Callable[[], Any], completions: _Completions) -> None:
         self.fn = fn
-        self.loop = loop
-        self.future: asyncio.Future[Any] = loop.create_future()
+        self.completions = completions
+        self.future: asyncio.Future[Any] = completions.loop.create_future()
         self.lock = threading.Lock()
         self.state = "queued"
         self.ident = 0
@@ -140,23 +176,11 @@ class _Job:
         except BaseException as exc:
             with self.lock:
                 self.state = "done"
-            self._settle(None, exc)
+            self.completions.put(self, None, exc)
         else:
             with self.lock:
                 self.state = "done"
-            self._settle(value, None)
-
-    def _settle(self, value: Any, exc: BaseException | None) -> None:
-        def settle() -> None:
-            if self.future.done():
-                return
-            if exc is not None:
-                self.future.set_exception(exc)
-            else:
-                self.future.set_result(value)
-
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(settle)
+            self.completions.put(self, value, None)
 
     def interrupt(self) -> None:
         """Raise TimeLimitExceeded in the thread if the call is still running; drop it if
@@ -175,6 +199,7 @@ class _Threads:
 
     def __init__(self, size: int, name: str) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._completions: _Completions | None = None
         self._threads = [
             threading.Thread(target=self._main, name=f"{name}-{i}", daemon=True)
             for i in range(size)
@@ -192,6 +217,13 @@ class _Threads:
             except TimeLimitExceeded:
                 continue
 
+    def completions(self, loop: asyncio.AbstractEventLoop) -> _Completions:
+        """Where jobs for ``loop`` report back (one per loop)."""
+        completions = self._completions
+        if completions is None or completions.loop is not loop:
+            completions = self._completions = _Completions(loop)
+        return completions
+
     def submit(self, job: _Job) -> None:
         self._jobs.put(job)
 
@@ -204,7 +236,7 @@ async def _run_in_thread(
     threads: _Threads, fn: Callable[[], Any], time_limit: float | None
 ) -> tuple[bool, Any]:
     """Run ``fn`` on ``threads``; return (finished in time, value). Raises what ``fn`` raised."""
-    job = _Job(fn, asyncio.get_running_loop())
+    job = _Job(fn, threads.completions(asyncio.get_running_loop()))
     threads.submit(job)
     try:
         if time_limit is None:
