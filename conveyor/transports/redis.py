@@ -17,13 +17,18 @@ Keys, under a prefix (``conveyor:`` unless the ``key_prefix`` option says otherw
     cl:<connection>  tags leased to it    cc:<connection>  its consumers
     ch:<connection>  its last dequeue, replayed if the reply was lost
 
-A publish writes every copy in one script that first checks the topology version. A consumed
-message is leased, not removed: it moves from the ready set to the lease hash, and the
-connection's lease deadline (renewed by the transport's housekeeper) decides when a dead
-worker's messages go back, with their delivery count kept. Consumers block on pub/sub wake-ups
-(``w:<queue>`` channels, one shared subscriber connection per transport), never on a sleep
-loop; messages themselves never travel over pub/sub. Every call retries through a lost
-connection with backoff, for up to ``reconnect_timeout`` seconds.
+A publish writes every copy in one script that first checks the topology version; concurrent
+publishes share one script call. A consumed message is leased, not removed: it moves from the
+ready set to the lease hash, and the connection's lease deadline (renewed by the transport's
+housekeeper) decides when a dead worker's messages go back, with their delivery count kept.
+Ready scores keep priorities exact for 2**45 (35 trillion) messages per prefix (beyond, levels
+would blur). Consumers block on pub/sub wake-ups (``w:<queue>`` channels, one shared subscriber
+connection per transport), sent when a queue goes from nothing ready to something ready or gets
+a delayed message; messages themselves never travel over pub/sub. Commands go through one
+pipelined connection (:class:`~.redis_support.RedisLink`), and every call retries through a lost
+connection with backoff for up to ``reconnect_timeout`` seconds; a publish or fetch whose reply
+was lost is recognized when sent again, not applied twice. ``schema`` marks the prefix as
+conveyor's, so foreign or newer data is refused untouched.
 
 Options (URL query or ``broker_transport_options``): ``key_prefix``, ``lease`` (seconds a dead
 worker's messages stay leased, default 30), ``poll_interval`` (default 1), ``reconnect_timeout``
@@ -554,6 +559,8 @@ class RedisStorage(Storage):
         messages, due = await self._script("DEQUEUE", args, "fetching messages")
         # The next look at these queues' due times is free: listeners are woken by any new
         # delayed message, so a consumer never sleeps past one published after this answer.
+        if len(self._due_hints) > 1000:
+            self._due_hints.clear()
         self._due_hints[frozenset(queues)] = None if due is None else float(due)
         return _messages(messages)
 

@@ -403,6 +403,11 @@ class PubSubHub:
         try:
             await fut
         except BaseException:
+            waiting = self._confirmations.get(channel, [])
+            if fut in waiting:
+                waiting.remove(fut)
+            if not waiting:
+                self._confirmations.pop(channel, None)
             self.unsubscribe(channel, sid)
             raise
         return sid
