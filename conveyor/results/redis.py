@@ -363,6 +363,10 @@ class RedisBackend(ResultBackend):
             while len(self._replies) > _KEPT_REPLIES:
                 self._replies.popitem(last=False)
 
+    def peek(self, task_id: str) -> ResultMeta | None:
+        """A ready result already heard on this backend's reply channel (no I/O, any thread)."""
+        return self._replies.get(task_id)
+
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
         kept = self._replies.pop(task_id, None)
         if kept is not None:

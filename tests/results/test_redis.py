@@ -179,6 +179,9 @@ async def test_the_caller_hears_results_on_its_reply_channel(
     early = ResultMeta.success("early", "kept until asked", worker="w@h", task="t")
     await worker.store(StoreRequest(early, reply_to=reply_to))
     await asyncio.sleep(0.1)
+    peeked = caller.peek("early")
+    assert peeked is not None
+    assert peeked.result == "kept until asked"
     assert (await caller.wait("early", timeout=1)).result == "kept until asked"
     # Someone else's reply_to (an rpc:// queue, a Celery client's id) is not published to.
     other = ResultMeta.success("theirs", 1, worker="w@h", task="t")
