@@ -40,6 +40,10 @@ class PriorityBuffer:
             await self._changed.wait()
         return heapq.heappop(self._heap)[2]
 
+    def pop_nowait(self) -> Delivery:
+        """Take the best delivery; IndexError if there is none."""
+        return heapq.heappop(self._heap)[2]
+
     def drain(self) -> list[Delivery]:
         """Remove and return everything, best first."""
         items = [heapq.heappop(self._heap)[2] for _ in range(len(self._heap))]

@@ -118,7 +118,7 @@ class Worker:
         self._backend: ResultBackend | None = None
         self._consumer: Consumer | None = None
         self._buffer = PriorityBuffer()
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._free_slots = self.concurrency
         self._running: dict[asyncio.Task[None], Delivery] = {}
         self._holding: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -179,10 +179,7 @@ class Worker:
                 names.append(entity.name)
         self._consumer = await transport.consume(names, prefetch=self.prefetch)
         loop = asyncio.get_running_loop()
-        self._service = [
-            loop.create_task(self._receive(self._consumer)),
-            loop.create_task(self._dispatch()),
-        ]
+        self._service = [loop.create_task(self._receive(self._consumer))]
         if self.app.conf.result_expires:
             self._service.append(loop.create_task(self._expire_results()))
         log.info(
@@ -199,6 +196,7 @@ class Worker:
         try:
             async for delivery in consumer:
                 self._buffer.push(delivery)
+                self._start_ready()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -214,16 +212,19 @@ class Worker:
             log.error("%s; stopping", self.failure)
             self.request_stop()
 
-    async def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
-            await self._slots.acquire()
-            try:
-                delivery = await self._buffer.pop()
-            except asyncio.CancelledError:
-                self._slots.release()
-                raise
-            task = loop.create_task(self._handle(delivery))
+    def _start_ready(self) -> None:
+        """Start handling buffered deliveries, best first, while execution slots are free.
+
+        Called when a delivery arrives and when a slot frees up, so a delivery starts in the
+        same event-loop turn as either (no dispatcher task to wake in between).
+        """
+        if self._stopping.is_set():
+            return
+        buffer = self._buffer
+        while self._free_slots > 0 and buffer:
+            delivery = buffer.pop_nowait()
+            self._free_slots -= 1
+            task = asyncio.get_running_loop().create_task(self._handle(delivery))
             self._running[task] = delivery
             self._holding.add(task)
             task.add_done_callback(self._finished)
@@ -231,7 +232,8 @@ class Worker:
     def _release_slot(self, task: asyncio.Task[Any] | None) -> None:
         if task in self._holding:
             self._holding.discard(task)
-            self._slots.release()
+            self._free_slots += 1
+            self._start_ready()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
