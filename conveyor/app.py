@@ -27,7 +27,7 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from urllib.parse import urlsplit
 
 from conveyor.config import Settings
@@ -83,6 +83,54 @@ def default_backend_url(broker_url: str) -> str:
     return "rpc://"
 
 
+class _SyncCall(Generic[T]):
+    """One coroutine run on the private loop for a waiting thread.
+
+    Lighter than ``run_coroutine_threadsafe``: the coroutine itself wakes the caller (a bare
+    lock released in its last step) instead of a chain of future callbacks one loop turn later.
+    """
+
+    __slots__ = ("_coro", "_done", "_error", "_task", "_value")
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self._coro = coro
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._task: asyncio.Task[None] | None = None
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            self._value = await self._coro
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            self._error = exc
+        finally:
+            self._done.release()
+
+    def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        else:
+            self._coro.close()
+
+    def wait(self, loop: asyncio.AbstractEventLoop) -> T:
+        try:
+            self._done.acquire()
+        except BaseException:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._cancel)
+            raise
+        error = self._error
+        if error is not None:
+            self._error = None  # no reference cycle through the traceback
+            raise error
+        return self._value  # type: ignore[no-any-return]
+
+
 class _LoopThread:
     """The private event loop, in a daemon thread, that runs the sync API's coroutines."""
 
@@ -116,12 +164,15 @@ class _LoopThread:
         if self.in_loop_thread():
             coro.close()
             raise RuntimeError("conveyor's sync API cannot be called from its own event loop")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop())
+        call = _SyncCall(coro)
+        loop = self.loop()
         try:
-            return future.result()
+            # The callback runs in a copy of this thread's context (contextvars travel along).
+            loop.call_soon_threadsafe(call.start, loop)
         except BaseException:
-            future.cancel()
+            coro.close()
             raise
+        return call.wait(loop)
 
     def stop(self) -> None:
         with self._lock:
