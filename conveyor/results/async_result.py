@@ -66,16 +66,19 @@ class AsyncResult:
             return await asyncio.wrap_future(future)
         return await op(await self.app.abackend())
 
-    def _sync(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    def _check_sync(self) -> None:
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
-            running = None
-        if running is not None and running is self._loop:
+            return
+        if running is self._loop:
             raise RuntimeError(
                 "a sync AsyncResult method was called inside the event loop that sent the task; "
                 "use the async twin (await result.aget(), .astate(), ...)"
             )
+
+    def _sync(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        self._check_sync()
         return self.app.run_sync(make())
 
     async def ameta(self) -> ResultMeta | None:
@@ -127,15 +130,17 @@ class AsyncResult:
         if meta is None:
             meta = await self._call(lambda b: b.wait(self.id, timeout=timeout))
             self._meta = meta
-        error = meta.exception()
-        if error is None:
-            return meta.result
-        if propagate:
-            raise error
-        return error
+        return _outcome(meta, propagate)
 
     def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
         """Sync twin of :meth:`aget`."""
+        self._check_sync()
+        if self._meta is None and self._backend is not None:
+            # A result already here (rpc:// replies often beat the send's own confirm) needs
+            # no trip to the event loop.
+            self._meta = self._backend.peek(self.id)
+        if self._meta is not None:
+            return _outcome(self._meta, propagate)
         return self._sync(lambda: self.aget(timeout, propagate=propagate))
 
     @property
@@ -188,6 +193,16 @@ class AsyncResult:
     def forget(self) -> None:
         """Remove what the backend keeps about this task (every worker's result)."""
         self._sync(self.aforget)
+
+
+def _outcome(meta: ResultMeta, propagate: bool) -> Any:
+    """What ``get`` returns (or raises) for a ready ``meta``."""
+    error = meta.exception()
+    if error is None:
+        return meta.result
+    if propagate:
+        raise error
+    return error
 
 
 async def _invoke(op: Callable[[ResultBackend], Awaitable[T]], backend: ResultBackend) -> T:

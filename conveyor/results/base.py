@@ -104,6 +104,15 @@ class ResultBackend(abc.ABC):
         """
         return None
 
+    def peek(self, task_id: str) -> ResultMeta | None:
+        """A *ready* result for ``task_id`` that this backend already holds in this process,
+        or None. Never does I/O and may be called from any thread: the sync API uses it to
+        skip a trip to the event loop when the result is already here. None says nothing about
+        the task (use ``get``/``wait``); backends that hold nothing locally return None (the
+        default).
+        """
+        return None
+
     @abc.abstractmethod
     async def store(self, request: StoreRequest) -> None:
         """Keep ``request.meta`` (see the module contract on keys and replacement)."""

@@ -114,6 +114,10 @@ class MemoryBackend(ResultBackend):
     async def get(self, task_id: str) -> ResultMeta | None:
         return pick_result(self._store.snapshot(task_id))
 
+    def peek(self, task_id: str) -> ResultMeta | None:
+        meta = pick_result(self._store.snapshot(task_id))
+        return meta if meta is not None and meta.ready else None
+
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -152,6 +152,17 @@ class RPCBackend(ResultBackend):
     async def get(self, task_id: str) -> ResultMeta | None:
         return pick_result(self._results.get(task_id, {}))
 
+    def peek(self, task_id: str) -> ResultMeta | None:
+        # dict() copies atomically under the GIL while the reader may be adding replies.
+        found = dict(self._results.get(task_id) or {})
+        meta = pick_result(found)
+        if meta is None or not meta.ready:
+            return None
+        if _PLAIN in found:
+            # As in wait(): the AsyncResult keeps the ready state, this backend need not.
+            self._results.pop(task_id, None)
+        return meta
+
     def _watch(self, task_id: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, set()).add(fut)

@@ -23,6 +23,19 @@ async def test_unknown_id_is_pending_and_wait_times_out(make_backend: MakeBacken
         await backend.wait("nope", timeout=0.05)
 
 
+async def test_peek_shows_only_a_ready_result_and_works_from_any_thread(
+    make_backend: MakeBackend,
+) -> None:
+    backend = await make_backend()
+    assert await asyncio.to_thread(backend.peek, "p") is None
+    await backend.store(StoreRequest(ResultMeta("p", State.STARTED, worker="w1")))
+    assert await asyncio.to_thread(backend.peek, "p") is None
+    await backend.store(ok("p", 7))
+    peeked = await asyncio.to_thread(backend.peek, "p")
+    # None is allowed (a backend holding nothing locally), a wrong or unready result is not.
+    assert peeked is None or (peeked.state, peeked.result) == (State.SUCCESS, 7)
+
+
 async def test_store_then_get_and_wait(make_backend: MakeBackend) -> None:
     backend = await make_backend()
     await backend.store(StoreRequest(ResultMeta("a", State.STARTED, worker="w1")))

@@ -11,7 +11,7 @@ import pytest
 
 from conveyor.app import App
 from conveyor.errors import NotFound, ResultTimeout
-from conveyor.results import ResultMeta, StoreRequest
+from conveyor.results import ResultMeta, State, StoreRequest
 from conveyor.results.rpc import RPCBackend
 
 
@@ -73,3 +73,23 @@ async def test_wait_times_out_and_reply_queue_goes_with_the_caller(
     transport = await worker.atransport()
     with pytest.raises(NotFound):
         await transport.queue_stats(reply_to)
+
+
+async def test_peek_answers_from_replies_already_here_from_any_thread(
+    apps: tuple[App, App],
+) -> None:
+    caller, worker = apps
+    mine, theirs = await caller.abackend(), await worker.abackend()
+    reply_to = await mine.prepare_reply()
+    assert reply_to is not None
+    assert await asyncio.to_thread(mine.peek, "p") is None
+    started = ResultMeta("p", State.STARTED, worker="w@h")
+    await theirs.store(StoreRequest(started, reply_to=reply_to, correlation_id="p"))
+    await theirs.store(reply("p", "done", reply_to))
+    deadline = asyncio.get_running_loop().time() + 5
+    while (peeked := await asyncio.to_thread(mine.peek, "p")) is None:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    assert (peeked.state, peeked.result) == (State.SUCCESS, "done")
+    # The AsyncResult that peeked keeps the value; the backend does not hold it twice.
+    assert await mine.get("p") is None
