@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+import hiredis
 import redis.asyncio as aioredis
-from hiredis import PushNotification
 from redis import exceptions as rexc
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
@@ -344,13 +344,17 @@ Callback = Callable[[bytes | None], None]
 _UNSUBSCRIBE_DELAY = 0.05
 
 
+# hiredis 3.2 and later tell RESP3 pushes from replies; without that, only subscribe.
+_PUSH: type | None = getattr(hiredis, "PushNotification", None)
+
+
 def _resp3(conn: AbstractConnection) -> bool:
-    return str(getattr(conn, "protocol", "2")) == "3"
+    return _PUSH is not None and str(getattr(conn, "protocol", "2")) == "3"
 
 
 def _is_push(conn: AbstractConnection, reply: Any) -> bool:
     # RESP3 marks pub/sub messages as pushes; on RESP2 everything the connection reads is one
-    return not _resp3(conn) or isinstance(reply, PushNotification)
+    return not _resp3(conn) or (_PUSH is not None and isinstance(reply, _PUSH))
 
 
 class PubSubHub:
