@@ -18,341 +18,58 @@ The benchmark process is the producer.
    reply-to), Celery ``rpc://``, Dramatiq's Results middleware on Redis (it has no rpc backend).
 
 It prints a table and conveyor's ratios against the targets (throughput >= 3x Celery's and
->= 1.5x Dramatiq's; round trip p50 <= half of Celery's). The worker processes import this file
-as their app module, with ``BENCH_FRAMEWORK`` saying which framework to set up.
+>= 1.5x Dramatiq's; round trip p50 <= half of Celery's). The harness is ``peers.py``; the
+worker processes import a copy of this file as their app module, with ``BENCH_FRAMEWORK``
+saying which framework to set up.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import signal
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-import uuid
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-# This directory also holds benchmarks/redis.py, which would shadow the redis package that
-# Dramatiq's result backend imports: take it off the path once this module is loaded.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+import peers
+
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
-FRAMEWORK = os.environ.get("BENCH_FRAMEWORK", "")
-QUEUE = os.environ.get("BENCH_QUEUE", "bench")
-DONE_FILE = os.environ.get("BENCH_DONE_FILE", "")
-PREFETCH_MULTIPLIER = 4
-IN_FLIGHT = 500  # conveyor's concurrent senders, each awaiting its publisher confirm
 
 
-def _mark_done() -> None:
-    at = time.time()
-    partial = Path(f"{DONE_FILE}.partial")
-    partial.write_text(repr(at))
-    os.replace(partial, DONE_FILE)  # the benchmark never reads a half-written file
+def conveyor_urls(prefix: str) -> tuple[str, str]:
+    return AMQP_URL, "rpc://"
 
 
-def make_conveyor(queue: str) -> Any:
-    from conveyor import App
-
-    app = App("bench", broker=AMQP_URL, result_backend="rpc://")
-    app.conf.task_default_queue = queue
-    app.conf.worker_prefetch_multiplier = PREFETCH_MULTIPLIER
-
-    @app.task(name="bench.noop", ignore_result=True)
-    def noop() -> None:
-        return None
-
-    @app.task(name="bench.echo")
-    def echo(value: int) -> int:
-        return value
-
-    @app.task(name="bench.done", ignore_result=True)
-    def done() -> None:
-        _mark_done()
-
-    # The same tasks as ``async def``: conveyor runs them on the worker's event loop.
-    @app.task(name="bench.anoop", ignore_result=True)
-    async def anoop() -> None:
-        return None
-
-    @app.task(name="bench.aecho")
-    async def aecho(value: int) -> int:
-        return value
-
-    @app.task(name="bench.adone", ignore_result=True)
-    async def adone() -> None:
-        _mark_done()
-
-    return app
+def celery_config(prefix: str) -> tuple[str, str, dict[str, Any]]:
+    return AMQP_URL, "rpc://", {}
 
 
-def make_celery(queue: str) -> Any:
-    from celery import Celery
-
-    app = Celery("bench", broker=AMQP_URL, backend="rpc://")
-    app.conf.update(
-        task_default_queue=queue,
-        task_acks_late=True,
-        worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
-    )
-
-    @app.task(name="bench.noop", ignore_result=True)
-    def noop() -> None:
-        return None
-
-    @app.task(name="bench.echo")
-    def echo(value: int) -> int:
-        return value
-
-    @app.task(name="bench.done", ignore_result=True)
-    def done() -> None:
-        _mark_done()
-
-    return app
-
-
-def make_dramatiq(queue: str) -> dict[str, Any]:
-    import dramatiq
+def dramatiq_broker(prefix: str) -> Any:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
     from dramatiq.results import Results
     from dramatiq.results.backends import RedisBackend
 
     broker = RabbitmqBroker(url=AMQP_URL)
     broker.add_middleware(Results(backend=RedisBackend(url=REDIS_URL)))
-    dramatiq.set_broker(broker)
-
-    @dramatiq.actor(queue_name=queue, actor_name="bench_noop")
-    def noop() -> None:
-        return None
-
-    @dramatiq.actor(queue_name=queue, actor_name="bench_echo", store_results=True)
-    def echo(value: int) -> int:
-        return value
-
-    @dramatiq.actor(queue_name=queue, actor_name="bench_done")
-    def done() -> None:
-        _mark_done()
-
-    return {"broker": broker, "noop": noop, "echo": echo, "done": done}
+    return broker
 
 
-# What the worker processes import.
-if FRAMEWORK.startswith("conveyor"):
-    conveyor_app = make_conveyor(QUEUE)
-elif FRAMEWORK == "celery":
-    celery_app = make_celery(QUEUE)
-elif FRAMEWORK == "dramatiq":
-    dramatiq_actors = make_dramatiq(QUEUE)
-
-
-def worker_command(framework: str, queue: str, concurrency: int) -> list[str]:
-    if framework.startswith("conveyor"):
-        return [
-            *(sys.executable, "-c", "from conveyor.cli.main import main; main()"),
-            *("-A", "rabbitmq:conveyor_app", "worker", "-Q", queue, "-c", str(concurrency)),
-            *("--hostname", "bench@%h", "-l", "WARNING"),
-        ]
-    if framework == "celery":
-        return [
-            *(sys.executable, "-m", "celery", "-A", "rabbitmq:celery_app", "worker"),
-            *("-Q", queue, "-c", str(concurrency), "-P", "threads", "-l", "WARNING"),
-            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-        ]
-    return [
-        *(sys.executable, "-m", "dramatiq", "rabbitmq", "--processes", "1"),
-        *("--threads", str(concurrency), "--queues", queue),
-    ]
-
-
-class Producer:
-    """Sends the benchmark's tasks with one framework's own client API."""
-
-    def __init__(self, framework: str, queue: str) -> None:
-        self.framework = framework
-        self.prefix = "bench.a" if framework == "conveyor-async" else "bench."
-        if framework.startswith("conveyor"):
-            self.app = make_conveyor(queue)
-        elif framework == "celery":
-            self.app = make_celery(queue)
-        else:
-            self.actors = make_dramatiq(queue)
-
-    def send_noops(self, count: int) -> None:
-        if self.framework.startswith("conveyor"):
-            app, prefix = self.app, self.prefix
-
-            async def sender(share: int) -> None:
-                for _ in range(share):
-                    await app.asend_task(f"{prefix}noop")
-
-            async def send_all() -> None:
-                shares = [count // IN_FLIGHT + (i < count % IN_FLIGHT) for i in range(IN_FLIGHT)]
-                await asyncio.gather(*(sender(share) for share in shares))
-                await app.asend_task(f"{prefix}done")
-
-            app.run_sync(send_all())
-        elif self.framework == "celery":
-            for _ in range(count):
-                self.app.send_task("bench.noop")
-            self.app.send_task("bench.done")
-        else:
-            for _ in range(count):
-                self.actors["noop"].send()
-            self.actors["done"].send()
-
-    def round_trip(self, value: int) -> None:
-        if self.framework != "dramatiq":
-            got = self.app.send_task(f"{self.prefix}echo", (value,)).get(timeout=30)
-        else:
-            got = self.actors["echo"].send(value).get_result(block=True, timeout=30_000)
-        assert got == value, (self.framework, got, value)
-
-    def close(self) -> None:
-        if self.framework != "dramatiq":
-            self.app.close()
-        else:
-            self.actors["broker"].close()
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def delete_queues(names: list[str]) -> None:
+def delete_queues(queue: str, prefix: str) -> None:
     """Delete the benchmark's queues, and the exchanges of the same name made with them."""
     from conveyor.transports import open_transport
 
     async def run() -> None:
         async with open_transport(AMQP_URL) as transport:
-            for name in names:
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
                 await transport.delete_queue(name)
                 await transport.delete_exchange(name)
 
     asyncio.run(run())
 
 
-def bench(framework: str, tasks: int, roundtrips: int, concurrency: int) -> dict[str, float]:
-    run = uuid.uuid4().hex[:8]
-    queue = f"bench_{framework}_{run}"
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
-        done_file = Path(tmp) / "done"
-        os.environ.update(BENCH_QUEUE=queue, BENCH_DONE_FILE=str(done_file))
-        env = {
-            **os.environ,
-            "BENCH_FRAMEWORK": framework,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-        }
-        log = Path(tmp) / "worker.log"
-        with log.open("wb") as out:
-            worker = subprocess.Popen(
-                worker_command(framework, queue, concurrency),
-                env=env,
-                cwd=HERE,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        producer = Producer(framework, queue)
-        try:
-            for n in range(20):  # warm up; the first one waits for the worker to start
-                producer.round_trip(n)
-            started = time.time()
-            producer.send_noops(tasks)
-            sent = time.time()
-            deadline = time.monotonic() + 600
-            while not done_file.exists():
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{framework} worker failed:\n{log.read_text()[-3000:]}")
-                time.sleep(0.005)
-            finished = float(done_file.read_text())
-            latencies = []
-            for n in range(roundtrips):
-                t0 = time.perf_counter()
-                producer.round_trip(n)
-                latencies.append(time.perf_counter() - t0)
-        finally:
-            producer.close()
-            stop(worker)
-        delete_queues([queue, f"{queue}.DQ", f"{queue}.XQ"])
-    cuts = statistics.quantiles(latencies, n=100)
-    return {
-        "throughput": tasks / (finished - started),
-        "send_rate": tasks / (sent - started),
-        "p50": cuts[49] * 1000,
-        "p99": cuts[98] * 1000,
-    }
-
-
-TARGETS = [  # (other framework, measure, conveyor/other target, at least?)
-    ("celery", "throughput", 3.0, True),
-    ("dramatiq", "throughput", 1.5, True),
-    ("celery", "p50", 0.5, False),
-]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--roundtrips", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument(
-        "--repeat", type=int, default=1, help="rounds over all frameworks; medians are shown"
-    )
-    parser.add_argument(
-        "--only",
-        default="conveyor,conveyor-async,celery,dramatiq",
-        help="comma-separated: conveyor (plain def tasks), conveyor-async (async def), celery, "
-        "dramatiq",
-    )
-    args = parser.parse_args()
-    rounds: dict[str, list[dict[str, float]]] = {}
-    for n in range(args.repeat):
-        for framework in args.only.split(","):
-            print(f"round {n + 1}: {framework}...", flush=True)
-            measured = bench(framework, args.tasks, args.roundtrips, args.concurrency)
-            rounds.setdefault(framework, []).append(measured)
-            print("  " + ", ".join(f"{k} {v:.2f}" for k, v in measured.items()), flush=True)
-    results = {
-        framework: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        for framework, runs in rounds.items()
-    }
-    print(
-        f"\n{args.tasks} no-op tasks, {args.roundtrips} round trips, 1 worker process x "
-        f"{args.concurrency}, RabbitMQ at {AMQP_URL.split('@')[-1]}, median of {args.repeat}\n"
-    )
-    print(f"{'':15} {'tasks/s':>9} {'sent/s':>9} {'rt p50 ms':>10} {'rt p99 ms':>10}")
-    for framework, r in results.items():
-        print(
-            f"{framework:15} {r['throughput']:9.0f} {r['send_rate']:9.0f} "
-            f"{r['p50']:10.2f} {r['p99']:10.2f}"
-        )
-    for mine in ("conveyor", "conveyor-async"):
-        if mine not in results:
-            continue
-        print(f"\n{mine}:")
-        for other, measure, target, at_least in TARGETS:
-            if other not in results:
-                continue
-            value = results[mine][measure] / results[other][measure]
-            met = value >= target if at_least else value <= target
-            word = ">=" if at_least else "<="
-            label = f"{measure} / {other}'s"
-            verdict = "met" if met else "MISSED"
-            print(f"  {label:22} {value:6.2f}  (target {word} {target}: {verdict})")
-
+BROKER = peers.Broker(
+    "RabbitMQ", AMQP_URL, conveyor_urls, celery_config, dramatiq_broker, delete_queues
+)
+app = peers.worker_app(BROKER)
 
 if __name__ == "__main__":
-    main()
+    peers.main(BROKER, __file__, __doc__.split("\n")[0])

@@ -1,0 +1,349 @@
+"""The harness of rabbitmq.py and redis.py: conveyor, Celery 5 and Dramatiq on one broker.
+
+Each broker's script describes its broker in a ``Broker`` and calls ``main``; the same script,
+copied with this file into the run's temporary directory, is each worker process's app module
+(its ``app`` attribute, set by ``worker_app`` from ``BENCH_FRAMEWORK``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# This directory also holds redis.py, which would shadow the redis package (redis-py) that the
+# frameworks import: take it off the path once the script has found this module.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+FRAMEWORK = os.environ.get("BENCH_FRAMEWORK", "")
+QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+PREFIX = os.environ.get("BENCH_PREFIX", "bench:")
+DONE_FILE = os.environ.get("BENCH_DONE_FILE", "")
+PREFETCH_MULTIPLIER = 4
+IN_FLIGHT = 500  # conveyor's concurrent senders, each awaiting the broker's confirm or reply
+TARGETS = [  # (other framework, measure, conveyor/other target, at least?)
+    ("celery", "throughput", 3.0, True),
+    ("dramatiq", "throughput", 1.5, True),
+    ("celery", "p50", 0.5, False),
+]
+
+
+@dataclass(frozen=True)
+class Broker:
+    """What differs from one broker to the next. ``prefix`` is the run's own key prefix."""
+
+    name: str  # as the table's heading says it
+    url: str  # the address shown under the table (what follows its last ``@``)
+    conveyor: Callable[[str], tuple[str, str]]  # prefix -> (broker URL, result backend URL)
+    celery: Callable[[str], tuple[str, str, dict[str, Any]]]  # -> (broker, backend, more conf)
+    dramatiq: Callable[[str], Any]  # prefix -> Dramatiq broker with the Results middleware
+    clean_up: Callable[[str, str], None]  # (queue, prefix): delete what the run left behind
+
+
+def _mark_done() -> None:
+    at = time.time()
+    partial = Path(f"{DONE_FILE}.partial")
+    partial.write_text(repr(at))
+    os.replace(partial, DONE_FILE)  # the benchmark never reads a half-written file
+
+
+def make_conveyor(broker: Broker, queue: str, prefix: str) -> Any:
+    from conveyor import App
+
+    broker_url, backend_url = broker.conveyor(prefix)
+    app = App("bench", broker=broker_url, result_backend=backend_url)
+    app.conf.task_default_queue = queue
+    app.conf.worker_prefetch_multiplier = PREFETCH_MULTIPLIER
+
+    @app.task(name="bench.noop", ignore_result=True)
+    def noop() -> None:
+        return None
+
+    @app.task(name="bench.echo")
+    def echo(value: int) -> int:
+        return value
+
+    @app.task(name="bench.done", ignore_result=True)
+    def done() -> None:
+        _mark_done()
+
+    # The same tasks as ``async def``: conveyor runs them on the worker's event loop.
+    @app.task(name="bench.anoop", ignore_result=True)
+    async def anoop() -> None:
+        return None
+
+    @app.task(name="bench.aecho")
+    async def aecho(value: int) -> int:
+        return value
+
+    @app.task(name="bench.adone", ignore_result=True)
+    async def adone() -> None:
+        _mark_done()
+
+    return app
+
+
+def make_celery(broker: Broker, queue: str, prefix: str) -> Any:
+    from celery import Celery
+
+    broker_url, backend_url, conf = broker.celery(prefix)
+    app = Celery("bench", broker=broker_url, backend=backend_url)
+    app.conf.update(
+        task_default_queue=queue,
+        task_acks_late=True,
+        worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        **conf,
+    )
+
+    @app.task(name="bench.noop", ignore_result=True)
+    def noop() -> None:
+        return None
+
+    @app.task(name="bench.echo")
+    def echo(value: int) -> int:
+        return value
+
+    @app.task(name="bench.done", ignore_result=True)
+    def done() -> None:
+        _mark_done()
+
+    return app
+
+
+def make_dramatiq(broker: Broker, queue: str, prefix: str) -> dict[str, Any]:
+    import dramatiq
+
+    dramatiq_broker = broker.dramatiq(prefix)
+    dramatiq.set_broker(dramatiq_broker)
+
+    @dramatiq.actor(queue_name=queue, actor_name="bench_noop")
+    def noop() -> None:
+        return None
+
+    @dramatiq.actor(queue_name=queue, actor_name="bench_echo", store_results=True)
+    def echo(value: int) -> int:
+        return value
+
+    @dramatiq.actor(queue_name=queue, actor_name="bench_done")
+    def done() -> None:
+        _mark_done()
+
+    return {"broker": dramatiq_broker, "noop": noop, "echo": echo, "done": done}
+
+
+def worker_app(broker: Broker) -> Any:
+    """The app a worker process of ``BENCH_FRAMEWORK`` runs; None in the benchmark process."""
+    if FRAMEWORK.startswith("conveyor"):
+        return make_conveyor(broker, QUEUE, PREFIX)
+    if FRAMEWORK == "celery":
+        return make_celery(broker, QUEUE, PREFIX)
+    if FRAMEWORK == "dramatiq":
+        return make_dramatiq(broker, QUEUE, PREFIX)
+    return None
+
+
+def worker_command(framework: str, module: str, queue: str, concurrency: int) -> list[str]:
+    if framework.startswith("conveyor"):
+        return [
+            *(sys.executable, "-c", "from conveyor.cli.main import main; main()"),
+            *("-A", f"{module}:app", "worker", "-Q", queue, "-c", str(concurrency)),
+            *("--hostname", "bench@%h", "-l", "WARNING"),
+        ]
+    if framework == "celery":
+        return [
+            *(sys.executable, "-m", "celery", "-A", f"{module}:app", "worker"),
+            *("-Q", queue, "-c", str(concurrency), "-P", "threads", "-l", "WARNING"),
+            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+        ]
+    return [
+        *(sys.executable, "-m", "dramatiq", module, "--processes", "1"),
+        *("--threads", str(concurrency), "--queues", queue),
+    ]
+
+
+class Producer:
+    """Sends the benchmark's tasks with one framework's own client API."""
+
+    def __init__(self, broker: Broker, framework: str, queue: str, prefix: str) -> None:
+        self.framework = framework
+        self.prefix = "bench.a" if framework == "conveyor-async" else "bench."
+        if framework.startswith("conveyor"):
+            self.app = make_conveyor(broker, queue, prefix)
+        elif framework == "celery":
+            self.app = make_celery(broker, queue, prefix)
+        else:
+            self.actors = make_dramatiq(broker, queue, prefix)
+
+    def send_noops(self, count: int) -> None:
+        if self.framework.startswith("conveyor"):
+            app, prefix = self.app, self.prefix
+
+            async def sender(share: int) -> None:
+                for _ in range(share):
+                    await app.asend_task(f"{prefix}noop")
+
+            async def send_all() -> None:
+                shares = [count // IN_FLIGHT + (i < count % IN_FLIGHT) for i in range(IN_FLIGHT)]
+                await asyncio.gather(*(sender(share) for share in shares))
+                await app.asend_task(f"{prefix}done")
+
+            app.run_sync(send_all())
+        elif self.framework == "celery":
+            for _ in range(count):
+                self.app.send_task("bench.noop")
+            self.app.send_task("bench.done")
+        else:
+            for _ in range(count):
+                self.actors["noop"].send()
+            self.actors["done"].send()
+
+    def round_trip(self, value: int) -> None:
+        if self.framework != "dramatiq":
+            got = self.app.send_task(f"{self.prefix}echo", (value,)).get(timeout=30)
+        else:
+            got = self.actors["echo"].send(value).get_result(block=True, timeout=30_000)
+        assert got == value, (self.framework, got, value)
+
+    def close(self) -> None:
+        if self.framework != "dramatiq":
+            self.app.close()
+        else:
+            self.actors["broker"].close()
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def bench(
+    broker: Broker, script: str, framework: str, tasks: int, roundtrips: int, concurrency: int
+) -> dict[str, float]:
+    run = uuid.uuid4().hex[:8]
+    queue = f"bench_{framework}_{run}"
+    prefix = f"bench-{run}:"
+    module = f"{Path(script).stem}_bench"  # never ``redis``, which would shadow redis-py
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
+        done_file = Path(tmp) / "done"
+        shutil.copy(script, Path(tmp) / f"{module}.py")
+        shutil.copy(__file__, Path(tmp) / "peers.py")
+        env = {
+            **os.environ,
+            "BENCH_FRAMEWORK": framework,
+            "BENCH_QUEUE": queue,
+            "BENCH_PREFIX": prefix,
+            "BENCH_DONE_FILE": str(done_file),
+            "PYTHONPATH": os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")])),
+        }
+        log = Path(tmp) / "worker.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                worker_command(framework, module, queue, concurrency),
+                env=env,
+                cwd=tmp,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        producer = Producer(broker, framework, queue, prefix)
+        try:
+            for n in range(20):  # warm up; the first one waits for the worker to start
+                producer.round_trip(n)
+            started = time.time()
+            producer.send_noops(tasks)
+            sent = time.time()
+            deadline = time.monotonic() + 600
+            while not done_file.exists():
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{framework} worker failed:\n{log.read_text()[-3000:]}")
+                time.sleep(0.005)
+            finished = float(done_file.read_text())
+            latencies = []
+            for n in range(roundtrips):
+                t0 = time.perf_counter()
+                producer.round_trip(n)
+                latencies.append(time.perf_counter() - t0)
+        finally:
+            producer.close()
+            stop(worker)
+            broker.clean_up(queue, prefix)
+    cuts = statistics.quantiles(latencies, n=100)
+    return {
+        "throughput": tasks / (finished - started),
+        "send_rate": tasks / (sent - started),
+        "p50": cuts[49] * 1000,
+        "p99": cuts[98] * 1000,
+    }
+
+
+def main(broker: Broker, script: str, description: str) -> None:
+    """Run the benchmark of ``script`` (the broker's script, which its workers import)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--roundtrips", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds over all frameworks; medians are shown"
+    )
+    parser.add_argument(
+        "--only",
+        default="conveyor,conveyor-async,celery,dramatiq",
+        help="comma-separated: conveyor (plain def tasks), conveyor-async (async def), celery, "
+        "dramatiq",
+    )
+    args = parser.parse_args()
+    rounds: dict[str, list[dict[str, float]]] = {}
+    for n in range(args.repeat):
+        for framework in args.only.split(","):
+            print(f"round {n + 1}: {framework}...", flush=True)
+            measured = bench(
+                broker, script, framework, args.tasks, args.roundtrips, args.concurrency
+            )
+            rounds.setdefault(framework, []).append(measured)
+            print("  " + ", ".join(f"{k} {v:.2f}" for k, v in measured.items()), flush=True)
+    results = {
+        framework: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for framework, runs in rounds.items()
+    }
+    print(
+        f"\n{args.tasks} no-op tasks, {args.roundtrips} round trips, 1 worker process x "
+        f"{args.concurrency}, {broker.name} at {broker.url.split('@')[-1]}, "
+        f"median of {args.repeat}\n"
+    )
+    print(f"{'':15} {'tasks/s':>9} {'sent/s':>9} {'rt p50 ms':>10} {'rt p99 ms':>10}")
+    for framework, r in results.items():
+        print(
+            f"{framework:15} {r['throughput']:9.0f} {r['send_rate']:9.0f} "
+            f"{r['p50']:10.2f} {r['p99']:10.2f}"
+        )
+    for mine in ("conveyor", "conveyor-async"):
+        if mine not in results:
+            continue
+        print(f"\n{mine}:")
+        for other, measure, target, at_least in TARGETS:
+            if other not in results:
+                continue
+            value = results[mine][measure] / results[other][measure]
+            met = value >= target if at_least else value <= target
+            word = ">=" if at_least else "<="
+            label = f"{measure} / {other}'s"
+            verdict = "met" if met else "MISSED"
+            print(f"  {label:22} {value:6.2f}  (target {word} {target}: {verdict})")
