@@ -28,6 +28,7 @@ from conveyor.routing.entities import Exchange, Queue
 from conveyor.routing.topology import BoundBinding, Topology
 from conveyor.transports.base import Capabilities, DeliveryTag, QueueStats
 from conveyor.transports.storage import (
+    EventListener,
     Listener,
     NewMessage,
     QueueActivity,
@@ -86,37 +87,20 @@ class _QueueState:
         heapq.heappush(self.heap, (-message.priority, message.order, message.id))
 
 
-class _MemoryListener(Listener):
+class _MemoryListener(EventListener):
     def __init__(self, broker: _MemoryBroker, queues: Sequence[str]) -> None:
+        super().__init__()
         self._broker = broker
         self._queues = tuple(queues)
         self._loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
-        self._closed = False
 
     def signal(self) -> None:
         # a closed loop raises RuntimeError: nobody waits there any more
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._event.set)
 
-    async def wait(self, timeout: float) -> bool:
-        if self._closed:
-            return False
-        if not self._event.is_set():
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._event.wait()
-            except TimeoutError:
-                return False
-        self._event.clear()
-        return not self._closed
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _stop_listening(self) -> None:
         self._broker.unlisten(self, self._queues)
-        self._event.set()
 
 
 class _MemoryBroker:

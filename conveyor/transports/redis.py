@@ -66,6 +66,7 @@ from conveyor.transports.redis_support import (
     run,
 )
 from conveyor.transports.storage import (
+    EventListener,
     Listener,
     NewMessage,
     QueueActivity,
@@ -225,15 +226,14 @@ def _tags(tags: Sequence[DeliveryTag]) -> list[str]:
     return [t for t in tags if isinstance(t, str) and ":" in t]
 
 
-class _RedisListener(Listener):
+class _RedisListener(EventListener):
     """Wake-ups for some queues, fed by the storage's shared pub/sub connection."""
 
     def __init__(self, hub: PubSubHub, channels: Sequence[bytes]) -> None:
+        super().__init__()
         self._hub = hub
         self._channels = channels
         self._subscriptions: list[tuple[bytes, int]] = []
-        self._event = asyncio.Event()
-        self._closed = False
 
     def _poke(self, _data: bytes | None) -> None:
         self._event.set()
@@ -245,26 +245,10 @@ class _RedisListener(Listener):
         # Subscribing confirmed wakes us; what was published before is the caller's to fetch.
         self._event.clear()
 
-    async def wait(self, timeout: float) -> bool:
-        if self._closed:
-            return False
-        if not self._event.is_set():
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._event.wait()
-            except TimeoutError:
-                return False
-        self._event.clear()
-        return not self._closed
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _stop_listening(self) -> None:
         for channel, sid in self._subscriptions:
             self._hub.unsubscribe(channel, sid)
         self._subscriptions.clear()
-        self._event.set()
 
 
 class RedisStorage(Storage):

@@ -48,6 +48,7 @@ from conveyor.routing.entities import Exchange, ExchangeType, FrozenMapping, Que
 from conveyor.routing.topology import BoundBinding, Topology
 from conveyor.transports.base import Capabilities, DeliveryTag, QueueStats
 from conveyor.transports.storage import (
+    EventListener,
     Listener,
     NewMessage,
     QueueActivity,
@@ -326,11 +327,10 @@ class _Waker:
         self._sender.close()
 
 
-class _SocketListener(Listener):
+class _SocketListener(EventListener):
     def __init__(self, waker: _Waker, queues: Sequence[str]) -> None:
+        super().__init__()
         self._loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
-        self._closed = False
         ident = f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
         sockets = waker.root / "s"
         sockets.mkdir(parents=True, exist_ok=True)
@@ -363,32 +363,16 @@ class _SocketListener(Listener):
                 break
         self._event.set()
 
-    async def wait(self, timeout: float) -> bool:
-        if self._closed:
-            return False
-        if not self._event.is_set():
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._event.wait()
-            except TimeoutError:
-                return False
-        self._event.clear()
-        return not self._closed
-
     def _remove_files(self) -> None:
         for path in [*self._links, self._path]:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         self._sock.close()
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _stop_listening(self) -> None:
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._sock.fileno())
         self._remove_files()
-        self._event.set()
 
 
 def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -28,6 +28,7 @@ clock. Tags are unique for the life of the storage and never reused.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,7 @@ from conveyor.routing.topology import BoundBinding, Topology
 from conveyor.transports.base import DeliveryTag, QueueStats
 
 __all__ = [
+    "EventListener",
     "Listener",
     "NewMessage",
     "QueueActivity",
@@ -132,6 +134,41 @@ class Listener(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop listening (idempotent); a pending :meth:`wait` returns at once."""
+
+
+class EventListener(Listener):
+    """A :class:`Listener` woken by setting an :class:`asyncio.Event` of the waiting loop.
+
+    Subclasses set ``_event`` from that loop's thread when woken, and stop their source of
+    wake-ups in :meth:`_stop_listening`.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._closed = False
+
+    async def wait(self, timeout: float) -> bool:
+        if self._closed:
+            return False
+        if not self._event.is_set():
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
+            except TimeoutError:
+                return False
+        self._event.clear()
+        return not self._closed
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_listening()
+        self._event.set()
+
+    @abc.abstractmethod
+    def _stop_listening(self) -> None:
+        """Stop the wake-ups (called once, by the first :meth:`close`)."""
 
 
 class Storage(abc.ABC):
