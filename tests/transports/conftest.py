@@ -10,8 +10,9 @@ shared broker.
 
 from __future__ import annotations
 
+import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,14 @@ def names() -> Callable[[str], str]:
     """``names("q")`` -> a name unique to this test run, e.g. ``q-3f2a...``."""
     run = uuid.uuid4().hex[:10]
     return lambda prefix: f"{prefix}-{run}"
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A list for the OS processes a test starts; those still running are killed after it."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)

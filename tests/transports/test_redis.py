@@ -4,11 +4,8 @@ retries after a lost reply, a killed connection (``CLIENT KILL``) and killed pro
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,14 +17,17 @@ import redis
 import redis.exceptions
 
 from conveyor import Envelope, Queue
-from conveyor.errors import BrokerUnavailable, ConfigurationError, NotFound, PreconditionFailed
+from conveyor.errors import BrokerUnavailable, ConfigurationError
 from conveyor.transports import Delivery, Outgoing, open_transport, redis_scripts
 from conveyor.transports.redis import RedisStorage, RedisTransport
 from conveyor.transports.storage import NewMessage, StaleTopology
 from tests.transports.conftest import redis_namespace
 from tests.transports.helpers import bodies, drain, env, take
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.transports.multiprocess import (
+    a_killed_consumers_messages_come_back_redelivered,
+    a_sigkill_loses_nothing,
+    lines,
+)
 
 
 @pytest.fixture
@@ -260,126 +260,19 @@ async def test_consumers_survive_client_kill(url: str, sync_redis: redis.Redis) 
         await consumer.cancel()
 
 
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.transports.sqlite_processes", *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
-def _exists(path: Path) -> bool:
-    return path.exists()
-
-
-async def _wait_for(path: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not _exists(path):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path.name} did not appear within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-def _lines(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [line for line in path.read_text().splitlines() if line]
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
-
-
 async def test_a_killed_consumers_messages_come_back_redelivered(
     url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    async with open_transport(url) as t:
-        await t.declare_queue(Queue("jobs"))
-        for i in range(5):
-            await t.publish(env(str(i)), routing_key="jobs")
-        holder = _spawn("hold", url, "jobs", str(tmp_path), "holder", "1.0")
-        processes.append(holder)
-        await _wait_for(tmp_path / "holder.ready")
-        assert (await t.queue_stats("jobs")).unacked == 3
-        with pytest.raises(PreconditionFailed):
-            await t.get("jobs.exclusive")
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(10)
-        deadline = time.monotonic() + 10
-        while (await t.queue_stats("jobs")).unacked:
-            assert time.monotonic() < deadline, "the killed consumer's messages never came back"
-            await asyncio.sleep(0.05)
-        back = await drain(t, "jobs")
-        assert sorted(bodies(back)) == ["0", "1", "2", "3", "4"]
-        assert {d.envelope.body.decode() for d in back if d.redelivered} == {"0", "1", "2"}
-        assert {d.delivery_count for d in back if d.redelivered} == {2}
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                await t.queue_stats("jobs.exclusive")
-            except NotFound:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the dead process's exclusive queue was not deleted")
+    await a_killed_consumers_messages_come_back_redelivered(url, tmp_path, processes)
 
 
 async def test_processes_share_redis_and_a_sigkill_loses_nothing(
     url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    async with open_transport(url) as t:
-        await t.declare_queue(Queue("jobs"))
-    logs = tmp_path
-    consumers = {
-        name: _spawn("consume", url, "jobs", str(logs), name, "1.0")
-        for name in ("victim", "c1", "c2")
-    }
-    processes.extend(consumers.values())
-    for name in consumers:
-        await _wait_for(logs / f"{name}.ready")
-    steady = _spawn("produce", url, "jobs", str(logs), "steady", "600")
-    doomed = _spawn("produce", url, "jobs", str(logs), "doomed", "100000")
-    processes.extend([steady, doomed])
-
-    deadline = time.monotonic() + 60
-    while len(_lines(logs / "victim.acked")) < 40 or len(_lines(logs / "doomed.published")) < 300:
-        assert time.monotonic() < deadline, "the processes made no progress"
-        await asyncio.sleep(0.01)
-    consumers["victim"].send_signal(signal.SIGKILL)
-    doomed.send_signal(signal.SIGKILL)
-    assert steady.wait(60) == 0
-    consumers["victim"].wait(10)
-    doomed.wait(10)
-
-    async with open_transport(url) as t:
-        deadline = time.monotonic() + 30
-        while True:
-            stats = await t.queue_stats("jobs")
-            if stats.ready == 0 and stats.unacked == 0:
-                break
-            assert time.monotonic() < deadline, f"messages were left behind: {stats}"
-            await asyncio.sleep(0.05)
-    for name in ("c1", "c2"):
-        consumers[name].send_signal(signal.SIGTERM)
-        assert consumers[name].wait(30) == 0
-
-    confirmed = set(_lines(logs / "steady.published")) | set(_lines(logs / "doomed.published"))
-    assert len(_lines(logs / "steady.published")) == 600
-    delivered = {x for n in consumers for x in _lines(logs / f"{n}.delivered")}
-    assert confirmed <= delivered, f"lost: {sorted(confirmed - delivered)[:10]}"
-    survivors_acked = _lines(logs / "c1.acked") + _lines(logs / "c2.acked")
-    assert len(survivors_acked) == len(set(survivors_acked)), "a message was acked twice"
-    victim_acked = set(_lines(logs / "victim.acked"))
-    assert not victim_acked & set(survivors_acked), "an acked message was delivered again"
-    victim_maybe = set(_lines(logs / "victim.acking"))
-    unaccounted = delivered - set(survivors_acked) - victim_maybe
-    assert not unaccounted, f"never acked: {sorted(unaccounted)[:10]}"
-    victim_unacked = set(_lines(logs / "victim.delivered")) - victim_maybe
-    assert victim_unacked, "the victim was killed holding nothing: the test proved nothing"
-    assert victim_unacked <= set(survivors_acked)
+    await a_sigkill_loses_nothing(
+        url,
+        tmp_path,
+        processes,
+        victim=("consume", "1.0"),
+        victim_busy=lambda logs: len(lines(logs / "victim.acked")) >= 40,
+    )

@@ -1,6 +1,7 @@
-"""Producer and consumer processes for the SQLite multi-process tests.
+"""Producer and consumer processes for the multi-process tests of the shared brokers (SQLite,
+Redis; see ``multiprocess.py``).
 
-Run as ``python -m tests.transports.sqlite_processes ROLE URL ...`` from the repository root.
+Run as ``python -m tests.transports.processes ROLE URL ...`` from the repository root.
 Each process appends one line per event to files in its log directory, line-buffered, so what
 it wrote before a SIGKILL is on disk:
 
