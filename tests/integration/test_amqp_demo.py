@@ -6,7 +6,6 @@ fixed queue names never meet another test's on the shared broker.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import uuid
@@ -14,13 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.rabbitmqctl import needs_rabbitmqctl, rabbitmqctl
+
 CLI = "from conveyor.cli.main import main; main()"
 
-pytestmark = pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], capture_output=True, check=True, timeout=60)
+pytestmark = needs_rabbitmqctl
 
 
 @pytest.fixture

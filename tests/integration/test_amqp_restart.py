@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 from conveyor.app import App
 from conveyor.transports import open_transport
+from tests.rabbitmqctl import close_connections_named, needs_rabbitmqctl
 
 TASKS = 5000
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,24 +33,6 @@ app = App("amqp-restart", config={"task_ignore_result": True})
 def record(n: int) -> None:
     with open(os.environ["AMQP_RESTART_LOG"], "a") as log:
         log.write(f"{n} {time.time()}\n")
-
-
-def close_connections_named(client_name: str) -> int:
-    """Close the RabbitMQ connections whose client name contains ``client_name``."""
-    listing = subprocess.run(
-        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q", "--no-table-headers"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    pids = [line.split("\t")[0] for line in listing.splitlines() if client_name in line]
-    for pid in pids:
-        subprocess.run(
-            ["rabbitmqctl", "close_connection", pid, "conveyor restart test"],
-            capture_output=True,
-            check=True,
-        )
-    return len(pids)
 
 
 def completions(log: Path) -> list[tuple[int, float]]:
@@ -107,7 +89,7 @@ async def wait_until(condition: object, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
+@needs_rabbitmqctl
 @pytest.mark.timeout(180)
 async def test_worker_survives_lost_connections_without_losing_a_task(
     rabbitmq_url: str, tmp_path: Path

@@ -6,8 +6,6 @@ Every test makes uniquely named entities on the shared broker and deletes them a
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,6 +24,7 @@ from conveyor.errors import (
 )
 from conveyor.transports import Delivery, Outgoing, open_transport
 from conveyor.transports.amqp import DIRECT_REPLY_TO, AMQPTransport
+from tests.rabbitmqctl import close_connections_named, needs_rabbitmqctl, rabbitmqctl
 
 from .conftest import forget_declared
 from .helpers import bodies, drain, env, take
@@ -401,29 +400,6 @@ async def test_direct_reply_to_round_trip(make_amqp: MakeAMQP, name: Callable[[s
         await client.consume([DIRECT_REPLY_TO])
 
 
-def close_connections_named(client_name: str) -> int:
-    """Close this test's own RabbitMQ connections (others' tests keep theirs); return how many."""
-    listing = subprocess.run(
-        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q", "--no-table-headers"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    pids = [line.split("\t")[0] for line in listing.splitlines() if client_name in line]
-    for pid in pids:
-        subprocess.run(
-            ["rabbitmqctl", "close_connection", pid, "conveyor test"],
-            capture_output=True,
-            check=True,
-        )
-    return len(pids)
-
-
-needs_rabbitmqctl = pytest.mark.skipif(
-    shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl on this machine"
-)
-
-
 @needs_rabbitmqctl
 async def test_lost_connection_reconnects_resubscribes_and_publishers_wait(
     make_amqp: MakeAMQP, name: Callable[[str], str]
@@ -455,7 +431,7 @@ def suspend_queue_process(vhost: str, queue: str, *, resume: bool = False) -> No
         f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, <<"{queue}">>)),'
         f" sys:{'resume' if resume else 'suspend'}(amqqueue:get_pid(Q))."
     )
-    subprocess.run(["rabbitmqctl", "eval", expr], capture_output=True, check=True)
+    rabbitmqctl("eval", expr)
 
 
 @needs_rabbitmqctl
