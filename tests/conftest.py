@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 
 import pytest
 
@@ -46,3 +47,20 @@ def redis_url() -> str:
     """The Redis URL for tests (database 15), after checking that Redis answers."""
     require_service("Redis", "127.0.0.1", 6379)
     return REDIS_URL
+
+
+def redis_namespace(request: pytest.FixtureRequest) -> str:
+    """A redis:// URL (database 15) with a key prefix of its own, deleted after the test."""
+    import redis
+
+    base = request.getfixturevalue("redis_url")
+    prefix = f"conveyor-test-{uuid.uuid4().hex}:"
+
+    def cleanup() -> None:
+        with redis.Redis.from_url(base) as client:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+
+    request.addfinalizer(cleanup)
+    return f"{base}?key_prefix={prefix}"

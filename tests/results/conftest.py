@@ -15,6 +15,7 @@ import pytest
 from conveyor.config import Settings
 from conveyor.results import ResultBackend, open_backend
 from conveyor.transports.base import Transport
+from tests.conftest import redis_namespace
 
 BACKENDS = ["memory", "sqlite", "redis"]
 
@@ -43,29 +44,12 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
     return kind
 
 
-def redis_results_url(request: pytest.FixtureRequest) -> str:
-    """A redis:// result backend URL (database 15) with its own key prefix, cleaned up after."""
-    import redis
-
-    base = request.getfixturevalue("redis_url")
-    prefix = f"conveyor-test-{uuid.uuid4().hex}:"
-
-    def cleanup() -> None:
-        with redis.Redis.from_url(base) as client:
-            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
-
-    request.addfinalizer(cleanup)
-    return f"{base}?key_prefix={prefix}"
-
-
 @pytest.fixture
 async def make_backend(
     backend_kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[MakeBackend]:
     if backend_kind == "redis":
-        url = redis_results_url(request)
+        url = redis_namespace(request)
     else:
         url = backend_url(backend_kind, tmp_path)
     made: list[ResultBackend] = []

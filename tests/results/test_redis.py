@@ -17,7 +17,7 @@ from conveyor.errors import ConfigurationError, ResultTimeout
 from conveyor.results import ResultMeta, State, StoreRequest, open_backend
 from conveyor.results.redis import RedisBackend
 from conveyor.transports.base import Transport
-from tests.results.conftest import redis_results_url
+from tests.conftest import redis_namespace
 
 
 class _Host:
@@ -31,7 +31,7 @@ class _Host:
 
 @pytest.fixture
 def url(request: pytest.FixtureRequest) -> str:
-    return redis_results_url(request)
+    return redis_namespace(request)
 
 
 @pytest.fixture

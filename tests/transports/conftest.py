@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from conveyor.transports import Transport, open_transport
+from tests.conftest import redis_namespace
 
 TRANSPORTS = ["memory", "sqlite", "redis", "amqp"]
 
@@ -56,23 +57,6 @@ async def forget_declared(transport: Transport) -> None:
                 await cleaner.delete_exchange(name)
     finally:
         await cleaner.close()
-
-
-def redis_namespace(request: pytest.FixtureRequest) -> str:
-    """A redis:// URL (database 15) with a key prefix of its own, deleted after the test."""
-    import redis
-
-    base = request.getfixturevalue("redis_url")
-    prefix = f"conveyor-test-{uuid.uuid4().hex}:"
-
-    def cleanup() -> None:
-        with redis.Redis.from_url(base) as client:
-            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
-
-    request.addfinalizer(cleanup)
-    return f"{base}?key_prefix={prefix}"
 
 
 @pytest.fixture(params=TRANSPORTS)

@@ -21,7 +21,7 @@ from conveyor.errors import BrokerUnavailable, ConfigurationError
 from conveyor.transports import Delivery, Outgoing, open_transport, redis_scripts
 from conveyor.transports.redis import RedisStorage, RedisTransport
 from conveyor.transports.storage import NewMessage, StaleTopology
-from tests.transports.conftest import redis_namespace
+from tests.conftest import redis_namespace
 from tests.transports.helpers import bodies, drain, env, take
 from tests.transports.multiprocess import (
     a_killed_consumers_messages_come_back_redelivered,
