@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
 
 import click
 
 from conveyor.cli.loading import app_from_context
+from conveyor.cli.options import parse_json
 from conveyor.errors import ConveyorError
 
 __all__ = ["call"]
-
-
-def _json(value: str | None, kind: type, option: str) -> Any:
-    if value is None:
-        return kind()
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=option) from exc
-    if not isinstance(parsed, kind):
-        want = "a JSON list" if kind is list else "a JSON object"
-        raise click.BadParameter(f"must be {want}, got {value}", param_hint=option)
-    return parsed
 
 
 def _time(value: str | None, option: str) -> datetime | None:
@@ -72,8 +59,8 @@ def call(
     With --wait, print the result as JSON; a failed task prints its error and exits 1.
     """
     app = app_from_context(ctx)
-    args = _json(args_json, list, "--args")
-    kwargs = _json(kwargs_json, dict, "--kwargs")
+    args = parse_json(args_json, list, "--args")
+    kwargs = parse_json(kwargs_json, dict, "--kwargs")
     try:
         result = app.send_task(
             name,

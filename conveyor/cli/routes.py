@@ -13,24 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from conveyor.cli.loading import app_from_context
+from conveyor.cli.options import parse_json
 from conveyor.routing.entities import Broadcast
 from conveyor.routing.explain import Explanation, Finding, check, explain
 from conveyor.routing.router import Router
 
 __all__ = ["routes"]
-
-
-def _parse_json(value: str | None, kind: type, option: str) -> Any:
-    if value is None:
-        return kind()
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=option) from exc
-    if not isinstance(parsed, kind):
-        want = "a JSON list" if kind is list else "a JSON object"
-        raise click.BadParameter(f"must be {want}, got {value}", param_hint=option)
-    return parsed
 
 
 def _explanation_dict(task_name: str, registered: bool, ex: Explanation) -> dict[str, Any]:
@@ -135,9 +123,9 @@ def explain_command(
     Exits 1 (with a warning on stderr) when the message would reach no queue.
     """
     app = app_from_context(ctx)
-    args = _parse_json(args_json, list, "--args")
-    kwargs = _parse_json(kwargs_json, dict, "--kwargs")
-    headers = _parse_json(headers_json, dict, "--headers")
+    args = parse_json(args_json, list, "--args")
+    kwargs = parse_json(kwargs_json, dict, "--kwargs")
+    headers = parse_json(headers_json, dict, "--headers")
     given = {
         "queue": queue,
         "exchange": exchange,
