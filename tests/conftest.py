@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 
 import pytest
+import redis
 
 RABBITMQ_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -51,8 +53,6 @@ def redis_url() -> str:
 
 def redis_namespace(request: pytest.FixtureRequest) -> str:
     """A redis:// URL (database 15) with a key prefix of its own, deleted after the test."""
-    import redis
-
     base = request.getfixturevalue("redis_url")
     prefix = f"conveyor-test-{uuid.uuid4().hex}:"
 
@@ -64,3 +64,20 @@ def redis_namespace(request: pytest.FixtureRequest) -> str:
 
     request.addfinalizer(cleanup)
     return f"{base}?key_prefix={prefix}"
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client of the test database, to look at or break what conveyor stored."""
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+def kill_redis_clients(client: redis.Redis, name: str) -> int:
+    """``CLIENT KILL`` every connection whose client name is ``name``; return how many."""
+    killed = 0
+    for info in client.client_list():
+        if info.get("name") == name:
+            client.client_kill_filter(_id=info["id"])
+            killed += 1
+    return killed

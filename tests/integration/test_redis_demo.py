@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 
 import pytest
-import redis
+
+from tests.conftest import redis_namespace
 
 CLI = "from conveyor.cli.main import main; main()"
 
 
 @pytest.fixture
-def namespaced_url(redis_url: str) -> Iterator[str]:
-    prefix = f"conveyor-demo-{uuid.uuid4().hex}:"
-    try:
-        yield f"{redis_url}?key_prefix={prefix}"
-    finally:
-        with redis.Redis.from_url(redis_url) as client:
-            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
+def namespaced_url(request: pytest.FixtureRequest) -> str:
+    return redis_namespace(request)
 
 
 def test_demo_runs_on_redis_with_redis_results(namespaced_url: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from conveyor.errors import ConfigurationError, ResultTimeout
 from conveyor.results import ResultMeta, State, StoreRequest, open_backend
 from conveyor.results.redis import RedisBackend
 from conveyor.transports.base import Transport
-from tests.conftest import redis_namespace
+from tests.conftest import kill_redis_clients, redis_namespace
 
 
 class _Host:
@@ -32,12 +32,6 @@ class _Host:
 @pytest.fixture
 def url(request: pytest.FixtureRequest) -> str:
     return redis_namespace(request)
-
-
-@pytest.fixture
-def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(redis_url) as client:
-        yield client
 
 
 @pytest.fixture
@@ -209,12 +203,7 @@ async def test_a_waiter_survives_client_kill(
     writer = await _open(url, backends)
     waiting = asyncio.create_task(reader.wait("k", timeout=20))
     await asyncio.sleep(0.1)
-    killed = 0
-    for client in sync_redis.client_list():
-        if client.get("name") == name:
-            sync_redis.client_kill_filter(_id=client["id"])
-            killed += 1
-    assert killed
+    assert kill_redis_clients(sync_redis, name)
     await asyncio.sleep(0.1)
     await writer.store(ok("k", "after the kill"))
     assert (await asyncio.wait_for(waiting, 15)).result == "after the kill"

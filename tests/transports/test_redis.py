@@ -8,7 +8,7 @@ import random
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from conveyor.errors import BrokerUnavailable, ConfigurationError
 from conveyor.transports import Delivery, Outgoing, open_transport, redis_scripts
 from conveyor.transports.redis import RedisStorage, RedisTransport
 from conveyor.transports.storage import NewMessage, StaleTopology
-from tests.conftest import redis_namespace
+from tests.conftest import kill_redis_clients, redis_namespace
 from tests.transports.helpers import bodies, drain, env, take
 from tests.transports.multiprocess import (
     a_killed_consumers_messages_come_back_redelivered,
@@ -38,12 +38,6 @@ def url(request: pytest.FixtureRequest) -> str:
 
 def _prefix(url: str) -> str:
     return url.split("key_prefix=", 1)[1]
-
-
-@pytest.fixture
-def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(redis_url) as client:
-        yield client
 
 
 @pytest.mark.parametrize(
@@ -235,11 +229,7 @@ async def test_consumers_survive_client_kill(url: str, sync_redis: redis.Redis) 
             assert time.monotonic() < deadline, "the consumer never started"
             await asyncio.sleep(0.01)
 
-        killed = 0
-        for client in sync_redis.client_list():
-            if client.get("name") == name:
-                sync_redis.client_kill_filter(_id=client["id"])
-                killed += 1
+        killed = kill_redis_clients(sync_redis, name)
         assert killed >= 2, "expected the command and subscriber connections to be killed"
 
         await producer.publish_many(
