@@ -38,7 +38,7 @@ from conveyor.transports.storage import (
     StoredMessage,
     TopologySnapshot,
 )
-from conveyor.transports.virtual import VirtualTransport, parse_options
+from conveyor.transports.virtual import VirtualTransport, parse_options, virtual_capabilities
 
 __all__ = ["MemoryStorage", "MemoryTransport", "memory_broker_names"]
 
@@ -606,13 +606,7 @@ _OPTIONS: dict[str, tuple[type, Any]] = {"lease": (float, 30.0), "poll_interval"
 class MemoryTransport(VirtualTransport):
     """The virtual broker in this process; see the module docstring for sharing by name."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        native_exchanges=False,
-        max_priority=255,
-        delayed_delivery=True,
-        direct_reply_to=False,
-        shared=False,
-    )
+    capabilities: ClassVar[Capabilities] = virtual_capabilities(shared=False)
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Self:

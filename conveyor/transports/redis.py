@@ -76,7 +76,7 @@ from conveyor.transports.storage import (
     StoredMessage,
     TopologySnapshot,
 )
-from conveyor.transports.virtual import VirtualTransport, parse_options
+from conveyor.transports.virtual import VirtualTransport, parse_options, virtual_capabilities
 
 __all__ = ["RedisStorage", "RedisTransport"]
 
@@ -667,13 +667,7 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
 class RedisTransport(VirtualTransport):
     """The virtual broker on Redis: one topology and one set of queues for every process."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        native_exchanges=False,
-        max_priority=255,
-        delayed_delivery=True,
-        direct_reply_to=False,
-        shared=True,
-    )
+    capabilities: ClassVar[Capabilities] = virtual_capabilities(shared=True)
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Self:

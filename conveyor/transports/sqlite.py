@@ -58,7 +58,7 @@ from conveyor.transports.storage import (
     StoredMessage,
     TopologySnapshot,
 )
-from conveyor.transports.virtual import VirtualTransport, parse_options
+from conveyor.transports.virtual import VirtualTransport, parse_options, virtual_capabilities
 
 __all__ = [
     "DEFAULT_DATABASE_NAME",
@@ -1291,13 +1291,7 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
 class SQLiteTransport(VirtualTransport):
     """The embedded broker on a SQLite file; see the module docstring."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        native_exchanges=False,
-        max_priority=255,
-        delayed_delivery=True,
-        direct_reply_to=False,
-        shared=True,
-    )
+    capabilities: ClassVar[Capabilities] = virtual_capabilities(shared=True)
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Self:

@@ -55,7 +55,7 @@ from conveyor.transports.storage import (
     TopologySnapshot,
 )
 
-__all__ = ["VirtualTransport", "parse_options"]
+__all__ = ["VirtualTransport", "parse_options", "virtual_capabilities"]
 
 log = logging.getLogger("conveyor.transports")
 
@@ -78,6 +78,17 @@ _EQUIVALENCE_ARGUMENTS = (
     "x-single-active-consumer",
     "x-max-length-bytes",
 )
+
+
+def virtual_capabilities(*, shared: bool) -> Capabilities:
+    """What a VirtualTransport does on any storage; ``shared``: whether other processes see it."""
+    return Capabilities(
+        native_exchanges=False,
+        max_priority=255,
+        delayed_delivery=True,
+        direct_reply_to=False,
+        shared=shared,
+    )
 
 
 def parse_options(
@@ -393,9 +404,10 @@ class _VirtualConsumer(Consumer):
 class VirtualTransport(Transport):
     """A Transport that implements AMQP itself over a :class:`Storage`.
 
-    Subclasses set ``capabilities`` and build the storage in ``from_url``. ``lease`` is how long
-    this connection's deliveries stay leased without a renewal (renewed every quarter lease);
-    ``poll_interval`` bounds how long an idle consumer trusts its wake-ups before looking.
+    Subclasses set ``capabilities`` (from :func:`virtual_capabilities`) and build the storage in
+    ``from_url``. ``lease`` is how long this connection's deliveries stay leased without a
+    renewal (renewed every quarter lease); ``poll_interval`` bounds how long an idle consumer
+    trusts its wake-ups before looking.
     """
 
     capabilities: ClassVar[Capabilities]
