@@ -111,35 +111,8 @@ local function promote(q, now)
   return #due
 end
 
--- Ack tags leased to c; returns how many.
-local function ack(c, tags)
-  local done = {}
-  for _, tag in ipairs(tags) do
-    local id, q = split_tag(tag)
-    if id then
-      local base = P .. 'q:' .. q
-      local v = redis.call('HGET', base .. ':l', id)
-      if v then
-        local cnt, _, _, owner = parse_lease(v)
-        if owner == c then
-          redis.call('HDEL', base .. ':l', id)
-          redis.call('HDEL', base .. ':m', id)
-          if cnt ~= '1' then redis.call('HDEL', base .. ':n', id) end
-          done[#done + 1] = tag
-        end
-      end
-    end
-  end
-  if #done > 0 then
-    each_chunk(done, function(...) redis.call('SREM', P .. 'cl:' .. c, ...) end)
-  end
-  return #done
-end
-
--- Put tags leased to c back to ready at their old place; returns how many.
-local function release(c, tags)
-  local done = {}
-  local woken = {}
+-- Call fn(q, id, tag, base, cnt, score, exp) for each of tags leased to connection c.
+local function each_own_lease(c, tags, fn)
   for _, tag in ipairs(tags) do
     local id, q = split_tag(tag)
     if id then
@@ -147,22 +120,45 @@ local function release(c, tags)
       local v = redis.call('HGET', base .. ':l', id)
       if v then
         local cnt, score, exp, owner = parse_lease(v)
-        if owner == c then
-          redis.call('HDEL', base .. ':l', id)
-          redis.call('ZADD', base .. ':r', score, id)
-          redis.call('HSET', base .. ':n', id, cnt)
-          if exp ~= '' then redis.call('ZADD', P .. 'exp', exp, tag) end
-          done[#done + 1] = tag
-          woken[q] = true
-        end
+        if owner == c then fn(q, id, tag, base, cnt, score, exp) end
       end
     end
   end
+end
+
+-- End the leases of c on tags (settled by the caller); returns how many.
+local function end_leases(c, tags, settle)
+  local done = {}
+  each_own_lease(c, tags, function(q, id, tag, base, cnt, score, exp)
+    redis.call('HDEL', base .. ':l', id)
+    settle(q, id, tag, base, cnt, score, exp)
+    done[#done + 1] = tag
+  end)
   if #done > 0 then
     each_chunk(done, function(...) redis.call('SREM', P .. 'cl:' .. c, ...) end)
   end
-  for q in pairs(woken) do notify(q) end
   return #done
+end
+
+-- Ack tags leased to c; returns how many.
+local function ack(c, tags)
+  return end_leases(c, tags, function(q, id, tag, base, cnt)
+    redis.call('HDEL', base .. ':m', id)
+    if cnt ~= '1' then redis.call('HDEL', base .. ':n', id) end
+  end)
+end
+
+-- Put tags leased to c back to ready at their old place; returns how many.
+local function release(c, tags)
+  local woken = {}
+  local n = end_leases(c, tags, function(q, id, tag, base, cnt, score, exp)
+    redis.call('ZADD', base .. ':r', score, id)
+    redis.call('HSET', base .. ':n', id, cnt)
+    if exp ~= '' then redis.call('ZADD', P .. 'exp', exp, tag) end
+    woken[q] = true
+  end)
+  for q in pairs(woken) do notify(q) end
+  return n
 end
 
 -- Remove consumer tag t of connection c; queues left without consumers go in idle.
@@ -311,20 +307,16 @@ local c, limit, now, req = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local chash = P .. 'ch:' .. c
 local out = {}
 if redis.call('HGET', chash, 'req') == req then
+  local last = {}
   for tag in string.gmatch(redis.call('HGET', chash, 'last') or '', '[^\\n]+') do
-    local id, q = split_tag(tag)
-    local base = P .. 'q:' .. q
-    local v = redis.call('HGET', base .. ':l', id)
-    if v then
-      local cnt, _, _, owner = parse_lease(v)
-      if owner == c then
-        out[#out + 1] = q
-        out[#out + 1] = id
-        out[#out + 1] = cnt
-        out[#out + 1] = redis.call('HGET', base .. ':m', id)
-      end
-    end
+    last[#last + 1] = tag
   end
+  each_own_lease(c, last, function(q, id, tag, base, cnt)
+    out[#out + 1] = q
+    out[#out + 1] = id
+    out[#out + 1] = cnt
+    out[#out + 1] = redis.call('HGET', base .. ':m', id)
+  end)
   return {out, false}
 end
 local na = tonumber(ARGV[6])
