@@ -36,24 +36,6 @@ MAX_PRIORITY = 255
 DEFAULT_EXCHANGE = ""
 X_MATCH_MODES = ("all", "any", "all-with-x", "any-with-x")
 
-# Queue arguments RabbitMQ understands and that every conveyor transport honours.
-KNOWN_QUEUE_ARGUMENTS = frozenset(
-    {
-        "x-max-priority",
-        "x-message-ttl",
-        "x-expires",
-        "x-dead-letter-exchange",
-        "x-dead-letter-routing-key",
-        "x-max-length",
-        "x-delivery-limit",
-        "x-queue-type",
-        "x-overflow",
-        "x-single-active-consumer",
-        "x-queue-mode",
-        "x-max-length-bytes",
-    }
-)
-
 
 class ExchangeType(enum.StrEnum):
     """How an exchange chooses the queues a message goes to."""
