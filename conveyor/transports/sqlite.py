@@ -209,6 +209,11 @@ def _decode_queue(name: str, data: bytes) -> Queue:
     )
 
 
+def _encode_binding_arguments(bound: BoundBinding) -> bytes:
+    # sorted keys: equal arguments must find the same row when the binding is removed
+    return orjson.dumps(dict(bound.arguments), option=orjson.OPT_SORT_KEYS)
+
+
 def _decode_envelope(message_id: int, data: bytes) -> Envelope:
     try:
         return Envelope.from_bytes(data)
@@ -774,7 +779,7 @@ class SQLiteStorage(Storage):
         return int(due + delayed)
 
     async def add_binding(self, bound: BoundBinding) -> None:
-        args = orjson.dumps(dict(bound.arguments), option=orjson.OPT_SORT_KEYS)
+        args = _encode_binding_arguments(bound)
 
         def add(db: sqlite3.Connection) -> None:
             if db.execute(
@@ -787,7 +792,7 @@ class SQLiteStorage(Storage):
         await self._run(self._write(add))
 
     async def remove_binding(self, bound: BoundBinding) -> None:
-        args = orjson.dumps(dict(bound.arguments), option=orjson.OPT_SORT_KEYS)
+        args = _encode_binding_arguments(bound)
 
         def remove(db: sqlite3.Connection) -> None:
             if db.execute(
