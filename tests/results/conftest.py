@@ -12,24 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.config import Settings
 from conveyor.results import ResultBackend, open_backend
-from conveyor.transports.base import Transport
 from tests.conftest import redis_namespace
+from tests.results.helpers import NoBrokerHost
 
 BACKENDS = ["memory", "sqlite", "redis"]
 
 MakeBackend = Callable[[], Awaitable[ResultBackend]]
-
-
-class _Host:
-    """A backend host for backends that need no broker."""
-
-    def __init__(self) -> None:
-        self.conf = Settings()
-
-    async def atransport(self) -> Transport:
-        raise AssertionError("this backend must not need the broker")
 
 
 def backend_url(kind: str, tmp_path: Path) -> str:
@@ -55,7 +44,7 @@ async def make_backend(
     made: list[ResultBackend] = []
 
     async def make() -> ResultBackend:
-        backend = open_backend(url, host=_Host())
+        backend = open_backend(url, host=NoBrokerHost())
         await backend.connect()
         made.append(backend)
         return backend

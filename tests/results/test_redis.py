@@ -12,21 +12,11 @@ from typing import Any
 import pytest
 import redis
 
-from conveyor.config import Settings
 from conveyor.errors import ConfigurationError, ResultTimeout
 from conveyor.results import ResultMeta, State, StoreRequest, open_backend
 from conveyor.results.redis import RedisBackend
-from conveyor.transports.base import Transport
 from tests.conftest import kill_redis_clients, redis_namespace
-
-
-class _Host:
-    def __init__(self, **settings: Any) -> None:
-        self.conf = Settings()
-        self.conf.update_from(settings)
-
-    async def atransport(self) -> Transport:
-        raise AssertionError("the Redis backend must not need the broker")
+from tests.results.helpers import NoBrokerHost
 
 
 @pytest.fixture
@@ -43,7 +33,7 @@ async def backends(url: str) -> AsyncIterator[list[RedisBackend]]:
 
 
 async def _open(url: str, made: list[RedisBackend], **settings: Any) -> RedisBackend:
-    backend = open_backend(url, host=_Host(**settings))
+    backend = open_backend(url, host=NoBrokerHost(**settings))
     assert isinstance(backend, RedisBackend)
     await backend.connect()
     made.append(backend)
@@ -60,7 +50,7 @@ def ok(task_id: str, value: object) -> StoreRequest:
 
 def test_unknown_options_are_configuration_errors() -> None:
     with pytest.raises(ConfigurationError, match="poll"):
-        open_backend("redis://127.0.0.1:6379/0?poll=1", host=_Host())
+        open_backend("redis://127.0.0.1:6379/0?poll=1", host=NoBrokerHost())
 
 
 async def test_results_expire_after_result_expires(

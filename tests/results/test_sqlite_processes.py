@@ -7,17 +7,16 @@ import sys
 import time
 from pathlib import Path
 
-from conveyor.config import Settings
 from conveyor.results import open_backend
-from conveyor.transports.base import Transport
+from tests.results.helpers import NoBrokerHost
 
 WRITER = """
 import asyncio, sys
 from conveyor.results import ResultMeta, StoreRequest, open_backend
-from tests.results.test_sqlite_processes import Host
+from tests.results.helpers import NoBrokerHost
 
 async def main() -> None:
-    backend = open_backend(sys.argv[1], host=Host())
+    backend = open_backend(sys.argv[1], host=NoBrokerHost())
     async with backend:
         await backend.store(StoreRequest(ResultMeta.success("xp", "hi", worker="other", task="t")))
 
@@ -25,17 +24,9 @@ asyncio.run(main())
 """
 
 
-class Host:
-    def __init__(self) -> None:
-        self.conf = Settings()
-
-    async def atransport(self) -> Transport:
-        raise AssertionError("not used")
-
-
 async def test_a_store_in_another_process_wakes_the_waiter(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path}/r.db?poll=60"
-    backend = open_backend(url, host=Host())
+    backend = open_backend(url, host=NoBrokerHost())
     async with backend:
         waiting = asyncio.create_task(backend.wait("xp", timeout=30))
         await asyncio.sleep(0.1)
