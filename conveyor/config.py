@@ -50,8 +50,6 @@ class Settings:
     worker_pool: str = "asyncio"
     worker_shutdown_grace: float = 30.0
 
-    beat_schedule: dict[str, Any] = field(default_factory=dict)
-
     @classmethod
     def names(cls) -> frozenset[str]:
         """Every setting name."""
