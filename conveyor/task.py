@@ -8,10 +8,9 @@ Inside a run, ``task.request`` describes the message being executed, and a bound
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,14 +59,19 @@ def current_request() -> Request | None:
     return _current_request.get()
 
 
-@contextlib.contextmanager
-def running(request: Request) -> Iterator[None]:
+class running:
     """Make ``request`` the current request for the duration of the block (used by workers)."""
-    token = _current_request.set(request)
-    try:
-        yield
-    finally:
-        _current_request.reset(token)
+
+    __slots__ = ("_request", "_token")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    def __enter__(self) -> None:
+        self._token = _current_request.set(self._request)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current_request.reset(self._token)
 
 
 _UNSET: Any = object()

@@ -28,6 +28,7 @@ import orjson
 
 from conveyor.errors import ProtocolError
 from conveyor.protocol.envelope import Envelope
+from conveyor.routing.entities import FrozenMapping
 
 __all__ = [
     "CONTENT_TYPES",
@@ -45,6 +46,7 @@ PICKLE = "application/x-python-serialize"
 CONTENT_TYPES: dict[str, tuple[str, str]] = {"json": (JSON, "utf-8"), "pickle": (PICKLE, "binary")}
 _NAMES = {ct: name for name, (ct, _) in CONTENT_TYPES.items()}
 _REPR_LIMIT = 1024
+_NO_TIMELIMIT = [None, None]
 _NO_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _STANDARD_HEADERS = frozenset(
     {
@@ -153,7 +155,7 @@ def _opt_str(headers: Mapping[str, Any], key: str) -> str | None:
 
 
 def _timelimit(value: Any) -> tuple[float | None, float | None]:
-    if value is None:
+    if value is None or value == _NO_TIMELIMIT:
         return (None, None)
     if (
         isinstance(value, Sequence)
@@ -205,14 +207,21 @@ class TaskMessage:
             raise ProtocolError(f"task name must be a non-empty string, got {self.task!r}")
         if not isinstance(self.id, str) or not self.id:
             raise ProtocolError(f"task id must be a non-empty string, got {self.id!r}")
-        if isinstance(self.args, (str, bytes)) or not isinstance(self.args, Sequence):
-            raise ProtocolError(f"task args must be a list, got {type(self.args).__name__}")
-        if not isinstance(self.args, tuple):
-            object.__setattr__(self, "args", tuple(self.args))
-        if not isinstance(self.kwargs, Mapping) or not all(isinstance(k, str) for k in self.kwargs):
-            raise ProtocolError(f"task kwargs must be a dict with string keys, got {self.kwargs!r}")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise ProtocolError(f"retries must be a non-negative integer, got {self.retries!r}")
+        args = self.args
+        if type(args) is not tuple:
+            if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+                raise ProtocolError(f"task args must be a list, got {type(args).__name__}")
+            object.__setattr__(self, "args", tuple(args))
+        kwargs = self.kwargs
+        if (type(kwargs) is not dict and not isinstance(kwargs, Mapping)) or not all(
+            isinstance(k, str) for k in kwargs
+        ):
+            raise ProtocolError(f"task kwargs must be a dict with string keys, got {kwargs!r}")
+        retries = self.retries
+        if type(retries) is not int and (isinstance(retries, bool) or not isinstance(retries, int)):
+            raise ProtocolError(f"retries must be a non-negative integer, got {retries!r}")
+        if retries < 0:
+            raise ProtocolError(f"retries must be a non-negative integer, got {retries!r}")
 
     def to_envelope(self, serializer: str = "json") -> Envelope:
         """Encode as a protocol v2 envelope; see :func:`encode_task`."""
@@ -286,7 +295,9 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
     a missing task name or id, a malformed header.
     """
     body = loads(envelope.body, envelope.content_type, accept)
-    headers = envelope.headers
+    # A plain dict: FrozenMapping's get() and items() go through the Mapping mixins.
+    given = envelope.headers
+    headers = given.to_dict() if type(given) is FrozenMapping else dict(given)
     if "task" not in headers:
         if isinstance(body, Mapping):
             return _decode_v1(body, envelope)
@@ -319,5 +330,9 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
         reply_to=envelope.reply_to,
         correlation_id=envelope.correlation_id,
         priority=envelope.priority,
-        headers={k: v for k, v in headers.items() if k not in _STANDARD_HEADERS},
+        headers=(
+            {k: v for k, v in headers.items() if k not in _STANDARD_HEADERS}
+            if headers.keys() - _STANDARD_HEADERS
+            else {}
+        ),
     )
