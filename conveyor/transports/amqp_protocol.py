@@ -229,11 +229,33 @@ def _table(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
     pos += 4
     end = pos + size
     result: dict[str, Any] = {}
+    keys = _KEY_NAMES
     while pos < end:
         key_end = pos + 1 + data[pos]
-        key = data[pos + 1 : key_end].decode("utf-8", errors="replace")
-        result[key], pos = _value(data, key_end)
+        raw_key = data[pos + 1 : key_end]
+        key = keys.get(raw_key)
+        if key is None:
+            key = raw_key.decode("utf-8", errors="replace")
+            if len(keys) < 4096:
+                keys[raw_key] = key
+        # The common kinds inline (one call per entry is most of the cost).
+        kind = data[key_end]
+        if kind == 83:  # S
+            (size,) = _UNPACK_U32(data, key_end + 1)
+            pos = key_end + 5 + size
+            result[key] = data[key_end + 5 : pos].decode("utf-8", errors="replace")
+        elif kind == 86:  # V
+            result[key] = None
+            pos = key_end + 1
+        elif kind == 116:  # t
+            result[key] = data[key_end + 1] != 0
+            pos = key_end + 2
+        else:
+            result[key], pos = _value(data, key_end)
     return result, pos
+
+
+_KEY_NAMES: dict[bytes, str] = {}
 
 
 def _value(data: bytes, pos: int) -> tuple[Any, int]:

@@ -147,6 +147,8 @@ class Worker:
         return cls(self.concurrency)
 
     def _hook(self, name: str, *args: Any, reverse: bool = False) -> None:
+        if not self.middleware:
+            return
         for mw in reversed(self.middleware) if reverse else self.middleware:
             try:
                 getattr(mw, name)(self, *args)
@@ -455,9 +457,8 @@ class Worker:
         outcome: Outcome,
         store: bool,
     ) -> None:
-        name = f"{task.name}[{message.id}]"
         if outcome.state is State.SUCCESS:
-            log.info("task %s succeeded in %.4f s", name, outcome.runtime)
+            log.info("task %s[%s] succeeded in %.4f s", task.name, message.id, outcome.runtime)
             if store:
                 meta = ResultMeta.success(
                     message.id,
@@ -469,6 +470,7 @@ class Worker:
                 await self._store(request, meta, delivery)
         elif outcome.state is State.RETRY:
             countdown = outcome.countdown or 0.0
+            name = f"{task.name}[{message.id}]"
             log.warning(
                 "task %s will retry in %g s (attempt %d): %r",
                 name,
@@ -496,6 +498,7 @@ class Worker:
                 await self._store(request, meta, delivery)
         else:
             assert outcome.error is not None
+            name = f"{task.name}[{message.id}]"
             log.error(
                 "task %s failed: %r\n%s", name, outcome.error, (outcome.traceback or "").rstrip()
             )
