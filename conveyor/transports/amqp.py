@@ -925,6 +925,7 @@ class AMQPTransport(Transport):
         self._display = address.display
         self._options = options
         self._connection: Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it connected on
         self._ready = asyncio.Event()
         self._opened = False
         self._closed = False
@@ -1032,7 +1033,8 @@ class AMQPTransport(Transport):
             raise self._unavailable(exc) from exc
         self._opened = True
         self._ready.set()
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        self._loop = asyncio.get_running_loop()
+        self._supervisor = self._loop.create_task(self._supervise())
 
     async def _supervise(self) -> None:
         while not self._closed:
@@ -1591,7 +1593,7 @@ class AMQPTransport(Transport):
         # RabbitMQ returns a mandatory message to a direct reply-to address even when it
         # delivers it, so replies go without mandatory (and count as routed).
         reply = not exchange and routing_key.startswith(DIRECT_REPLY_TO + ".")
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         deadline = loop.time() + self._options.reconnect_timeout
         retried = False
         while True:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import types
+import uuid
 
 import pytest
 
-from conveyor.app import App
+from conveyor.app import App, new_task_id
 from conveyor.errors import ConfigurationError
 
 
@@ -111,3 +113,20 @@ async def test_reassigned_routing_settings_take_effect_at_the_next_send() -> Non
         transport = await app.atransport()
         assert (await transport.queue_stats("imports")).ready == 1
         assert (await transport.queue_stats("feeds")).ready == 1
+
+
+def test_task_ids_are_random_uuid4s_and_a_forked_child_draws_its_own() -> None:
+    ids = [new_task_id() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:50]:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's next id, sent to the parent
+        os.write(write, new_task_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write)
+    assert os.read(read, 100).decode() != new_task_id()
+    os.close(read)
