@@ -328,6 +328,13 @@ def _properties(data: bytes) -> tuple[int, Properties]:
     return size, props
 
 
+def _unmarshal(channel: int, payload: bytes) -> Any:
+    """A method frame's payload decoded by pamqp (the rarely used methods)."""
+    return pamqp.frame.unmarshal(
+        _HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + b"\xce"
+    )[2]
+
+
 def method_frame(channel: int, frame: Frame) -> bytes:
     """``frame`` marshalled for ``channel`` (pamqp; frames may override ``marshal``)."""
     return bytes(pamqp.frame.marshal(frame, channel))
@@ -555,15 +562,15 @@ class Channel:
 
     # frames from the connection
 
-    def _method(self, key: tuple[int, int], payload: bytes, raw: bytes) -> None:
+    def _method(self, key: tuple[int, int], payload: bytes) -> None:
         if key == _DELIVER:
-            r = _Reader(payload, 4)
-            tag = r.shortstr()
-            delivery_tag = r.longlong()
-            redelivered = r.octet() & 1 == 1
-            exchange = r.shortstr()
+            tag, pos = _shortstr(payload, 4)
+            (delivery_tag,) = _U64.unpack_from(payload, pos)
+            redelivered = payload[pos + 8] & 1 == 1
+            exchange, pos = _shortstr(payload, pos + 9)
+            routing_key, _ = _shortstr(payload, pos)
             self._incoming = Message(
-                b"", Properties(), exchange, r.shortstr(), delivery_tag, redelivered, tag
+                b"", Properties(), exchange, routing_key, delivery_tag, redelivered, tag
             )
             self._incoming_kind = 1
         elif key in (_ACK, _NACK):
@@ -590,7 +597,7 @@ class Channel:
             )
             self._incoming_kind = 3
         else:
-            self._other(pamqp.frame.unmarshal(raw)[2])
+            self._other(_unmarshal(self.number, payload))
 
     def _other(self, frame: Any) -> None:
         if isinstance(frame, spec.Channel.Close):
@@ -805,25 +812,28 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_received = self.loop.time()
         buffer = self._buffer
-        buffer += data
-        pos, size = 0, len(buffer)
+        if buffer:
+            buffer += data
+            data = bytes(buffer)  # slices of bytes are bytes: one copy per frame, not two
+        pos, size = 0, len(data)
+        channels = self.channels
         try:
             while size - pos >= 8:
-                kind, channel, length = _HEAD.unpack_from(buffer, pos)
+                kind, channel, length = _HEAD.unpack_from(data, pos)
                 end = pos + 7 + length
                 if end >= size:
                     break
-                if buffer[end] != _FRAME_END:
+                if data[end] != _FRAME_END:
                     raise ConnectionClosed(501, "malformed frame from the broker")
-                payload = bytes(buffer[pos + 7 : end])
+                payload = data[pos + 7 : end]
                 if kind == FRAME_METHOD:
-                    self._on_method(channel, payload, bytes(buffer[pos : end + 1]))
+                    self._on_method(channel, payload)
                 elif kind == FRAME_HEADER:
-                    target = self.channels.get(channel)
+                    target = channels.get(channel)
                     if target is not None:
                         target._header(payload)
                 elif kind == FRAME_BODY:
-                    target = self.channels.get(channel)
+                    target = channels.get(channel)
                     if target is not None:
                         target._content(payload)
                 pos = end + 1
@@ -831,16 +841,19 @@ class Connection(asyncio.Protocol):
             self._shutdown(exc)
             self.abort()
             return
-        del buffer[:pos]
+        if buffer:
+            del buffer[:pos]
+        elif pos < size:
+            buffer += data[pos:]
 
-    def _on_method(self, channel: int, payload: bytes, raw: bytes) -> None:
+    def _on_method(self, channel: int, payload: bytes) -> None:
         key = _CLASS_METHOD.unpack_from(payload)
         if channel:
             target = self.channels.get(channel)
             if target is not None:
-                target._method(key, payload, raw)
+                target._method(key, payload)
             return
-        frame = pamqp.frame.unmarshal(raw)[2]
+        frame = _unmarshal(0, payload)
         if not self._opened:
             self._handshake.put_nowait(frame)
         elif isinstance(frame, spec.Connection.Close):

@@ -1,0 +1,55 @@
+"""The AMQP wire layer's reader: frames come out whole however the socket splits the bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+
+from conveyor.transports.amqp import _encode_properties, _short
+from conveyor.transports.amqp_protocol import Channel, Connection, Message
+from tests.transports.helpers import env
+
+
+def delivery_frames(tag: int, body: bytes) -> bytes:
+    """basic.deliver on channel 1 for consumer ``c``, its content header and one body frame."""
+    envelope = env(body, headers={"n": tag, "name": f"message {tag}", "flag": tag % 2 == 0})
+    flags, properties = _encode_properties(envelope, envelope.headers, f"m.{tag}")
+    method = (
+        struct.pack(">HH", 60, 60)
+        + _short("c", "")
+        + struct.pack(">QB", tag, 0)
+        + _short("ex", "")
+        + _short("key", "")
+    )
+    header = struct.pack(">HHQH", 60, 0, len(body), flags) + properties
+    return b"".join(
+        struct.pack(">BHI", kind, 1, len(payload)) + payload + b"\xce"
+        for kind, payload in ((1, method), (2, header), (3, body))
+    )
+
+
+async def test_deliveries_split_anywhere_by_the_socket_arrive_whole_and_in_order() -> None:
+    connection = Connection(asyncio.get_running_loop())
+    connection._opened = True
+    channel = connection.channels[1] = Channel(connection, 1)
+    received: list[Message] = []
+    channel.consumers["c"] = received.append
+    stream = b"".join(delivery_frames(tag, f"body {tag}".encode() * tag) for tag in range(1, 301))
+    rng = random.Random(7)
+    pos = 0
+    while pos < len(stream):
+        size = rng.choice([1, 2, 7, 8, 9, 40, 333, 4096])
+        connection.data_received(stream[pos : pos + size])
+        pos += size
+    assert [m.delivery_tag for m in received] == list(range(1, 301))
+    for tag, message in enumerate(received, start=1):
+        assert message.body == f"body {tag}".encode() * tag
+        assert (message.exchange, message.routing_key, message.properties.message_id) == (
+            "ex",
+            "key",
+            f"m.{tag}",
+        )
+        headers = message.properties.headers
+        assert headers == {"n": tag, "name": f"message {tag}", "flag": tag % 2 == 0}
+    assert not connection._buffer
