@@ -30,6 +30,7 @@ from conveyor.errors import ConfigurationError, ProtocolError, ResultTimeout
 from conveyor.protocol.envelope import Envelope
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.results.waiters import Waiters
 from conveyor.routing.entities import Queue
 from conveyor.transports.base import Consumer, Transport
 
@@ -54,7 +55,7 @@ class RPCBackend(ResultBackend):
         self._reader: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
         self._results: dict[str, dict[str, ResultMeta]] = {}
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters = Waiters()
         self._closed = False
 
     @classmethod
@@ -87,16 +88,7 @@ class RPCBackend(ResultBackend):
             with contextlib.suppress(Exception):
                 await transport.delete_queue(self._reply_to)
         self._consumer = self._reader = self._reply_to = self._transport = None
-        self._wake_all()
-
-    def _wake(self, task_id: str) -> None:
-        for fut in self._waiters.get(task_id, ()):
-            if not fut.done():
-                fut.set_result(None)
-
-    def _wake_all(self) -> None:
-        for task_id in list(self._waiters):
-            self._wake(task_id)
+        self._waiters.wake_all()
 
     async def prepare_reply(self) -> str:
         """The caller's reply queue, declared (exclusive, auto-delete) on first use."""
@@ -131,7 +123,7 @@ class RPCBackend(ResultBackend):
             task_id = envelope.correlation_id or meta.task_id
             key = (meta.worker or "?") if envelope.headers.get(_PER_WORKER) else _PLAIN
             self._results.setdefault(task_id, {})[key] = meta
-            self._wake(task_id)
+            self._waiters.wake(task_id)
 
     async def store(self, request: StoreRequest) -> None:
         """Publish the result to ``request.reply_to``; without one there is nobody to tell."""
@@ -163,18 +155,6 @@ class RPCBackend(ResultBackend):
             self._results.pop(task_id, None)
         return meta
 
-    def _watch(self, task_id: str) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, set()).add(fut)
-        return fut
-
-    def _unwatch(self, task_id: str, fut: asyncio.Future[None]) -> None:
-        waiters = self._waiters.get(task_id)
-        if waiters is not None:
-            waiters.discard(fut)
-            if not waiters:
-                del self._waiters[task_id]
-
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -190,12 +170,12 @@ class RPCBackend(ResultBackend):
                     f"no reply for task {task_id} within {timeout} s; is a worker consuming "
                     "its queue? (rpc:// results reach only the App that sent the task)"
                 )
-            fut = self._watch(task_id)
+            fut = self._waiters.watch(task_id)
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(fut, remaining)
             finally:
-                self._unwatch(task_id, fut)
+                self._waiters.unwatch(task_id, fut)
 
     async def collect(
         self, task_id: str, *, timeout: float, expected: int | None = None
@@ -207,12 +187,12 @@ class RPCBackend(ResultBackend):
             remaining = deadline - time.monotonic()
             if (expected is not None and len(ready) >= expected) or remaining <= 0 or self._closed:
                 return ready
-            fut = self._watch(task_id)
+            fut = self._waiters.watch(task_id)
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(fut, remaining)
             finally:
-                self._unwatch(task_id, fut)
+                self._waiters.unwatch(task_id, fut)
 
     async def forget(self, task_id: str) -> None:
         self._results.pop(task_id, None)

@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 from conveyor.errors import BrokerUnavailable, ConfigurationError, ResultTimeout
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.results.waiters import Waiters
 from conveyor.transports.sqlite import SQLiteTransport, database_path
 
 __all__ = ["SQLiteBackend", "sqlite_path"]
@@ -115,7 +116,7 @@ class SQLiteBackend(ResultBackend):
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_started: asyncio.Task[None] | None = None
         self._last_seq = 0
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters = Waiters()
         self._connect_lock: asyncio.Lock | None = None
         self._closed = False
 
@@ -195,10 +196,7 @@ class SQLiteBackend(ResultBackend):
                 await self._watch_task
             self._watch_task = None
         self._watch_started = None
-        for waiters in self._waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+        self._waiters.wake_all()
         bell = self._bell
         self._bell = None
         if bell is not None:
@@ -368,27 +366,13 @@ class SQLiteBackend(ResultBackend):
             except BrokerUnavailable:
                 continue
             for task_id in changed:
-                for fut in self._waiters.get(task_id, ()):
-                    if not fut.done():
-                        fut.set_result(None)
-
-    def _watch_id(self, task_id: str) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, set()).add(fut)
-        return fut
-
-    def _unwatch_id(self, task_id: str, fut: asyncio.Future[None]) -> None:
-        waiters = self._waiters.get(task_id)
-        if waiters is not None:
-            waiters.discard(fut)
-            if not waiters:
-                del self._waiters[task_id]
+                self._waiters.wake(task_id)
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
         deadline = None if timeout is None else time.monotonic() + timeout
         await self._ensure_watching()
         while True:
-            fut = self._watch_id(task_id)
+            fut = self._waiters.watch(task_id)
             try:
                 meta = pick_result(await self._run(self._read, task_id))
                 if meta is not None and meta.ready:
@@ -402,7 +386,7 @@ class SQLiteBackend(ResultBackend):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(fut, remaining)
             finally:
-                self._unwatch_id(task_id, fut)
+                self._waiters.unwatch(task_id, fut)
 
     async def collect(
         self, task_id: str, *, timeout: float, expected: int | None = None
@@ -410,7 +394,7 @@ class SQLiteBackend(ResultBackend):
         deadline = time.monotonic() + timeout
         await self._ensure_watching()
         while True:
-            fut = self._watch_id(task_id)
+            fut = self._waiters.watch(task_id)
             try:
                 found = await self._run(self._read, task_id)
                 ready = {(m.worker or k): m for k, m in found.items() if m.ready}
@@ -424,7 +408,7 @@ class SQLiteBackend(ResultBackend):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(fut, remaining)
             finally:
-                self._unwatch_id(task_id, fut)
+                self._waiters.unwatch(task_id, fut)
 
     def _delete(self, sql: str, params: tuple[Any, ...]) -> int:
         db = self._db
