@@ -6,10 +6,7 @@ The URL's scheme picks the backend: ``memory://``, ``sqlite:///path``, ``rpc://`
 
 from __future__ import annotations
 
-import importlib
-from urllib.parse import urlsplit
-
-from conveyor.errors import ConfigurationError
+from conveyor.plugins import class_for_url
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import READY_STATES, ResultMeta, State
 
@@ -36,13 +33,7 @@ BACKENDS: dict[str, str] = {
 
 def backend_class(url: str) -> type[ResultBackend]:
     """The ResultBackend class serving ``url``; ConfigurationError for an unknown scheme."""
-    scheme = urlsplit(url).scheme.lower()
-    target = BACKENDS.get(scheme)
-    if target is None:
-        known = ", ".join(f"{s}://" for s in sorted(BACKENDS))
-        raise ConfigurationError(f"result backend URL {url!r} has no known scheme: use {known}")
-    module_name, _, class_name = target.partition(":")
-    cls: type[ResultBackend] = getattr(importlib.import_module(module_name), class_name)
+    cls: type[ResultBackend] = class_for_url(url, BACKENDS, what="result backend")
     return cls
 
 

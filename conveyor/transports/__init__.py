@@ -7,12 +7,10 @@ Implementations are imported lazily, so a SQLite user never imports a RabbitMQ c
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-from conveyor.errors import ConfigurationError
+from conveyor.plugins import class_for_url
 from conveyor.transports.base import (
     Capabilities,
     Consumer,
@@ -48,13 +46,7 @@ TRANSPORTS: dict[str, str] = {
 
 def transport_class(url: str) -> type[Transport]:
     """The Transport class that serves ``url``; ConfigurationError for an unknown scheme."""
-    scheme = urlsplit(url).scheme.lower()
-    target = TRANSPORTS.get(scheme)
-    if target is None:
-        known = ", ".join(f"{s}://" for s in sorted(TRANSPORTS))
-        raise ConfigurationError(f"broker URL {url!r} has no known scheme: use one of {known}")
-    module_name, _, class_name = target.partition(":")
-    cls: type[Transport] = getattr(importlib.import_module(module_name), class_name)
+    cls: type[Transport] = class_for_url(url, TRANSPORTS, what="broker")
     return cls
 
 
