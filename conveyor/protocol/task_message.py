@@ -223,10 +223,6 @@ class TaskMessage:
         if retries < 0:
             raise ProtocolError(f"retries must be a non-negative integer, got {retries!r}")
 
-    def to_envelope(self, serializer: str = "json") -> Envelope:
-        """Encode as a protocol v2 envelope; see :func:`encode_task`."""
-        return encode_task(self, serializer)
-
 
 def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
     """Encode ``message`` as a protocol v2 envelope.

@@ -51,7 +51,6 @@ __all__ = ["EXPLICIT", "TASK_ATTRIBUTE", "RoutableTask", "Route", "Router"]
 EXPLICIT = "explicit option"
 TASK_ATTRIBUTE = "task attribute"
 DEFAULT = "default"
-_DESTINATION_KEYS = ("queue", "exchange", "exchange_type", "routing_key")
 
 
 class RoutableTask(Protocol):
