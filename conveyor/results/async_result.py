@@ -136,9 +136,9 @@ class AsyncResult:
         """Sync twin of :meth:`aget`."""
         self._check_sync()
         if self._meta is None and self._backend is not None:
-            # A result already here (rpc:// replies often beat the send's own confirm) needs
-            # no trip to the event loop.
-            self._meta = self._backend.peek(self.id)
+            # A result already here, or one that comes here unasked (rpc:// replies), needs
+            # no trip to the event loop: this thread waits for it itself.
+            self._meta = self._backend.wait_here(self.id, timeout)
         if self._meta is not None:
             return _outcome(self._meta, propagate)
         return self._sync(lambda: self.aget(timeout, propagate=propagate))

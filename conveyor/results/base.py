@@ -113,6 +113,18 @@ class ResultBackend(abc.ABC):
         """
         return None
 
+    def wait_here(self, task_id: str, timeout: float | None) -> ResultMeta | None:
+        """Block the calling thread (never the backend's event loop) until a ready result for
+        ``task_id`` reaches this process, and return it; ResultTimeout after ``timeout``
+        seconds (or when the backend closes).
+
+        Only backends whose results arrive unasked (``rpc://``: replies come to this process's
+        reply queue) can wait this way; the sync API uses it to skip two trips through the
+        event loop. The others return :meth:`peek` at once (the default), and a None then
+        means "wait through the event loop with :meth:`wait`".
+        """
+        return self.peek(task_id)
+
     @abc.abstractmethod
     async def store(self, request: StoreRequest) -> None:
         """Keep ``request.meta`` (see the module contract on keys and replacement)."""

@@ -155,6 +155,32 @@ class RPCBackend(ResultBackend):
             self._results.pop(task_id, None)
         return meta
 
+    def wait_here(self, task_id: str, timeout: float | None) -> ResultMeta:
+        """Block this (non-loop) thread until the reader files a ready reply for ``task_id``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            lock = self._waiters.watch_thread(task_id)
+            try:
+                meta = self.peek(task_id)  # after watching: a reply filed just before is seen
+                if meta is not None:
+                    return meta
+                remaining = self._remaining(task_id, timeout, deadline)
+                lock.acquire(timeout=-1 if remaining is None else remaining)
+            finally:
+                self._waiters.unwatch_thread(task_id, lock)
+
+    def _remaining(
+        self, task_id: str, timeout: float | None, deadline: float | None
+    ) -> float | None:
+        """Seconds left to wait for ``task_id``; ResultTimeout when none are (or closed)."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if self._closed or (remaining is not None and remaining <= 0):
+            raise ResultTimeout(
+                f"no reply for task {task_id} within {timeout} s; is a worker consuming "
+                "its queue? (rpc:// results reach only the App that sent the task)"
+            )
+        return remaining
+
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -164,12 +190,7 @@ class RPCBackend(ResultBackend):
                     # The AsyncResult keeps the ready state; no need to hold it here too.
                     del self._results[task_id]
                 return meta
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if self._closed or (remaining is not None and remaining <= 0):
-                raise ResultTimeout(
-                    f"no reply for task {task_id} within {timeout} s; is a worker consuming "
-                    "its queue? (rpc:// results reach only the App that sent the task)"
-                )
+            remaining = self._remaining(task_id, timeout, deadline)
             fut = self._waiters.watch(task_id)
             try:
                 with contextlib.suppress(TimeoutError):

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 __all__ = ["Waiters"]
 
 
 class Waiters:
-    """Futures that resolve (to None) when something may have changed for a task id.
+    """Futures (and thread locks) that resolve when something may have changed for a task id.
 
     A waiter watches, re-reads the result after each wake-up, and unwatches when done; waking
     is a hint, so a spurious wake-up costs one read and a missed one is the backend's bug.
-    Used from one event loop only.
+    Futures belong to the backend's event loop: :meth:`watch`, :meth:`wake` and
+    :meth:`wake_all` run there. Thread waiters (:meth:`watch_thread`) may be added and removed
+    from any thread; they let a sync caller block in its own thread without a trip through the
+    event loop. A thread waiter must read the result *after* watching, so a result filed just
+    before is never missed.
     """
 
-    __slots__ = ("_by_id",)
+    __slots__ = ("_by_id", "_lock", "_threads")
 
     def __init__(self) -> None:
         self._by_id: dict[str, set[asyncio.Future[None]]] = {}
+        self._threads: dict[str, list[threading.Lock]] = {}
+        self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
-        return bool(self._by_id)
+        return bool(self._by_id) or bool(self._threads)
 
     def watch(self, task_id: str) -> asyncio.Future[None]:
         """A new future, resolved by the next :meth:`wake` of ``task_id`` (or :meth:`wake_all`)."""
@@ -37,13 +44,40 @@ class Waiters:
             if not waiters:
                 del self._by_id[task_id]
 
+    def watch_thread(self, task_id: str) -> threading.Lock:
+        """A held lock, released by the next :meth:`wake` of ``task_id`` (or :meth:`wake_all`):
+        the calling thread blocks on ``acquire``. Any thread."""
+        lock = threading.Lock()
+        lock.acquire()
+        with self._lock:
+            self._threads.setdefault(task_id, []).append(lock)
+        return lock
+
+    def unwatch_thread(self, task_id: str, lock: threading.Lock) -> None:
+        """Forget ``lock``; idempotent. Any thread."""
+        with self._lock:
+            locks = self._threads.get(task_id)
+            if locks is not None and lock in locks:
+                locks.remove(lock)
+                if not locks:
+                    del self._threads[task_id]
+
     def wake(self, task_id: str) -> None:
-        """Resolve every future watching ``task_id``."""
+        """Resolve every future and release every thread watching ``task_id``."""
         for fut in self._by_id.get(task_id, ()):
             if not fut.done():
                 fut.set_result(None)
+        if self._threads:
+            with self._lock:
+                locks = self._threads.pop(task_id, ())
+            for lock in locks:
+                lock.release()
 
     def wake_all(self) -> None:
-        """Resolve every future (the backend is closing or lost its source of news)."""
+        """Wake every waiter (the backend is closing or lost its source of news)."""
         for task_id in list(self._by_id):
+            self.wake(task_id)
+        with self._lock:
+            ids = list(self._threads)
+        for task_id in ids:
             self.wake(task_id)

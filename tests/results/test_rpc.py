@@ -93,3 +93,34 @@ async def test_peek_answers_from_replies_already_here_from_any_thread(
     assert (peeked.state, peeked.result) == (State.SUCCESS, "done")
     # The AsyncResult that peeked keeps the value; the backend does not hold it twice.
     assert await mine.get("p") is None
+
+
+async def test_a_thread_waits_for_a_reply_without_the_event_loop(apps: tuple[App, App]) -> None:
+    caller, worker = apps
+    mine, theirs = await caller.abackend(), await worker.abackend()
+    reply_to = await mine.prepare_reply()
+    assert reply_to is not None
+    # The reply lands while the thread is already blocked in wait_here.
+    waiting = asyncio.ensure_future(asyncio.to_thread(mine.wait_here, "w", 5))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await theirs.store(reply("w", "woken", reply_to))
+    meta = await asyncio.wait_for(waiting, 5)
+    assert (meta.state, meta.result) == (State.SUCCESS, "woken")
+    # A reply that arrived before anyone asked is there too; none in time is a ResultTimeout.
+    await theirs.store(reply("early", 3, reply_to))
+    await asyncio.sleep(0.05)
+    assert (await asyncio.to_thread(mine.wait_here, "early", 5)).result == 3
+    with pytest.raises(ResultTimeout, match="never"):
+        await asyncio.to_thread(mine.wait_here, "never", 0.05)
+
+
+async def test_closing_the_backend_wakes_a_waiting_thread(apps: tuple[App, App]) -> None:
+    caller, _ = apps
+    mine = await caller.abackend()
+    await mine.prepare_reply()
+    waiting = asyncio.ensure_future(asyncio.to_thread(mine.wait_here, "w", None))
+    await asyncio.sleep(0.05)
+    await mine.close()
+    with pytest.raises(ResultTimeout, match="no reply"):
+        await asyncio.wait_for(waiting, 5)
