@@ -156,6 +156,36 @@ class _SyncCall(Generic[T]):
         return self._value  # type: ignore[no-any-return]
 
 
+async def _confirmed_or_replied(
+    publishing: Coroutine[Any, Any, int], replied: asyncio.Future[None]
+) -> None:
+    """Await ``publishing`` (a publish waiting for its confirm) unless ``replied`` resolves
+    first; then stop waiting for the confirm. Raises what the publish raised, unless the reply
+    came first."""
+    loop = asyncio.get_running_loop()
+    confirm = loop.create_task(publishing)
+    first: asyncio.Future[None] = loop.create_future()
+
+    def settle(_: object) -> None:
+        if not first.done():
+            first.set_result(None)
+
+    confirm.add_done_callback(settle)
+    replied.add_done_callback(settle)
+    try:
+        await first
+    finally:
+        confirm.remove_done_callback(settle)
+        replied.remove_done_callback(settle)
+        if not confirm.done():
+            confirm.cancel()  # a worker has the task (or this send was cancelled)
+    if confirm.done() and not confirm.cancelled():
+        if replied.done():
+            confirm.exception()  # retrieved: the task reached a worker whatever it says
+        else:
+            confirm.result()
+
+
 class _LoopThread:
     """The private event loop, in a daemon thread, that runs the sync API's coroutines."""
 
@@ -555,14 +585,27 @@ class App:
         transport = res.transport
         if transport is None or res.declared_routes.get(id(route)) is not route:
             transport = await self._declare_route(route)
+        publishing = transport.publish(
+            envelope,
+            exchange=route.exchange.name,
+            routing_key=route.routing_key,
+            mandatory=True,
+            delay=delay,
+        )
+        # A reply proves a worker holds the task as surely as the broker's confirm does, and
+        # can come first (the confirm of a persistent message waits for a disk sync): the send
+        # is done at whichever comes first. Only for ids made here and now, whose replies can
+        # only be about this message.
+        replied = (
+            backend.watch_replies(tid)
+            if backend is not None and task_id is None and delay is None
+            else None
+        )
         try:
-            await transport.publish(
-                envelope,
-                exchange=route.exchange.name,
-                routing_key=route.routing_key,
-                mandatory=True,
-                delay=delay,
-            )
+            if replied is None:
+                await publishing
+            else:
+                await _confirmed_or_replied(publishing, replied)
         except Unroutable as exc:
             raise Unroutable(
                 f"task {name!r} was routed to exchange {route.exchange.name!r} with routing key "
@@ -575,6 +618,10 @@ class App:
                 exchange=exc.exchange,
                 routing_key=exc.routing_key,
             ) from exc
+        finally:
+            if replied is not None:
+                assert backend is not None
+                backend.unwatch_replies(tid, replied)
         return AsyncResult(tid, app=self, task_name=name, backend=backend, loop=loop)
 
     def send_task(

@@ -25,6 +25,7 @@ default), ``rpc://`` (replies as messages to the caller's reply queue) and ``red
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -112,6 +113,17 @@ class ResultBackend(abc.ABC):
         default).
         """
         return None
+
+    def watch_replies(self, task_id: str) -> asyncio.Future[None] | None:
+        """A future that resolves when anything about ``task_id`` (any state) reaches this
+        process unasked, which proves a worker received the task; None if this backend cannot
+        tell (the default). Only ``rpc://`` can: replies come to this process's reply queue.
+        Pair with :meth:`unwatch_replies`. On the backend's event loop.
+        """
+        return None
+
+    def unwatch_replies(self, task_id: str, watch: asyncio.Future[None]) -> None:  # noqa: B027
+        """Forget a future from :meth:`watch_replies`; idempotent (nothing to forget here)."""
 
     def wait_here(self, task_id: str, timeout: float | None) -> ResultMeta | None:
         """Block the calling thread (never the backend's event loop) until a ready result for

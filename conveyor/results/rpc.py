@@ -155,6 +155,12 @@ class RPCBackend(ResultBackend):
             self._results.pop(task_id, None)
         return meta
 
+    def watch_replies(self, task_id: str) -> asyncio.Future[None]:
+        return self._waiters.watch(task_id)
+
+    def unwatch_replies(self, task_id: str, watch: asyncio.Future[None]) -> None:
+        self._waiters.unwatch(task_id, watch)
+
     def wait_here(self, task_id: str, timeout: float | None) -> ResultMeta:
         """Block this (non-loop) thread until the reader files a ready reply for ``task_id``."""
         deadline = None if timeout is None else time.monotonic() + timeout
