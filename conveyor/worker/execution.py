@@ -153,26 +153,9 @@ class _Completions:
 
 
 class _Job:
-    """A call handed to a worker thread, which an overrun can interrupt.
+    """A call handed to a worker thread, which an overrun can interrupt."""
 
-    The thread reports the outcome through :class:`_Completions`, unless the loop is
-    *lingering*: then it leaves the outcome on the job and releases ``finished`` instead, and
-    the loop, blocked on that lock for a bounded time, carries on in the same turn.
-    """
-
-    __slots__ = (
-        "completions",
-        "error",
-        "finished",
-        "fn",
-        "future",
-        "ident",
-        "kept",
-        "lingering",
-        "lock",
-        "state",
-        "value",
-    )
+    __slots__ = ("completions", "fn", "future", "ident", "lock", "state")
 
     def __init__(self, fn: Callable[[], Any], completions: _Completions) -> None:
         self.fn = fn
@@ -181,11 +164,6 @@ class _Job:
         self.lock = threading.Lock()
         self.state = "queued"
         self.ident = 0
-        self.lingering = False
-        self.kept = False  # the outcome was left on the job for a lingering loop
-        self.finished: threading.Lock | None = None
-        self.value: Any = None
-        self.error: BaseException | None = None
 
     def run(self) -> None:
         with self.lock:
@@ -193,29 +171,16 @@ class _Job:
                 return
             self.state = "running"
             self.ident = threading.get_ident()
-        value: Any = None
-        error: BaseException | None = None
         try:
             value = self.fn()
         except BaseException as exc:
-            error = exc
-        with self.lock:
-            self.state = "done"
-            if self.lingering:
-                self.value, self.error, self.kept = value, error, True
-                assert self.finished is not None
-                self.finished.release()
-                return
-        self.completions.put(self, value, error)
-
-    def linger(self, seconds: float) -> bool:
-        """Block the calling (loop) thread up to ``seconds`` for the call to finish; True if
-        it did (its outcome is in ``value``/``error``), else it reports as usual."""
-        assert self.finished is not None
-        self.finished.acquire(timeout=seconds)
-        with self.lock:
-            self.lingering = False
-            return self.kept
+            with self.lock:
+                self.state = "done"
+            self.completions.put(self, None, exc)
+        else:
+            with self.lock:
+                self.state = "done"
+            self.completions.put(self, value, None)
 
     def interrupt(self) -> None:
         """Raise TimeLimitExceeded in the thread if the call is still running; drop it if
@@ -268,25 +233,11 @@ class _Threads:
 
 
 async def _run_in_thread(
-    threads: _Threads, fn: Callable[[], Any], time_limit: float | None, linger: float = 0.0
+    threads: _Threads, fn: Callable[[], Any], time_limit: float | None
 ) -> tuple[bool, Any]:
-    """Run ``fn`` on ``threads``; return (finished in time, value). Raises what ``fn`` raised.
-
-    With ``linger`` > 0 the loop first blocks up to that many seconds for ``fn`` (see
-    :data:`LINGER`); if it finishes by then, the result is returned in the same turn.
-    """
+    """Run ``fn`` on ``threads``; return (finished in time, value). Raises what ``fn`` raised."""
     job = _Job(fn, threads.completions(asyncio.get_running_loop()))
-    if time_limit is not None:
-        linger = min(linger, time_limit)
-    if linger > 0:
-        job.lingering = True
-        job.finished = threading.Lock()
-        job.finished.acquire()
     threads.submit(job)
-    if linger > 0 and job.linger(linger):
-        if job.error is not None:
-            raise job.error
-        return True, job.value
     try:
         if time_limit is None:
             return True, await job.future
@@ -310,18 +261,6 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-LINGER = 0.0005
-"""Seconds the event loop may block waiting for a plain function it just handed to a thread.
-
-Handing a call to a thread and hearing back costs two wake-ups (the thread's, then the loop's
-through its self-pipe), 50-150 µs on a small VM: most of a quick task's round trip. So when the
-pool has nothing else in hand and the task's recent calls took at most half of this, the loop
-waits for the call on a lock instead of going back to its selector, and carries on in the same
-turn. The wait is bounded: a call that takes longer is heard of the usual way, and deliveries
-that arrive meanwhile wait at most this long. Under load (another run in hand) it never waits.
-"""
-
-
 class AsyncioPool(Pool):
     """``async def`` tasks on the event loop; plain functions in ``concurrency`` threads."""
 
@@ -330,28 +269,6 @@ class AsyncioPool(Pool):
     def __init__(self, concurrency: int) -> None:
         super().__init__(concurrency)
         self._threads: _Threads | None = None
-        self._active = 0  # runs in hand (async and threaded)
-        self._call_times: dict[str, float] = {}  # task name -> recent call time (seconds, EWMA)
-
-    def _linger_for(self, task: Task) -> float:
-        """How long the loop may wait for ``task``'s call (0: not at all); see LINGER."""
-        if self._active != 1 or self._call_times.get(task.name, 0.0) > LINGER / 2:
-            return 0.0
-        return LINGER
-
-    def _timed(self, task: Task, fn: Callable[[], Any]) -> Callable[[], Any]:
-        """``fn``, noting how long each call takes (in the thread that makes it)."""
-        times = self._call_times
-
-        def timed() -> Any:
-            started = time.perf_counter()
-            try:
-                return fn()
-            finally:
-                took = time.perf_counter() - started
-                times[task.name] = 0.5 * (times.get(task.name, took) + took)
-
-        return timed
 
     async def start(self) -> None:
         if self._threads is None:
@@ -364,11 +281,7 @@ class AsyncioPool(Pool):
 
     async def run(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
         started = time.monotonic()
-        self._active += 1
-        try:
-            outcome = await self._run(task, request, time_limit)
-        finally:
-            self._active -= 1
+        outcome = await self._run(task, request, time_limit)
         return Outcome(
             outcome.state,
             outcome.value,
@@ -400,9 +313,7 @@ class AsyncioPool(Pool):
                 with running(request):
                     return task(*request.args, **request.kwargs)
 
-            finished, value = await _run_in_thread(
-                self._threads, self._timed(task, call), time_limit, self._linger_for(task)
-            )
+            finished, value = await _run_in_thread(self._threads, call, time_limit)
             if not finished:
                 assert time_limit is not None
                 return time_limit_error(task, request, time_limit)
