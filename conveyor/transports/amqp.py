@@ -88,6 +88,7 @@ from conveyor.transports.amqp_protocol import (
     ConnectionClosed,
     Message,
     Nacked,
+    _retrieve,
 )
 from conveyor.transports.base import (
     Capabilities,
@@ -1552,6 +1553,9 @@ class AMQPTransport(Transport):
     ) -> int:
         """Publish with a confirm; return 1 if RabbitMQ routed it, 0 if it was returned.
 
+        A reply to a direct reply-to address (``amq.rabbitmq.reply-to.*``) is done once it is
+        written: RabbitMQ stores nothing for it, so its confirm would say no more.
+
         Raises NotFound for a missing exchange, Unroutable for a returned ``mandatory``
         message, BrokerUnavailable if the connection stays lost past ``reconnect_timeout``.
         """
@@ -1618,7 +1622,15 @@ class AMQPTransport(Transport):
                     flags,
                     envelope.body,
                 )
-                if await raw.publish(frames, message_id, confirm_by):
+                confirmed = raw.publish(frames, message_id, confirm_by)
+                if reply:
+                    # Direct reply-to stores nothing: RabbitMQ passes the message to the
+                    # caller's connection or drops it, and its confirm says no more than the
+                    # write does. Anything written after this on the connection (the task's
+                    # ack) reaches RabbitMQ after it, which is all a reply needs.
+                    confirmed.add_done_callback(_retrieve)
+                    return 1
+                if await confirmed:
                     return 1
                 break
             except Nacked as exc:

@@ -24,6 +24,7 @@ from conveyor.errors import (
 )
 from conveyor.transports import Delivery, Outgoing, open_transport
 from conveyor.transports.amqp import DIRECT_REPLY_TO, AMQPTransport
+from conveyor.transports.amqp_protocol import Channel
 from tests.rabbitmqctl import close_connections_named, needs_rabbitmqctl, rabbitmqctl
 
 from .conftest import forget_declared
@@ -398,6 +399,29 @@ async def test_direct_reply_to_round_trip(make_amqp: MakeAMQP, name: Callable[[s
     await replies.cancel()
     with pytest.raises(ConfigurationError, match="no_ack=True"):
         await client.consume([DIRECT_REPLY_TO])
+
+
+async def test_a_reply_is_sent_without_waiting_for_its_confirm(
+    make_amqp: MakeAMQP, name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_amqp()
+    server = await make_amqp()
+    q = name("requests")
+    await server.declare_queue(Queue(q))
+    replies = await client.consume([DIRECT_REPLY_TO], no_ack=True)
+    await client.publish(env("ping", reply_to=DIRECT_REPLY_TO, correlation_id="c-2"), routing_key=q)
+    (request,) = await drain(server, q)
+    assert request.envelope.reply_to is not None
+    # RabbitMQ's confirms stop reaching the server from here on.
+    monkeypatch.setattr(Channel, "_confirmed", lambda *args: None)
+    reply = env("pong", correlation_id="c-2")
+    assert await asyncio.wait_for(server.publish(reply, routing_key=request.envelope.reply_to), 2)
+    (got,) = await take(replies, 1)
+    assert got.envelope.body == b"pong"
+    # Anything stored is still confirmed first.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(server.publish(env("stored"), routing_key=q), 0.3)
+    await replies.cancel()
 
 
 @needs_rabbitmqctl
