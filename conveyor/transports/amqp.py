@@ -1188,7 +1188,9 @@ class AMQPTransport(Transport):
         return await connection.channel(confirms=confirms)
 
     async def _shared_channel(self, kind: str, deadline: float | None = None) -> _Channel:
-        """The open ``command``, ``get`` or ``publish`` channel, opened (again) if needed."""
+        """The open ``command``, ``get``, ``publish`` or ``reply`` channel, opened (again) if
+        needed. Only ``publish`` is in confirm mode: ``reply`` carries replies to direct
+        reply-to addresses, which RabbitMQ does not store (a confirm would say nothing)."""
         deadline = deadline or self._deadline()
         while True:
             channel = self._shared.get(kind)
@@ -1601,7 +1603,7 @@ class AMQPTransport(Transport):
         deadline = loop.time() + self._options.reconnect_timeout
         retried = False
         while True:
-            channel = await self._shared_channel("publish", deadline)
+            channel = await self._shared_channel("reply" if reply else "publish", deadline)
             raw = channel.raw
             connection = raw.connection
             confirm_by = loop.time() + self._options.confirm_timeout
@@ -1625,8 +1627,8 @@ class AMQPTransport(Transport):
                 confirmed = raw.publish(frames, message_id, confirm_by)
                 if reply:
                     # Direct reply-to stores nothing: RabbitMQ passes the message to the
-                    # caller's connection or drops it, and its confirm says no more than the
-                    # write does. Anything written after this on the connection (the task's
+                    # caller's connection or drops it, so it goes on a channel without
+                    # confirms. Anything written after this on the connection (the task's
                     # ack) reaches RabbitMQ after it, which is all a reply needs.
                     confirmed.add_done_callback(_retrieve)
                     return 1
