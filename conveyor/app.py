@@ -507,7 +507,8 @@ class App:
         or ``eta`` (a datetime) delay it through the broker's delayed delivery; ``expires``
         (seconds from now, or a datetime) marks it REVOKED instead of running it late.
         ``headers`` travel with the message. Declares the exchange and queue the route names
-        (once per connection), then publishes.
+        (once per connection), then publishes, and returns once the broker has the message:
+        its confirm came, or (``rpc://``, an id made here) the task's reply came first.
 
         Raises RoutingError for a route that cannot be resolved, Unroutable if no queue takes
         the message, ProtocolError for arguments JSON cannot hold, BrokerUnavailable.

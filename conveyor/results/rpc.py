@@ -13,6 +13,10 @@ straight to its connection.
 
 Results live only as long as the caller's connection, and only the App (and event loop) that
 sent a task can read its result. Nothing is stored on the broker; ``cleanup`` has nothing to do.
+
+Because replies arrive unasked, a sync ``get`` waits in its own thread (``wait_here``: the
+reader releases it when it files the reply), and a send may end at its reply rather than at the
+broker's confirm (``watch_replies``, see ``App.asend_task``).
 """
 
 from __future__ import annotations
