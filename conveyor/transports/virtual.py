@@ -308,7 +308,8 @@ class _VirtualConsumer(Consumer):
         self._settled = asyncio.Event()
         self._cancelled = False
         self._turn = 0
-        self._inflight: asyncio.Future[list[StoredMessage]] | None = None
+        self._inflight: asyncio.Future[tuple[list[StoredMessage], bool]] | None = None
+        self._drained = False  # the last fetch got fewer than it asked for
 
     def __aiter__(self) -> _VirtualConsumer:
         return self
@@ -342,15 +343,22 @@ class _VirtualConsumer(Consumer):
                 self._settled.clear()
                 await self._settled.wait()
                 continue
-            if self._inflight is None:
-                # acks ride along after a wait; a fetch straight after a delivery leaves them to
-                # the ack timer, so a trickle of messages costs one write each, not two
-                self._inflight = asyncio.ensure_future(
-                    transport._fetch(self._rotated(), credit, carry_acks=waited)
-                )
-            # shielded: if this call is cancelled, the next one picks up what was leased
-            messages = await asyncio.shield(self._inflight)
-            self._inflight = None
+            messages: list[StoredMessage] = []
+            if self._inflight is None and self._drained and not waited:
+                # The last fetch took all there was: a publish since then wakes the listener,
+                # so wait for that instead of asking the storage again straight away.
+                self._drained = False
+            else:
+                if self._inflight is None:
+                    # acks ride along after a wait; a fetch straight after a delivery leaves
+                    # them to the ack timer, so a trickle of messages costs one write each
+                    self._inflight = asyncio.ensure_future(
+                        transport._fetch(self._rotated(), credit, carry_acks=waited)
+                    )
+                # shielded: if this call is cancelled, the next one picks up what was leased
+                messages, drained = await asyncio.shield(self._inflight)
+                self._inflight = None
+                self._drained = drained and bool(messages)
             if messages:
                 self._buffer.extend(messages)
                 continue
@@ -379,7 +387,7 @@ class _VirtualConsumer(Consumer):
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
             with contextlib.suppress(Exception):
-                self._buffer.extend(await inflight)
+                self._buffer.extend((await inflight)[0])
         if not self._buffer:
             return
         tags = [m.tag for m in self._buffer]
@@ -878,9 +886,14 @@ class VirtualTransport(Transport):
 
     async def _fetch(
         self, queues: Sequence[str], limit: int, *, carry_acks: bool = True
-    ) -> list[StoredMessage]:
+    ) -> tuple[list[StoredMessage], bool]:
         """Lease up to ``limit`` deliverable messages, dead-lettering expired and over-limit
-        ones on the way; with ``carry_acks`` pending acks travel with the same storage call."""
+        ones on the way; with ``carry_acks`` pending acks travel with the same storage call.
+
+        Also says whether the storage handed over fewer than asked: then nothing more was
+        deliverable in ``queues`` at that moment, and only a publish (which wakes listeners) or
+        a due time changes that.
+        """
         while True:
             acks: list[DeliveryTag] = []
             if carry_acks:
@@ -892,8 +905,9 @@ class VirtualTransport(Transport):
             except BaseException:
                 self._pending_acks[:0] = acks
                 raise
+            drained = len(messages) < limit
             if not messages:
-                return []
+                return [], True
             now = time.time()
             snap = await self._topology()
             if any(m.queue not in snap.topology.queues for m in messages):
@@ -913,12 +927,12 @@ class VirtualTransport(Transport):
             if dead:
                 await self._dead_letter(dead)
             if good:
-                return good
+                return good, drained
 
     async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
         self._check_open()
         await self._existing_queue(queue)
-        messages = await self._fetch([queue], 1)
+        messages, _ = await self._fetch([queue], 1)
         if not messages:
             return None
         if no_ack:
