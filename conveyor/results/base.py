@@ -141,6 +141,17 @@ class ResultBackend(abc.ABC):
     async def store(self, request: StoreRequest) -> None:
         """Keep ``request.meta`` (see the module contract on keys and replacement)."""
 
+    def store_from_thread(self, request: StoreRequest) -> bool:
+        """Keep ``request.meta`` from a thread other than the backend's event loop, if this
+        backend can there and then without the loop; True once kept as :meth:`store` would
+        keep it, False (the default) to store it on the loop instead.
+
+        A worker's pool thread uses it to send a plain function's result itself. Only
+        ``rpc://`` on RabbitMQ can (the reply goes straight onto the worker's connection, see
+        ``Transport.publish_from_thread``), and only after its first reply went the usual way.
+        """
+        return False
+
     async def store_many(self, requests: Sequence[StoreRequest]) -> None:
         """Keep several results; backends override this to batch."""
         for request in requests:

@@ -55,6 +55,7 @@ class RPCBackend(ResultBackend):
         self._host = host
         self._reply_to: str | None = None
         self._transport: Transport | None = None
+        self._sender: Transport | None = None  # the transport replies went out on
         self._consumer: Consumer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
@@ -92,6 +93,7 @@ class RPCBackend(ResultBackend):
             with contextlib.suppress(Exception):
                 await transport.delete_queue(self._reply_to)
         self._consumer = self._reader = self._reply_to = self._transport = None
+        self._sender = None
         self._waiters.wake_all()
 
     async def prepare_reply(self) -> str:
@@ -129,21 +131,38 @@ class RPCBackend(ResultBackend):
             self._results.setdefault(task_id, {})[key] = meta
             self._waiters.wake(task_id)
 
-    async def store(self, request: StoreRequest) -> None:
-        """Publish the result to ``request.reply_to``; without one there is nobody to tell."""
-        body = request.meta.to_json()
-        if not request.reply_to:
-            log.debug("task %s has no reply_to: its result is not sent", request.meta.task_id)
-            return
-        transport = await self._host.atransport()
-        envelope = Envelope(
-            body=body,
+    @staticmethod
+    def _reply(request: StoreRequest) -> Envelope:
+        """The reply message for ``request``; ProtocolError for a value JSON cannot hold."""
+        return Envelope(
+            body=request.meta.to_json(),
             headers={_PER_WORKER: True} if request.per_worker else {},
             correlation_id=request.correlation_id or request.meta.task_id,
             delivery_mode=1,
         )
+
+    async def store(self, request: StoreRequest) -> None:
+        """Publish the result to ``request.reply_to``; without one there is nobody to tell."""
+        envelope = self._reply(request)
+        if not request.reply_to:
+            log.debug("task %s has no reply_to: its result is not sent", request.meta.task_id)
+            return
+        transport = self._sender = await self._host.atransport()
         # Not mandatory: a caller that went away took its reply queue with it.
         await transport.publish(envelope, exchange="", routing_key=request.reply_to)
+
+    def store_from_thread(self, request: StoreRequest) -> bool:
+        """Send the reply from this thread when the transport can (RabbitMQ direct reply-to,
+        see ``Transport.publish_from_thread``); the first reply always goes through the loop,
+        which opens what the later ones use."""
+        transport = self._sender
+        if transport is None or self._closed or not request.reply_to:
+            return False
+        try:
+            envelope = self._reply(request)
+        except ProtocolError:
+            return False  # the loop's store reports it
+        return transport.publish_from_thread(envelope, routing_key=request.reply_to)
 
     async def get(self, task_id: str) -> ResultMeta | None:
         return pick_result(self._results.get(task_id, {}))

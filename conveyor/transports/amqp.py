@@ -1678,6 +1678,36 @@ class AMQPTransport(Transport):
             routing_key=to_key,
         )
 
+    def publish_from_thread(self, envelope: Envelope, *, routing_key: str) -> bool:
+        """A reply to a direct reply-to address, written from another thread on the ``reply``
+        channel (no confirms), once that channel is open and the socket can take the frames at
+        once (see ``Connection.write_from_thread``); else False."""
+        if not routing_key.startswith(DIRECT_REPLY_TO + "."):
+            return False
+        channel = self._shared.get("reply")
+        if channel is None or not channel.alive:
+            return False
+        raw = channel.raw
+        connection = raw.connection
+        if connection is not self._connection:
+            return False
+        message_id = envelope.message_id or f"{self._message_ids_prefix}{next(self._message_ids)}"
+        try:
+            flags, properties = _encode_properties(envelope, envelope.headers, message_id)
+            frames = _message_frames(
+                raw.number,
+                connection.frame_max - 8,
+                "",
+                routing_key,
+                False,
+                properties,
+                flags,
+                envelope.body,
+            )
+        except ConveyorError:
+            return False  # the loop's publish says what is wrong
+        return connection.write_from_thread(frames)
+
     async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
         """Publish all at once (confirms pipelined); the first failure, in order, raises."""
         results = await asyncio.gather(

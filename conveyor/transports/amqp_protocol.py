@@ -16,9 +16,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import platform
+import select
 import ssl
 import struct
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -341,6 +345,9 @@ def method_frame(channel: int, frame: Frame) -> bytes:
 
 
 Callback = Callable[[Message], None]
+
+# How long a thread that sent part of a frame waits for the socket to take the rest.
+_THREAD_WRITE_PATIENCE = 5.0
 
 
 class Channel:
@@ -688,6 +695,7 @@ class Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._flushing = False
+        self._write_lock = threading.Lock()  # write, flush and write_from_thread
         self._writable = asyncio.Event()
         self._writable.set()
         self._handshake: asyncio.Queue[Any] = asyncio.Queue()
@@ -875,25 +883,70 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Send bytes: the first write of an event-loop turn goes out at once (latency), later
         ones in the same turn are gathered into one write at its end (throughput)."""
-        if self._flushing:
-            self._out.append(data)
-            return
-        self._flushing = True
-        self.loop.call_soon(self.flush)
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
-            self._last_sent = self.loop.time()
+        with self._write_lock:
+            if self._flushing:
+                self._out.append(data)
+                return
+            self._flushing = True
+            self.loop.call_soon(self.flush)
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
+                self._last_sent = self.loop.time()
 
     def flush(self) -> None:
-        self._flushing = False
-        if not self._out:
-            return
-        data = b"".join(self._out)
-        self._out.clear()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
-            self._last_sent = self.loop.time()
+        with self._write_lock:
+            self._flushing = False
+            if not self._out:
+                return
+            data = b"".join(self._out)
+            self._out.clear()
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(data)
+                self._last_sent = self.loop.time()
+
+    def write_from_thread(self, data: bytes) -> bool:
+        """Send whole frames from a thread other than the event loop's, straight to the socket.
+
+        Only when they can go out at once with nothing ahead of them: a plain TCP connection
+        (not TLS) with nothing gathered or buffered for sending. Otherwise nothing is written
+        and the result is False: send through the loop instead. Holds the lock every write
+        takes, so frames never interleave. If the socket takes only part, the rest follows
+        before any other write (the broker reads on); should it not within
+        ``_THREAD_WRITE_PATIENCE`` seconds, the connection is aborted, since a half-sent frame
+        leaves nothing else to do.
+        """
+        with self._write_lock:
+            transport = self._transport
+            if (
+                transport is None
+                or transport.is_closing()
+                or self._out
+                or transport.get_write_buffer_size()
+                or transport.get_extra_info("sslcontext") is not None
+            ):
+                return False
+            fd = transport.get_extra_info("socket").fileno()
+            view = memoryview(data)
+            try:
+                sent = os.write(fd, view)
+            except OSError:  # would block, or the connection is going (the loop will see)
+                return False
+            deadline = time.monotonic() + _THREAD_WRITE_PATIENCE
+            while sent < len(view):
+                if time.monotonic() > deadline:
+                    self.loop.call_soon_threadsafe(self.abort)
+                    return True
+                select.select([], [fd], [], 0.1)
+                try:
+                    sent += os.write(fd, view[sent:])
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    self.loop.call_soon_threadsafe(self.abort)
+                    return True
+            self._last_sent = time.monotonic()  # the loop's clock
+            return True
 
     @property
     def can_write(self) -> bool:

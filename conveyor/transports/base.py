@@ -255,6 +255,17 @@ class Transport(abc.ABC):
         ``mandatory`` and no queue took it. All copies are written or none.
         """
 
+    def publish_from_thread(self, envelope: Envelope, *, routing_key: str) -> bool:
+        """Send a message that the broker does not store (a reply to a RabbitMQ direct reply-to
+        address, ``amq.rabbitmq.reply-to.*``) from a thread other than this transport's event
+        loop, through the default exchange. True once it is written; False if this transport
+        cannot do that there and then (the default): publish it on the loop instead.
+
+        Lets a worker's pool thread send a task's reply itself instead of handing it back to
+        the event loop first. Anything the loop writes afterwards goes out after it.
+        """
+        return False
+
     async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
         """Publish several messages; return each one's queue count, in order.
 

@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from conveyor.errors import Retry, TimeLimitExceeded
@@ -34,6 +34,7 @@ from conveyor.task import Request, Task, running
 __all__ = [
     "POOLS",
     "AsyncioPool",
+    "OnValue",
     "Outcome",
     "Pool",
     "ThreadPool",
@@ -47,6 +48,7 @@ __all__ = [
 class Outcome:
     """How a run ended: SUCCESS with ``value``; FAILURE with ``error`` and its ``traceback``;
     RETRY with ``countdown`` seconds (``error`` is the cause); REVOKED (expired, not run).
+    ``stored``: the pool thread already stored the SUCCESS result (see :data:`OnValue`).
     """
 
     state: State
@@ -55,6 +57,12 @@ class Outcome:
     traceback: str | None = None
     countdown: float | None = None
     runtime: float = 0.0
+    stored: bool = False
+
+
+OnValue = Callable[[Any], bool]
+"""Called in the pool thread that ran a plain function, with the value it returned, before the
+run is reported to the event loop; True if it stored the result itself. It must not raise."""
 
 
 def classify_error(task: Task, request: Request, exc: BaseException, tb: str | None) -> Outcome:
@@ -109,9 +117,17 @@ class Pool(abc.ABC):
         """Stop the pool; tasks still running in threads are abandoned (daemon threads)."""
 
     @abc.abstractmethod
-    async def run(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
+    async def run(
+        self,
+        task: Task,
+        request: Request,
+        time_limit: float | None,
+        on_value: OnValue | None = None,
+    ) -> Outcome:
         """Run ``task`` for ``request`` within ``time_limit`` seconds; return how it ended.
 
+        ``on_value`` is called with a plain function's value in the thread that ran it, by
+        pools that run plain functions in threads (the others ignore it).
         Cancelling the call cancels an async task; a thread or process run is abandoned.
         """
 
@@ -279,19 +295,20 @@ class AsyncioPool(Pool):
             self._threads.stop()
             self._threads = None
 
-    async def run(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
+    async def run(
+        self,
+        task: Task,
+        request: Request,
+        time_limit: float | None,
+        on_value: OnValue | None = None,
+    ) -> Outcome:
         started = time.monotonic()
-        outcome = await self._run(task, request, time_limit)
-        return Outcome(
-            outcome.state,
-            outcome.value,
-            outcome.error,
-            outcome.traceback,
-            outcome.countdown,
-            time.monotonic() - started,
-        )
+        outcome = await self._run(task, request, time_limit, on_value)
+        return replace(outcome, runtime=time.monotonic() - started)
 
-    async def _run(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
+    async def _run(
+        self, task: Task, request: Request, time_limit: float | None, on_value: OnValue | None
+    ) -> Outcome:
         try:
             if task.is_async:
                 with running(request):
@@ -309,15 +326,17 @@ class AsyncioPool(Pool):
             await self.start()
             assert self._threads is not None
 
-            def call() -> Any:
+            def call() -> tuple[Any, bool]:
                 with running(request):
-                    return task(*request.args, **request.kwargs)
+                    value = task(*request.args, **request.kwargs)
+                return value, on_value is not None and on_value(value)
 
-            finished, value = await _run_in_thread(self._threads, call, time_limit)
+            finished, result = await _run_in_thread(self._threads, call, time_limit)
             if not finished:
                 assert time_limit is not None
                 return time_limit_error(task, request, time_limit)
-            return Outcome(State.SUCCESS, value)
+            value, stored = result
+            return Outcome(State.SUCCESS, value, stored=stored)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -341,9 +360,11 @@ class ThreadPool(AsyncioPool):
             loop = self._local.loop = asyncio.new_event_loop()
         return loop
 
-    async def _run(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
+    async def _run(
+        self, task: Task, request: Request, time_limit: float | None, on_value: OnValue | None
+    ) -> Outcome:
         if not task.is_async:
-            return await super()._run(task, request, time_limit)
+            return await super()._run(task, request, time_limit, on_value)
         await self.start()
         assert self._threads is not None
 

@@ -25,6 +25,7 @@ from conveyor.errors import ConfigurationError, TaskError
 from conveyor.results.meta import State
 from conveyor.task import Request, Task, running
 from conveyor.worker.execution import (
+    OnValue,
     Outcome,
     Pool,
     classify_error,
@@ -222,7 +223,13 @@ class ProcessPool(Pool):
         self._respawning.add(task)
         task.add_done_callback(self._respawning.discard)
 
-    async def run(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
+    async def run(
+        self,
+        task: Task,
+        request: Request,
+        time_limit: float | None,
+        on_value: OnValue | None = None,
+    ) -> Outcome:
         await self.start()
         assert self._idle is not None
         idle = self._idle

@@ -48,7 +48,7 @@ from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
 from conveyor.worker.buffer import PriorityBuffer
-from conveyor.worker.execution import POOLS, Outcome, Pool
+from conveyor.worker.execution import POOLS, OnValue, Outcome, Pool
 from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
 
@@ -440,13 +440,48 @@ class Worker:
             await self._store(request, started, delivery)
         self._hook("before_task", request)
         limit = message.timelimit[0] or task.time_limit
-        outcome = await self.pool.run(task, request, limit)
+        # A plain function's pool thread may send its result itself (rpc:// on RabbitMQ),
+        # saving the hop back to this loop before the caller hears. Not with a time limit,
+        # whose interrupt could land in the middle of the store.
+        on_value = (
+            self._thread_store(message, task, request)
+            if store
+            and not task.is_async
+            and limit is None
+            and delivery.queue not in self.broadcast_queues
+            else None
+        )
+        outcome = await self.pool.run(task, request, limit, on_value)
         # The run is over: the next task may start while this one's result is stored and acked
         # (unacked messages stay bounded by the prefetch).
         self._release_slot(asyncio.current_task())
         await self._settle(delivery, message, task, request, outcome, store)
         self.processed += 1
         self._hook("after_task", request, outcome, reverse=True)
+
+    def _success(self, message: TaskMessage, task: Task, value: Any) -> ResultMeta:
+        return ResultMeta.success(
+            message.id, value, worker=self.hostname, task=task.name, retries=message.retries
+        )
+
+    def _thread_store(self, message: TaskMessage, task: Task, request: Request) -> OnValue:
+        """What a pool thread calls with a plain function's value: store it from there if the
+        backend can (``ResultBackend.store_from_thread``); any trouble leaves it to the loop."""
+        backend = self._backend
+        assert backend is not None
+        reply_to = request.reply_to
+        correlation_id = request.correlation_id or request.id
+
+        def store(value: Any) -> bool:
+            try:
+                meta = self._success(message, task, value)
+                return backend.store_from_thread(
+                    StoreRequest(meta, reply_to=reply_to, correlation_id=correlation_id)
+                )
+            except Exception:
+                return False
+
+        return store
 
     async def _settle(
         self,
@@ -459,14 +494,8 @@ class Worker:
     ) -> None:
         if outcome.state is State.SUCCESS:
             log.info("task %s[%s] succeeded in %.4f s", task.name, message.id, outcome.runtime)
-            if store:
-                meta = ResultMeta.success(
-                    message.id,
-                    outcome.value,
-                    worker=self.hostname,
-                    task=task.name,
-                    retries=message.retries,
-                )
+            if store and not outcome.stored:
+                meta = self._success(message, task, outcome.value)
                 await self._store(request, meta, delivery)
         elif outcome.state is State.RETRY:
             countdown = outcome.countdown or 0.0

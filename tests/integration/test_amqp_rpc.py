@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
+
+import pytest
 
 from conveyor.app import App
+from conveyor.results import StoreRequest
 from conveyor.results.rpc import RPCBackend
+from conveyor.task import Request
 from conveyor.transports.amqp import DIRECT_REPLY_TO, AMQPTransport
 from conveyor.worker import Worker
 
@@ -41,5 +46,56 @@ async def test_rpc_results_come_back_over_direct_reply_to(rabbitmq_url: str) -> 
         cleaner = await caller.atransport()
         await cleaner.delete_queue(queue)
         await cleaner.delete_exchange(queue)  # made with it by task_create_missing_queues
+        await caller.aclose()
+        await remote.aclose()
+
+
+async def test_plain_function_results_go_out_from_the_pool_thread(
+    rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = f"amqp-rpc-threads.{uuid.uuid4().hex}"
+    remote = App("remote", broker=rabbitmq_url, result_backend="rpc://")
+    caller = App("web", broker=rabbitmq_url, result_backend="rpc://")
+
+    @remote.task(name="remote.square")
+    def square(x: int) -> int:
+        return x * x
+
+    from_thread: list[bool] = []
+    store_from_thread = RPCBackend.store_from_thread
+
+    def counting(self: RPCBackend, request: StoreRequest) -> bool:
+        sent = store_from_thread(self, request)
+        from_thread.append(sent)
+        return sent
+
+    monkeypatch.setattr(RPCBackend, "store_from_thread", counting)
+    loop_stores: list[str] = []
+    store = Worker._store
+
+    async def counting_store(self: Worker, request: Request, *args: Any) -> None:
+        loop_stores.append(request.id)
+        await store(self, request, *args)
+
+    monkeypatch.setattr(Worker, "_store", counting_store)
+    worker = Worker(remote, queues=[queue], concurrency=8, shutdown_grace=5.0)
+    await worker.start()
+    try:
+        # One at a time: the first reply goes through the loop (it opens the reply channel),
+        # every later one from the thread that ran the task, and only from there.
+        for i in range(10):
+            result = await caller.asend_task("remote.square", (i,), queue=queue)
+            assert await result.aget(timeout=10) == i * i
+        assert len(loop_stores) == 1
+        assert from_thread.count(True) == 9
+        # Many at once: threads and the loop (acks) write to one connection; nothing garbled.
+        results = [await caller.asend_task("remote.square", (i,), queue=queue) for i in range(300)]
+        assert [await r.aget(timeout=20) for r in results] == [i * i for i in range(300)]
+        assert from_thread.count(True) > 9
+    finally:
+        await worker.stop()
+        cleaner = await caller.atransport()
+        await cleaner.delete_queue(queue)
+        await cleaner.delete_exchange(queue)
         await caller.aclose()
         await remote.aclose()

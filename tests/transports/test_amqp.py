@@ -412,6 +412,45 @@ async def test_direct_reply_to_round_trip(
         await client.consume([DIRECT_REPLY_TO])
 
 
+async def test_replies_written_from_threads_interleave_with_the_loop_cleanly(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    client = await make_amqp()
+    server = await make_amqp()
+    q, busy = name("requests"), name("busy")
+    for queue in (q, busy):
+        await server.declare_queue(Queue(queue))
+    replies = await client.consume([DIRECT_REPLY_TO], no_ack=True)
+    await client.publish(env("ping", reply_to=DIRECT_REPLY_TO), routing_key=q)
+    (request,) = await drain(server, q)
+    reply_to = request.envelope.reply_to
+    assert reply_to is not None
+    # Only replies to direct reply-to, and only once the loop has opened their channel.
+    assert not await asyncio.to_thread(server.publish_from_thread, env("x"), routing_key=q)
+    assert not await asyncio.to_thread(server.publish_from_thread, env("x"), routing_key=reply_to)
+    assert await server.publish(env("first"), routing_key=reply_to) == 1
+
+    def send(first: int) -> list[str]:
+        written = []
+        for n in range(first, first + 200):
+            body = f"r{n}"
+            if server.publish_from_thread(env(body), routing_key=reply_to):
+                written.append(body)
+        return written
+
+    # Four threads write replies while the loop publishes to a queue on the same connection.
+    threads = asyncio.gather(*(asyncio.to_thread(send, k * 200) for k in range(4)))
+    for n in range(200):
+        await server.publish(env(f"b{n}"), routing_key=busy)
+    written = [body for part in await threads for body in part]
+    assert written  # most go straight out; one that meets queued output is left to the loop
+    got = bodies(await take(replies, 1 + len(written), timeout=20))
+    assert got[0] == "first"
+    assert sorted(got[1:]) == sorted(written)  # every frame whole, none twice
+    assert sorted(bodies(await drain(server, busy))) == sorted(f"b{n}" for n in range(200))
+    await replies.cancel()
+
+
 @needs_rabbitmqctl
 async def test_lost_connection_reconnects_resubscribes_and_publishers_wait(
     make_amqp: MakeAMQP, name: Callable[[str], str]
