@@ -696,6 +696,7 @@ class Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flushing = False
         self._write_lock = threading.Lock()  # write, flush and write_from_thread
+        self._lost = False  # connection_lost ran: the socket is about to close
         self._writable = asyncio.Event()
         self._writable.set()
         self._handshake: asyncio.Queue[Any] = asyncio.Queue()
@@ -808,6 +809,10 @@ class Connection(asyncio.Protocol):
         self._transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # asyncio closes the socket right after this returns: a thread still writing to it
+        # finishes first, and none starts after (see write_from_thread).
+        with self._write_lock:
+            self._lost = True
         reason = ConnectionClosed(0, f"connection lost: {exc!r}" if exc else "connection closed")
         self._shutdown(reason)
 
@@ -920,6 +925,7 @@ class Connection(asyncio.Protocol):
             transport = self._transport
             if (
                 transport is None
+                or self._lost
                 or transport.is_closing()
                 or self._out
                 or transport.get_write_buffer_size()
