@@ -1,7 +1,9 @@
 """Running one task: the pools, time limits, and how a run ends (:class:`Outcome`).
 
 - ``asyncio`` (default): ``async def`` tasks run on the worker's event loop; plain functions
-  run in one of the pool's threads, so they never block the loop.
+  run in one of the pool's threads, so they never block the loop. The worker may hand the
+  thread an ``on_value`` callback that stores the result from there (``rpc://`` on RabbitMQ),
+  before the run is reported back to the loop.
 - ``threads``: every task runs in one of the pool's threads; ``async def`` tasks on that
   thread's own event loop (for async code that blocks).
 - ``processes``: every task runs in one of the pool's child processes (see ``processes.py``).
