@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from typing import Any
 
@@ -62,11 +63,14 @@ async def test_plain_function_results_go_out_from_the_pool_thread(
         return x * x
 
     from_thread: list[bool] = []
+    ten_counted = threading.Event()
     store_from_thread = RPCBackend.store_from_thread
 
     def counting(self: RPCBackend, request: StoreRequest) -> bool:
         sent = store_from_thread(self, request)
         from_thread.append(sent)
+        if len(from_thread) >= 10:
+            ten_counted.set()
         return sent
 
     monkeypatch.setattr(RPCBackend, "store_from_thread", counting)
@@ -86,6 +90,8 @@ async def test_plain_function_results_go_out_from_the_pool_thread(
         for i in range(10):
             result = await caller.asend_task("remote.square", (i,), queue=queue)
             assert await result.aget(timeout=10) == i * i
+        # The caller can hear a reply before the thread that sent it records having sent it.
+        assert await asyncio.to_thread(ten_counted.wait, 5)
         assert len(loop_stores) == 1
         assert from_thread.count(True) == 9
         # Many at once: threads and the loop (acks) write to one connection; nothing garbled.
