@@ -9,6 +9,7 @@ of the loop that sent the task.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -136,9 +137,12 @@ class AsyncResult:
         """Sync twin of :meth:`aget`."""
         self._check_sync()
         if self._meta is None and self._backend is not None:
-            # A result already here, or one that comes here unasked (rpc:// replies), needs
-            # no trip to the event loop: this thread waits for it itself.
+            # A result already here, or one that comes here unasked (rpc:// replies, redis://
+            # announcements), needs no trip to the event loop: this thread waits for it itself.
+            started = time.monotonic()
             self._meta = self._backend.wait_here(self.id, timeout)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - started))
         if self._meta is not None:
             return _outcome(self._meta, propagate)
         return self._sync(lambda: self.aget(timeout, propagate=propagate))

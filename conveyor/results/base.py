@@ -130,9 +130,10 @@ class ResultBackend(abc.ABC):
         ``task_id`` reaches this process, and return it; ResultTimeout after ``timeout``
         seconds (or when the backend closes).
 
-        Only backends whose results arrive unasked (``rpc://``: replies come to this process's
-        reply queue) can wait this way; the sync API uses it to skip two trips through the
-        event loop. The others return :meth:`peek` at once (the default), and a None then
+        Only backends whose results arrive unasked can wait this way, and the sync API uses it
+        to skip two trips through the event loop: ``rpc://`` (replies come to this process's
+        reply queue) for the whole ``timeout``; ``redis://`` for a few milliseconds on its
+        reply channel, then None. The others return :meth:`peek` at once (the default). None
         means "wait through the event loop with :meth:`wait`".
         """
         return self.peek(task_id)

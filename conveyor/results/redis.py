@@ -8,7 +8,11 @@ The zset ``conveyor-results-done`` orders task ids by ``date_done`` for :meth:`c
 
 A waiting caller subscribes to its task's channel (one shared subscriber connection per backend),
 then reads the stored state, then sleeps until Redis publishes: nothing polls, and any number of
-callers can wait for the same result. Options (URL query): ``key_prefix`` (prepended to every key
+callers can wait for the same result. Tasks sent with this backend carry its reply channel, on
+which conveyor workers announce their results too: a sync ``get`` first waits up to
+``_REPLY_GRACE`` seconds in its own thread for that announcement (no trip through the event loop,
+no subscription), then waits as above, which also finds results that no one announces (a Celery
+worker's). Options (URL query): ``key_prefix`` (prepended to every key
 and channel, default none), ``reconnect_timeout`` (default 60) and ``socket_timeout`` (default 10);
 other query parameters go to redis-py.
 """
@@ -31,6 +35,7 @@ from redis import exceptions as rexc
 from conveyor.errors import BrokerUnavailable, ConveyorError, ProtocolError, ResultTimeout
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.results.waiters import Waiters
 from conveyor.transports.redis_support import (
     PubSubHub,
     RedisLink,
@@ -52,6 +57,7 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
 }
 _PLAIN = ""
 _KEPT_REPLIES = 10_000  # results heard on the reply channel before anyone asked for them
+_REPLY_GRACE = 0.005  # how long a sync get waits for an announcement before subscribing
 
 # ARGV: now, expiry in ms ('' for none), done zset, count, then per result
 # (key, worker field or '' for the plain result, task id, date_done, document, reply channel
@@ -129,6 +135,7 @@ class RedisBackend(ResultBackend):
         self._reply_channel: str | None = None
         self._reply_waiters: dict[str, list[asyncio.Future[ResultMeta]]] = {}
         self._replies: OrderedDict[str, ResultMeta] = OrderedDict()
+        self._threads = Waiters()  # sync callers in wait_here (thread waiters only)
         self._closed = False
 
     @classmethod
@@ -213,6 +220,7 @@ class RedisBackend(ResultBackend):
         if self._closed:
             return
         self._closed = True
+        self._threads.wake_all()
         for inbox in self._inboxes:
             inbox.put_nowait(_Signal.CLOSED)
         client, self._client = self._client, None
@@ -357,15 +365,34 @@ class RedisBackend(ResultBackend):
             for fut in waiters:
                 if not fut.done() and meta.ready:
                     fut.set_result(meta)
-            return
+            if not self._threads:
+                return
         if meta.ready:
             self._replies[meta.task_id] = meta
             while len(self._replies) > _KEPT_REPLIES:
                 self._replies.popitem(last=False)
+            self._threads.wake(meta.task_id)
 
     def peek(self, task_id: str) -> ResultMeta | None:
         """A ready result already heard on this backend's reply channel (no I/O, any thread)."""
         return self._replies.get(task_id)
+
+    def wait_here(self, task_id: str, timeout: float | None) -> ResultMeta | None:
+        """Wait in this thread, up to ``_REPLY_GRACE`` seconds, for the result to be announced
+        on the reply channel; None after that (the caller then waits through the loop)."""
+        if self._reply_channel is None or self._closed:
+            return self.peek(task_id)
+        grace = _REPLY_GRACE if timeout is None else max(0.0, min(_REPLY_GRACE, timeout))
+        lock = self._threads.watch_thread(task_id)
+        try:
+            meta = self.peek(task_id)  # after watching: one announced just before is seen
+            if meta is None and lock.acquire(timeout=grace):
+                meta = self.peek(task_id)
+        finally:
+            self._threads.unwatch_thread(task_id, lock)
+        if meta is not None:
+            self._replies.pop(task_id, None)  # the AsyncResult keeps it, as after wait()
+        return meta
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
         kept = self._replies.pop(task_id, None)

@@ -174,6 +174,32 @@ async def test_the_caller_hears_results_on_its_reply_channel(
     assert (await caller.wait("theirs", timeout=1)).result == 1
 
 
+async def test_a_thread_hears_an_announced_result_and_gives_up_soon_on_others(
+    url: str, backends: list[RedisBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caller, worker = await _open(url, backends), await _open(url, backends)
+    # Before the caller announced a reply channel, nothing can come unasked.
+    assert await asyncio.to_thread(caller.wait_here, "any", 5) is None
+    reply_to = await caller.prepare_reply()
+    monkeypatch.setattr("conveyor.results.redis._REPLY_GRACE", 5.0)
+    # Announced on the reply channel while the thread waits: it wakes with the result.
+    waiting = asyncio.ensure_future(asyncio.to_thread(caller.wait_here, "mine", 10))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    meta = ResultMeta.success("mine", "heard", worker="w@h", task="t")
+    await worker.store(StoreRequest(meta, reply_to=reply_to))
+    heard = await asyncio.wait_for(waiting, 5)
+    assert heard is not None
+    assert heard.result == "heard"
+    assert caller.peek("mine") is None  # handed over, not kept twice
+    # Stored without an announcement (a Celery worker's way): the thread gives up after the
+    # grace, and the subscribed wait finds it.
+    monkeypatch.setattr("conveyor.results.redis._REPLY_GRACE", 0.05)
+    await worker.store(ok("theirs", "stored only"))
+    assert await asyncio.to_thread(caller.wait_here, "theirs", 10) is None
+    assert (await caller.wait("theirs", timeout=5)).result == "stored only"
+
+
 async def test_close_wakes_waiters_with_result_timeout(
     url: str, backends: list[RedisBackend]
 ) -> None:
