@@ -12,9 +12,9 @@ callers can wait for the same result. Tasks sent with this backend carry its rep
 which conveyor workers announce their results too: a sync ``get`` first waits up to
 ``_REPLY_GRACE`` seconds in its own thread for that announcement (no trip through the event loop,
 no subscription), then waits as above, which also finds results that no one announces (a Celery
-worker's). Options (URL query): ``key_prefix`` (prepended to every key
-and channel, default none), ``reconnect_timeout`` (default 60) and ``socket_timeout`` (default 10);
-other query parameters go to redis-py.
+worker's). Options (URL query): ``key_prefix`` (prepended to every key and channel, default
+none), ``reconnect_timeout`` (default 60) and ``socket_timeout`` (default 10); other query
+parameters go to redis-py.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import platform
-import select
 import ssl
 import struct
 import threading
@@ -345,9 +344,6 @@ def method_frame(channel: int, frame: Frame) -> bytes:
 
 
 Callback = Callable[[Message], None]
-
-# How long a thread that sent part of a frame waits for the socket to take the rest.
-_THREAD_WRITE_PATIENCE = 5.0
 
 
 class Channel:
@@ -913,13 +909,12 @@ class Connection(asyncio.Protocol):
     def write_from_thread(self, data: bytes) -> bool:
         """Send whole frames from a thread other than the event loop's, straight to the socket.
 
-        Only when they can go out at once with nothing ahead of them: a plain TCP connection
-        (not TLS) with nothing gathered or buffered for sending. Otherwise nothing is written
-        and the result is False: send through the loop instead. Holds the lock every write
-        takes, so frames never interleave. If the socket takes only part, the rest follows
-        before any other write (the broker reads on); should it not within
-        ``_THREAD_WRITE_PATIENCE`` seconds, the connection is aborted, since a half-sent frame
-        leaves nothing else to do.
+        Only when nothing is ahead of them: a plain TCP connection (not TLS), RabbitMQ not
+        blocking publishers, nothing gathered or buffered for sending. Otherwise nothing is
+        written and the result is False: send through the loop instead. Holds the lock every
+        write takes, so frames never interleave, and never waits on the socket: what it does
+        not take at once goes first in the loop's next flush, and writes meanwhile queue behind
+        it.
         """
         with self._write_lock:
             transport = self._transport
@@ -927,30 +922,22 @@ class Connection(asyncio.Protocol):
                 transport is None
                 or self._lost
                 or transport.is_closing()
+                or not self.blocked.is_set()
                 or self._out
                 or transport.get_write_buffer_size()
                 or transport.get_extra_info("sslcontext") is not None
             ):
                 return False
-            fd = transport.get_extra_info("socket").fileno()
-            view = memoryview(data)
             try:
-                sent = os.write(fd, view)
+                sent = os.write(transport.get_extra_info("socket").fileno(), data)
             except OSError:  # would block, or the connection is going (the loop will see)
                 return False
-            deadline = time.monotonic() + _THREAD_WRITE_PATIENCE
-            while sent < len(view):
-                if time.monotonic() > deadline:
-                    self.loop.call_soon_threadsafe(self.abort)
-                    return True
-                select.select([], [fd], [], 0.1)
-                try:
-                    sent += os.write(fd, view[sent:])
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    self.loop.call_soon_threadsafe(self.abort)
-                    return True
+            if sent < len(data):
+                self._out.append(data[sent:])
+                if not self._flushing:
+                    self._flushing = True
+                    with contextlib.suppress(RuntimeError):  # a closed loop: the socket is gone
+                        self.loop.call_soon_threadsafe(self.flush)
             self._last_sent = time.monotonic()  # the loop's clock
             return True
 

@@ -1,9 +1,10 @@
-"""The AMQP wire layer's reader: frames come out whole however the socket splits the bytes."""
+"""The AMQP wire layer: frames stay whole and in order however the socket splits the bytes."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import struct
 
 from conveyor.transports.amqp import _encode_properties, _short
@@ -53,3 +54,27 @@ async def test_deliveries_split_anywhere_by_the_socket_arrive_whole_and_in_order
         headers = message.properties.headers
         assert headers == {"n": tag, "name": f"message {tag}", "flag": tag % 2 == 0}
     assert not connection._buffer
+
+
+async def test_a_thread_write_the_socket_cannot_take_at_once_stays_ahead_of_later_writes() -> None:
+    loop = asyncio.get_running_loop()
+    mine, peer = socket.socketpair()
+    mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    _, connection = await loop.create_connection(lambda: Connection(loop), sock=mine)
+    try:
+        big = bytes(random.getrandbits(8) for _ in range(1 << 20))  # far over the socket buffer
+        assert await asyncio.to_thread(connection.write_from_thread, big)
+        # Queued behind the rest of it: a thread write now is refused, a loop write waits.
+        assert not await asyncio.to_thread(connection.write_from_thread, b"refused")
+        connection.write(b"after")
+        peer.setblocking(False)
+        received = bytearray()
+        while len(received) < len(big) + 5:
+            try:
+                received += peer.recv(65536)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        assert bytes(received) == big + b"after"
+    finally:
+        connection.abort()
+        peer.close()
