@@ -142,6 +142,12 @@ class ResultBackend(abc.ABC):
     async def store(self, request: StoreRequest) -> None:
         """Keep ``request.meta`` (see the module contract on keys and replacement)."""
 
+    @property
+    def stores_from_thread(self) -> bool:
+        """Whether :meth:`store_from_thread` can succeed now; a worker asks before handing its
+        pool threads the work of building a result for it. False here (the default)."""
+        return False
+
     def store_from_thread(self, request: StoreRequest) -> bool:
         """Keep ``request.meta`` from a thread other than the backend's event loop, if this
         backend can there and then without the loop; True once kept as :meth:`store` would

@@ -151,6 +151,12 @@ class RPCBackend(ResultBackend):
         # Not mandatory: a caller that went away took its reply queue with it.
         await transport.publish(envelope, exchange="", routing_key=request.reply_to)
 
+    @property
+    def stores_from_thread(self) -> bool:
+        """Once a reply went out over a transport with direct reply-to (RabbitMQ)."""
+        sender = self._sender
+        return sender is not None and not self._closed and sender.capabilities.direct_reply_to
+
     def store_from_thread(self, request: StoreRequest) -> bool:
         """Send the reply from this thread when the transport can (RabbitMQ direct reply-to,
         see ``Transport.publish_from_thread``); the first reply always goes through the loop,

@@ -1592,7 +1592,7 @@ class AMQPTransport(Transport):
         *,
         target: tuple[str, str] | None = None,
     ) -> int:
-        message_id = envelope.message_id or f"{self._message_ids_prefix}{next(self._message_ids)}"
+        message_id = self._message_id(envelope)
         flags, properties = _encode_properties(
             envelope, envelope.headers if headers is None else headers, message_id
         )
@@ -1678,6 +1678,10 @@ class AMQPTransport(Transport):
             routing_key=to_key,
         )
 
+    def _message_id(self, envelope: Envelope) -> str:
+        """The envelope's own id, or a new one from this transport's counter (any thread)."""
+        return envelope.message_id or f"{self._message_ids_prefix}{next(self._message_ids)}"
+
     def publish_from_thread(self, envelope: Envelope, *, routing_key: str) -> bool:
         """A reply to a direct reply-to address, written from another thread on the ``reply``
         channel (no confirms), once that channel is open and the socket can take the frames at
@@ -1691,7 +1695,7 @@ class AMQPTransport(Transport):
         connection = raw.connection
         if connection is not self._connection:
             return False
-        message_id = envelope.message_id or f"{self._message_ids_prefix}{next(self._message_ids)}"
+        message_id = self._message_id(envelope)
         try:
             flags, properties = _encode_properties(envelope, envelope.headers, message_id)
             frames = _message_frames(

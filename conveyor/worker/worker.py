@@ -443,12 +443,16 @@ class Worker:
         # A plain function's pool thread may send its result itself (rpc:// on RabbitMQ),
         # saving the hop back to this loop before the caller hears. Not with a time limit,
         # whose interrupt could land in the middle of the store.
+        backend = self._backend
         on_value = (
             self._thread_store(message, task, request)
             if store
             and not task.is_async
             and limit is None
+            and request.reply_to
             and delivery.queue not in self.broadcast_queues
+            and backend is not None
+            and backend.stores_from_thread
             else None
         )
         outcome = await self.pool.run(task, request, limit, on_value)
