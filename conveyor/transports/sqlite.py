@@ -596,7 +596,13 @@ class SQLiteStorage(Storage):
         return db
 
     def _prepare(self, db: sqlite3.Connection) -> None:
-        self._check_identity(db)
+        # One read transaction: another process creating the schema at this moment is seen
+        # before or after its commit, never half way (an empty application id beside tables).
+        db.execute("BEGIN")
+        try:
+            self._check_identity(db)
+        finally:
+            db.execute("COMMIT")
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise BrokerUnavailable(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import multiprocessing
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,3 +177,37 @@ async def test_a_live_consumer_keeps_its_deliveries_past_the_lease(tmp_path: Pat
         await holder.ack_many([held])  # durable on return (ack alone is batched)
         stats = await other.queue_stats("jobs")
         assert (stats.ready, stats.unacked) == (0, 0)
+
+
+def _open_fresh(path: str, ready: Any, errors: Any) -> None:
+    """In a process of its own: open the broker file as soon as every opener is ready."""
+
+    async def run() -> None:
+        ready.wait()
+        async with open_transport(f"sqlite://{path}"):
+            pass
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:
+        errors.put(repr(exc))
+
+
+def test_processes_creating_one_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Openers racing the one that writes the schema see the file before or after, never a
+    half-made schema taken for another application's database."""
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        path = str(tmp_path / f"race-{attempt}.db")
+        ready, errors = context.Event(), context.Queue()
+        openers = [
+            context.Process(target=_open_fresh, args=(path, ready, errors)) for _ in range(6)
+        ]
+        for opener in openers:
+            opener.start()
+        time.sleep(1.0)  # every process imported conveyor and waits
+        ready.set()
+        for opener in openers:
+            opener.join(30)
+        assert all(opener.exitcode == 0 for opener in openers)
+        assert errors.empty(), errors.get()
