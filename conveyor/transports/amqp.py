@@ -832,8 +832,10 @@ class _AMQPConsumer(Consumer):
             return
         self.channel_lost()
         transport = self._transport
+        if channel.raw.connection.closed.done():
+            return  # the connection went: the supervisor resubscribes once reconnected
         if not (self._cancelled or self._finished or transport._closed):
-            # A channel error (not a lost connection, which the supervisor handles) closed it.
+            # A channel error closed it: subscribe again on a new channel.
             transport._spawn(self.resubscribe())
 
     async def resubscribe(self) -> None:
@@ -1060,6 +1062,10 @@ class AMQPTransport(Transport):
 
     def _connection_lost(self) -> None:
         self._ready.clear()
+        for task in list(self._tasks):
+            # Resubscribing after a channel error: the supervisor resubscribes every consumer
+            # now, and one still waiting would hold its consumer's lock against it.
+            task.cancel()
         self._channels.clear()
         self._shared.clear()
         self._known_exchanges.clear()
@@ -1146,7 +1152,15 @@ class AMQPTransport(Transport):
             if self._connection is None or self._connection.closed.done():
                 raise self._unavailable(self._last_error)
             return self._connection
-        if not self._ready.is_set():
+        while True:
+            connection = self._connection
+            if connection is not None and connection.closed.done():
+                # Lost, and the supervisor has not run yet (it sets this again once
+                # reconnected): wait for it rather than retry on the dead connection.
+                self._ready.clear()
+            if self._ready.is_set():
+                assert connection is not None
+                return connection
             remaining = deadline - asyncio.get_running_loop().time()
             try:
                 async with asyncio.timeout(max(0.0, remaining)):
@@ -1159,9 +1173,6 @@ class AMQPTransport(Transport):
                 ) from None
             if self._closed:
                 raise BrokerUnavailable("this transport is closed; open a new one")
-        connection = self._connection
-        assert connection is not None
-        return connection
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         async def guarded() -> None:

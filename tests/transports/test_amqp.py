@@ -452,6 +452,31 @@ async def test_replies_written_from_threads_interleave_with_the_loop_cleanly(
 
 
 @needs_rabbitmqctl
+async def test_a_direct_reply_to_consumer_comes_back_after_a_lost_connection(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    client_name = f"conveyor-test-{uuid.uuid4().hex}"
+    client = await make_amqp(client_name=client_name, reconnect_max_delay=0.5)
+    server = await make_amqp()
+    q = name("requests")
+    await server.declare_queue(Queue(q, durable=False))
+    replies = await client.consume([DIRECT_REPLY_TO], no_ack=True)
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.to_thread(close_connections_named, client_name) == 1
+    # Its channel (the publishing one) went with the connection; the supervisor opens it again
+    # and resubscribes, and nothing else spins or holds the consumer meanwhile.
+    await client.publish(env("ping", reply_to=DIRECT_REPLY_TO), routing_key=q)
+    (request,) = await drain(server, q)
+    assert request.envelope.reply_to is not None
+    await server.publish(env("pong"), routing_key=request.envelope.reply_to)
+    (reply,) = await take(replies, 1)
+    assert reply.envelope.body == b"pong"
+    await replies.cancel()
+    await client.close()
+    assert asyncio.get_running_loop().time() - started < 10
+
+
+@needs_rabbitmqctl
 async def test_lost_connection_reconnects_resubscribes_and_publishers_wait(
     make_amqp: MakeAMQP, name: Callable[[str], str]
 ) -> None:
