@@ -12,7 +12,10 @@
 
 The core is async. An App keeps one connected transport and one result backend per event loop
 that uses it, created on first use. The sync API (``send_task``, ``delay``, ``apply_async``,
-``AsyncResult.get``...) runs the async one on a private event loop in a background thread.
+``AsyncResult.get``...) runs the async one on a private event loop in a background thread;
+where a transport can publish from another thread (RabbitMQ), ``send_task`` writes the message
+from the calling thread once the loop has declared its route, and the loop only reads the
+broker's confirm (see ``App._send_here``).
 """
 
 from __future__ import annotations
@@ -26,18 +29,21 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from urllib.parse import urlsplit
 
 from conveyor.config import Settings
 from conveyor.errors import ConfigurationError, Unroutable
+from conveyor.protocol.envelope import Envelope
 from conveyor.protocol.task_message import TaskMessage, encode_task
 from conveyor.results import ResultBackend, open_backend
 from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
 from conveyor.task import Task, current_request
 from conveyor.transports import Transport, open_transport
+from conveyor.transports.base import Wakeup
 
 if TYPE_CHECKING:
     from conveyor.routing.router import Route, Router
@@ -156,6 +162,61 @@ class _SyncCall(Generic[T]):
         return self._value  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A send worked out before any I/O (:meth:`App._plan`): the route, the times, the options."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    route: Route
+    delay: float | None
+    eta: datetime | None
+    expires: datetime | None
+    task_id: str | None
+    headers: Mapping[str, Any] | None
+    ignore_result: bool
+    time_limit: float | None
+    serializer: str
+
+    def message(self, reply_to: str | None) -> tuple[str, Envelope]:
+        """The task id (a new one unless given) and the encoded message; ProtocolError for
+        arguments the serializer cannot hold."""
+        parent = current_request()
+        tid = self.task_id or new_task_id()
+        message = TaskMessage(
+            task=self.name,
+            id=tid,
+            args=self.args,
+            kwargs=self.kwargs,
+            eta=self.eta,
+            expires=self.expires,
+            timelimit=(self.time_limit, None),
+            root_id=(parent.root_id or parent.id) if parent is not None else tid,
+            parent_id=parent.id if parent is not None else None,
+            ignore_result=self.ignore_result,
+            reply_to=reply_to,
+            priority=self.route.priority,
+            headers=dict(self.headers) if self.headers else {},
+        )
+        return tid, encode_task(message, self.serializer)
+
+    def unroutable(self, exc: Unroutable) -> Unroutable:
+        """The sender's error for a message no queue took: which route, decided by what."""
+        route = self.route
+        return Unroutable(
+            f"task {self.name!r} was routed to exchange {route.exchange.name!r} with routing key "
+            f"{route.routing_key!r} ({route.decided_by}) but no queue is bound there"
+            + (
+                "; no worker is consuming that broadcast queue"
+                if isinstance(route.queue, Broadcast)
+                else ""
+            ),
+            exchange=exc.exchange,
+            routing_key=exc.routing_key,
+        )
+
+
 async def _confirmed_or_replied(
     publishing: Coroutine[Any, Any, int], replied: asyncio.Future[None]
 ) -> None:
@@ -211,6 +272,11 @@ class _LoopThread:
                 ready.wait()
                 self._loop, self._thread, self._pid = loop, thread, os.getpid()
             return self._loop
+
+    def current(self) -> asyncio.AbstractEventLoop | None:
+        """The private loop if it is running in this process, else None (nothing started)."""
+        loop = self._loop
+        return loop if loop is not None and self._pid == os.getpid() else None
 
     def in_loop_thread(self) -> bool:
         return self._thread is threading.current_thread() and self._pid == os.getpid()
@@ -279,11 +345,14 @@ class _LoopResources:
         self.declared: set[Any] = set()
         # Routes whose exchange and queue are declared, by identity (the router reuses them).
         self.declared_routes: dict[int, Route] = {}
+        # What reply_from (the backend) last gave as the reply address (prepare_reply).
+        self.reply_to: str | None = None
+        self.reply_from: ResultBackend | None = None
 
     async def close(self) -> None:
         _SYNC_RESOURCES.discard(self)
         backend, transport = self.backend, self.transport
-        self.backend = self.transport = None
+        self.backend = self.transport = self.reply_from = None
         self.declared.clear()
         self.declared_routes.clear()
         try:
@@ -513,6 +582,99 @@ class App:
         Raises RoutingError for a route that cannot be resolved, Unroutable if no queue takes
         the message, ProtocolError for arguments JSON cannot hold, BrokerUnavailable.
         """
+        plan = self._plan(
+            name,
+            args,
+            kwargs,
+            queue=queue,
+            exchange=exchange,
+            exchange_type=exchange_type,
+            routing_key=routing_key,
+            priority=priority,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            task_id=task_id,
+            headers=headers,
+            ignore_result=ignore_result,
+            time_limit=time_limit,
+            serializer=serializer,
+            _task=_task,
+        )
+        loop = asyncio.get_running_loop()
+        res = self._resources(loop)
+        backend = None
+        reply_to = None
+        if not plan.ignore_result:
+            backend = res.backend if res.backend is not None else await self.abackend()
+            reply_to = await backend.prepare_reply()
+            res.reply_to, res.reply_from = reply_to, backend
+        tid, envelope = plan.message(reply_to)
+        return await self._publish_task(plan, tid, envelope, backend)
+
+    async def _publish_task(
+        self, plan: _Plan, tid: str, envelope: Envelope, backend: ResultBackend | None
+    ) -> AsyncResult:
+        """Publish a composed task message (declaring its route first, once per connection)
+        on the running loop; the second half of :meth:`asend_task`."""
+        loop = asyncio.get_running_loop()
+        res = self._resources(loop)
+        route = plan.route
+        transport = res.transport
+        if transport is None or res.declared_routes.get(id(route)) is not route:
+            transport = await self._declare_route(route)
+        publishing = transport.publish(
+            envelope,
+            exchange=route.exchange.name,
+            routing_key=route.routing_key,
+            mandatory=True,
+            delay=plan.delay,
+        )
+        # A reply proves a worker holds the task as surely as the broker's confirm does, and
+        # can come first (the confirm of a persistent message waits for a disk sync): the send
+        # is done at whichever comes first. Only for ids made here and now, whose replies can
+        # only be about this message.
+        replied = (
+            backend.watch_replies(tid)
+            if backend is not None and plan.task_id is None and plan.delay is None
+            else None
+        )
+        try:
+            if replied is None:
+                await publishing
+            else:
+                await _confirmed_or_replied(publishing, replied)
+        except Unroutable as exc:
+            raise plan.unroutable(exc) from exc
+        finally:
+            if replied is not None:
+                assert backend is not None
+                backend.unwatch_replies(tid, replied)
+        return AsyncResult(tid, app=self, task_name=plan.name, backend=backend, loop=loop)
+
+    def _plan(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        *,
+        queue: str | None = None,
+        exchange: str | None = None,
+        exchange_type: str | None = None,
+        routing_key: str | None = None,
+        priority: int | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        ignore_result: bool | None = None,
+        time_limit: float | None = None,
+        serializer: str | None = None,
+        _task: Task | None = None,
+    ) -> _Plan:
+        """Everything about a send that needs no I/O: the route, the times, the options (any
+        thread). Raises as :meth:`asend_task` does for a route that cannot be resolved."""
         task = _task if _task is not None else self._tasks.get(name)
         args = tuple(args) if args else ()
         kwargs = dict(kwargs) if kwargs else {}
@@ -558,72 +720,20 @@ class App:
             ignore_result = task.ignore_result if task is not None else self.conf.task_ignore_result
         if time_limit is None and task is not None:
             time_limit = task.time_limit
-        loop = asyncio.get_running_loop()
-        res = self._resources(loop)
-        backend = None
-        reply_to = None
-        if not ignore_result:
-            backend = res.backend if res.backend is not None else await self.abackend()
-            reply_to = await backend.prepare_reply()
-        parent = current_request()
-        tid = task_id or new_task_id()
-        message = TaskMessage(
-            task=name,
-            id=tid,
+        return _Plan(
+            name=name,
             args=args,
             kwargs=kwargs,
+            route=route,
+            delay=delay,
             eta=eta_at,
             expires=expires_at,
-            timelimit=(time_limit, None),
-            root_id=(parent.root_id or parent.id) if parent is not None else tid,
-            parent_id=parent.id if parent is not None else None,
+            task_id=task_id,
+            headers=headers,
             ignore_result=ignore_result,
-            reply_to=reply_to,
-            priority=route.priority,
-            headers=dict(headers) if headers else {},
+            time_limit=time_limit,
+            serializer=serializer or self.conf.task_serializer,
         )
-        envelope = encode_task(message, serializer or self.conf.task_serializer)
-        transport = res.transport
-        if transport is None or res.declared_routes.get(id(route)) is not route:
-            transport = await self._declare_route(route)
-        publishing = transport.publish(
-            envelope,
-            exchange=route.exchange.name,
-            routing_key=route.routing_key,
-            mandatory=True,
-            delay=delay,
-        )
-        # A reply proves a worker holds the task as surely as the broker's confirm does, and
-        # can come first (the confirm of a persistent message waits for a disk sync): the send
-        # is done at whichever comes first. Only for ids made here and now, whose replies can
-        # only be about this message.
-        replied = (
-            backend.watch_replies(tid)
-            if backend is not None and task_id is None and delay is None
-            else None
-        )
-        try:
-            if replied is None:
-                await publishing
-            else:
-                await _confirmed_or_replied(publishing, replied)
-        except Unroutable as exc:
-            raise Unroutable(
-                f"task {name!r} was routed to exchange {route.exchange.name!r} with routing key "
-                f"{route.routing_key!r} ({route.decided_by}) but no queue is bound there"
-                + (
-                    "; no worker is consuming that broadcast queue"
-                    if isinstance(route.queue, Broadcast)
-                    else ""
-                ),
-                exchange=exc.exchange,
-                routing_key=exc.routing_key,
-            ) from exc
-        finally:
-            if replied is not None:
-                assert backend is not None
-                backend.unwatch_replies(tid, replied)
-        return AsyncResult(tid, app=self, task_name=name, backend=backend, loop=loop)
 
     def send_task(
         self,
@@ -633,7 +743,70 @@ class App:
         **options: Any,
     ) -> AsyncResult:
         """Sync twin of :meth:`asend_task` (same options)."""
+        sent = self._send_here(name, args, kwargs, options)
+        if sent is not None:
+            return sent
         return self.run_sync(self.asend_task(name, args, kwargs, **options))
+
+    def _send_here(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> AsyncResult | None:
+        """:meth:`send_task` from the calling thread, without a trip through the private
+        loop, when its transport can publish from a thread (RabbitMQ) and the loop already
+        declared the route and prepared the reply address; None to send through the loop.
+
+        The thread writes the message onto the connection and waits for the broker's confirm
+        (or, as :meth:`asend_task` does, the task's reply, whichever comes first), which the
+        loop reads. A connection lost before the confirm sends the message again through the
+        loop, as a publish on the loop would.
+        """
+        loop = _SYNC.current()
+        res = self._loops.get(loop) if loop is not None else None
+        if res is None or res.transport is None or _SYNC.in_loop_thread():
+            return None
+        plan = self._plan(name, args, kwargs, **options)
+        route = plan.route
+        if plan.delay is not None or res.declared_routes.get(id(route)) is not route:
+            return None
+        transport = res.transport
+        backend = None
+        reply_to = None
+        if not plan.ignore_result:
+            backend = res.backend
+            if backend is None or res.reply_from is not backend:
+                return None
+            reply_to = res.reply_to
+        tid, envelope = plan.message(reply_to)
+        wakeup = Wakeup()
+        watching = (
+            backend is not None and plan.task_id is None and backend.watch_replies_here(tid, wakeup)
+        )
+        try:
+            published = transport.publish_from_thread(
+                envelope,
+                exchange=route.exchange.name,
+                routing_key=route.routing_key,
+                mandatory=True,
+                wakeup=wakeup,
+            )
+            if published is not None:
+                if not wakeup.wait(published.timeout):
+                    raise published.expire()
+                # Not done: the task's reply came first, which proves a worker has it.
+                if not published.done or published.result() is not None:
+                    return AsyncResult(tid, app=self, task_name=name, backend=backend, loop=loop)
+        except Unroutable as exc:
+            raise plan.unroutable(exc) from exc
+        finally:
+            if watching:
+                assert backend is not None
+                backend.unwatch_replies_here(tid, wakeup)
+        # Not written, or the connection went before RabbitMQ answered: through the loop.
+        return self.run_sync(self._publish_task(plan, tid, envelope, backend))
 
     def _task_name(self, fn: Callable[..., Any]) -> str:
         module = getattr(fn, "__module__", None) or "__main__"

@@ -35,7 +35,7 @@ from conveyor.results.meta import ResultMeta
 
 if TYPE_CHECKING:
     from conveyor.config import Settings
-    from conveyor.transports.base import Transport
+    from conveyor.transports.base import Transport, Wakeup
 
 __all__ = ["BackendHost", "ResultBackend", "StoreRequest"]
 
@@ -124,6 +124,15 @@ class ResultBackend(abc.ABC):
 
     def unwatch_replies(self, task_id: str, watch: asyncio.Future[None]) -> None:  # noqa: B027
         """Forget a future from :meth:`watch_replies`; idempotent (nothing to forget here)."""
+
+    def watch_replies_here(self, task_id: str, wakeup: Wakeup) -> bool:
+        """:meth:`watch_replies` for a thread: set ``wakeup`` when anything about ``task_id``
+        reaches this process unasked; False if this backend cannot tell (the default). Any
+        thread; pair with :meth:`unwatch_replies_here`."""
+        return False
+
+    def unwatch_replies_here(self, task_id: str, wakeup: Wakeup) -> None:  # noqa: B027
+        """Forget ``wakeup`` from :meth:`watch_replies_here`; idempotent. Any thread."""
 
     def wait_here(self, task_id: str, timeout: float | None) -> ResultMeta | None:
         """Block the calling thread (never the backend's event loop) until a ready result for

@@ -383,13 +383,13 @@ class RedisBackend(ResultBackend):
         if self._reply_channel is None or self._closed:
             return self.peek(task_id)
         grace = _REPLY_GRACE if timeout is None else max(0.0, min(_REPLY_GRACE, timeout))
-        lock = self._threads.watch_thread(task_id)
+        wakeup = self._threads.watch_thread(task_id)
         try:
             meta = self.peek(task_id)  # after watching: one announced just before is seen
-            if meta is None and lock.acquire(timeout=grace):
+            if meta is None and wakeup.wait(grace):
                 meta = self.peek(task_id)
         finally:
-            self._threads.unwatch_thread(task_id, lock)
+            self._threads.unwatch_thread(task_id, wakeup)
         if meta is not None:
             self._replies.pop(task_id, None)  # the AsyncResult keeps it, as after wait()
         return meta

@@ -36,7 +36,7 @@ from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.waiters import Waiters
 from conveyor.routing.entities import Queue
-from conveyor.transports.base import Consumer, Transport
+from conveyor.transports.base import Consumer, Transport, Wakeup
 
 __all__ = ["RPCBackend"]
 
@@ -168,7 +168,7 @@ class RPCBackend(ResultBackend):
             envelope = self._reply(request)
         except ProtocolError:
             return False  # the loop's store reports it
-        return transport.publish_from_thread(envelope, routing_key=request.reply_to)
+        return transport.publish_from_thread(envelope, routing_key=request.reply_to) is not None
 
     async def get(self, task_id: str) -> ResultMeta | None:
         return pick_result(self._results.get(task_id, {}))
@@ -190,19 +190,25 @@ class RPCBackend(ResultBackend):
     def unwatch_replies(self, task_id: str, watch: asyncio.Future[None]) -> None:
         self._waiters.unwatch(task_id, watch)
 
+    def watch_replies_here(self, task_id: str, wakeup: Wakeup) -> bool:
+        self._waiters.watch_thread(task_id, wakeup)
+        return True
+
+    def unwatch_replies_here(self, task_id: str, wakeup: Wakeup) -> None:
+        self._waiters.unwatch_thread(task_id, wakeup)
+
     def wait_here(self, task_id: str, timeout: float | None) -> ResultMeta:
         """Block this (non-loop) thread until the reader files a ready reply for ``task_id``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            lock = self._waiters.watch_thread(task_id)
+            wakeup = self._waiters.watch_thread(task_id)
             try:
                 meta = self.peek(task_id)  # after watching: a reply filed just before is seen
                 if meta is not None:
                     return meta
-                remaining = self._remaining(task_id, timeout, deadline)
-                lock.acquire(timeout=-1 if remaining is None else remaining)
+                wakeup.wait(self._remaining(task_id, timeout, deadline))
             finally:
-                self._waiters.unwatch_thread(task_id, lock)
+                self._waiters.unwatch_thread(task_id, wakeup)
 
     def _remaining(
         self, task_id: str, timeout: float | None, deadline: float | None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from conveyor.transports.base import Wakeup
+
 __all__ = ["Waiters"]
 
 
 class Waiters:
-    """Futures (and thread locks) that resolve when something may have changed for a task id.
+    """Futures (and thread wakeups) that resolve when something may have changed for a task id.
 
     A waiter watches, re-reads the result after each wake-up, and unwatches when done; waking
     is a hint, so a spurious wake-up costs one read and a missed one is the backend's bug.
@@ -24,7 +26,7 @@ class Waiters:
 
     def __init__(self) -> None:
         self._by_id: dict[str, set[asyncio.Future[None]]] = {}
-        self._threads: dict[str, list[threading.Lock]] = {}
+        self._threads: dict[str, list[Wakeup]] = {}
         self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
@@ -44,22 +46,22 @@ class Waiters:
             if not waiters:
                 del self._by_id[task_id]
 
-    def watch_thread(self, task_id: str) -> threading.Lock:
-        """A held lock, released by the next :meth:`wake` of ``task_id`` (or :meth:`wake_all`):
-        the calling thread blocks on ``acquire``. Any thread."""
-        lock = threading.Lock()
-        lock.acquire()
+    def watch_thread(self, task_id: str, wakeup: Wakeup | None = None) -> Wakeup:
+        """``wakeup`` (a new one if None), set by the next :meth:`wake` of ``task_id`` (or
+        :meth:`wake_all`): the calling thread blocks on its ``wait``. Any thread."""
+        if wakeup is None:
+            wakeup = Wakeup()
         with self._lock:
-            self._threads.setdefault(task_id, []).append(lock)
-        return lock
+            self._threads.setdefault(task_id, []).append(wakeup)
+        return wakeup
 
-    def unwatch_thread(self, task_id: str, lock: threading.Lock) -> None:
-        """Forget ``lock``; idempotent. Any thread."""
+    def unwatch_thread(self, task_id: str, wakeup: Wakeup) -> None:
+        """Forget ``wakeup``; idempotent. Any thread."""
         with self._lock:
-            locks = self._threads.get(task_id)
-            if locks is not None and lock in locks:
-                locks.remove(lock)
-                if not locks:
+            wakeups = self._threads.get(task_id)
+            if wakeups is not None and wakeup in wakeups:
+                wakeups.remove(wakeup)
+                if not wakeups:
                     del self._threads[task_id]
 
     def wake(self, task_id: str) -> None:
@@ -69,9 +71,9 @@ class Waiters:
                 fut.set_result(None)
         if self._threads:
             with self._lock:
-                locks = self._threads.pop(task_id, ())
-            for lock in locks:
-                lock.release()
+                wakeups = self._threads.pop(task_id, ())
+            for wakeup in wakeups:
+                wakeup.set()
 
     def wake_all(self) -> None:
         """Wake every waiter (the backend is closing or lost its source of news)."""

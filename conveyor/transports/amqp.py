@@ -88,6 +88,7 @@ from conveyor.transports.amqp_protocol import (
     ConnectionClosed,
     Message,
     Nacked,
+    ThreadConfirm,
     _retrieve,
 )
 from conveyor.transports.base import (
@@ -95,8 +96,10 @@ from conveyor.transports.base import (
     Consumer,
     Delivery,
     Outgoing,
+    Published,
     QueueStats,
     Transport,
+    Wakeup,
 )
 
 __all__ = ["DIRECT_REPLY_TO", "AMQPTransport"]
@@ -440,6 +443,87 @@ def _envelope(message: Message) -> tuple[Envelope, str | None]:
     except ProtocolError:
         fields["headers"] = _finite(headers)
         return Envelope(**fields), delayed_to  # type: ignore[arg-type]
+
+
+def _nacked(exchange: str) -> TransportError:
+    return TransportError(
+        f"RabbitMQ refused the message for exchange {exchange!r} (basic.nack): a queue may be "
+        "full with x-overflow reject-publish, or the broker is out of resources"
+    )
+
+
+def _unconfirmed(timeout: float) -> TransportError:
+    return TransportError(
+        f"RabbitMQ did not confirm a message within {timeout:g} s; it may be blocked (low "
+        "memory or disk): check `rabbitmqctl status`"
+    )
+
+
+def _unroutable(exchange: str, routing_key: str) -> Unroutable:
+    where = f"exchange {exchange!r}" if exchange else "the default exchange"
+    return Unroutable(
+        f"no queue took the message published to {where} with routing key {routing_key!r}: "
+        "bind a queue that matches it, or give the exchange an alternate-exchange",
+        exchange=exchange,
+        routing_key=routing_key,
+    )
+
+
+class _Written(Published):
+    """A message the broker does not store, written: done at once."""
+
+    timeout = 0.0
+
+    @property
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> int:
+        return 1
+
+    def expire(self) -> BaseException:
+        return AssertionError("a written reply has nothing to wait for")
+
+
+_WRITTEN = _Written()
+
+
+class _ThreadPublished(Published):
+    """A thread's publish on the ``publish`` channel, waiting for RabbitMQ's confirm."""
+
+    def __init__(
+        self,
+        confirm: ThreadConfirm,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        options: _Options,
+    ) -> None:
+        self._confirm = confirm
+        self._exchange = exchange
+        self._routing_key = routing_key
+        self._mandatory = mandatory
+        self.timeout = options.confirm_timeout
+
+    @property
+    def done(self) -> bool:
+        return self._confirm.settled
+
+    def result(self) -> int | None:
+        confirm = self._confirm
+        if confirm.error is not None:
+            if isinstance(confirm.error, Nacked):
+                raise _nacked(self._exchange) from confirm.error
+            return None  # channel or connection gone: publish again on the loop
+        if confirm.value:
+            return 1
+        if not self._mandatory:
+            return 0
+        raise _unroutable(self._exchange, self._routing_key)
+
+    def expire(self) -> BaseException:
+        self._confirm.forget()
+        return _unconfirmed(self.timeout)
 
 
 def _reply_text(exc: BaseException) -> str:
@@ -1647,16 +1731,9 @@ class AMQPTransport(Transport):
                     return 1
                 break
             except Nacked as exc:
-                raise TransportError(
-                    f"RabbitMQ refused the message for exchange {exchange!r} (basic.nack): a "
-                    "queue may be full with x-overflow reject-publish, or the broker is out of "
-                    "resources"
-                ) from exc
+                raise _nacked(exchange) from exc
             except TimeoutError:
-                raise TransportError(
-                    f"RabbitMQ did not confirm a message within {self._options.confirm_timeout:g} "
-                    "s; it may be blocked (low memory or disk): check `rabbitmqctl status`"
-                ) from None
+                raise _unconfirmed(self._options.confirm_timeout) from None
             except asyncio.CancelledError:
                 if _being_cancelled():
                     raise
@@ -1680,48 +1757,59 @@ class AMQPTransport(Transport):
             await asyncio.sleep(0.01)
         if not mandatory:
             return 0
-        to_exchange, to_key = target or (exchange, routing_key)
-        where = f"exchange {to_exchange!r}" if to_exchange else "the default exchange"
-        raise Unroutable(
-            f"no queue took the message published to {where} with routing key {to_key!r}: bind "
-            "a queue that matches it, or give the exchange an alternate-exchange",
-            exchange=to_exchange,
-            routing_key=to_key,
-        )
+        raise _unroutable(*(target or (exchange, routing_key)))
 
     def _message_id(self, envelope: Envelope) -> str:
         """The envelope's own id, or a new one from this transport's counter (any thread)."""
         return envelope.message_id or f"{self._message_ids_prefix}{next(self._message_ids)}"
 
-    def publish_from_thread(self, envelope: Envelope, *, routing_key: str) -> bool:
-        """A reply to a direct reply-to address, written from another thread on the ``reply``
-        channel (no confirms), once that channel is open and the socket can take the frames at
-        once (see ``Connection.write_from_thread``); else False."""
-        if not routing_key.startswith(DIRECT_REPLY_TO + "."):
-            return False
-        channel = self._shared.get("reply")
+    def publish_from_thread(
+        self,
+        envelope: Envelope,
+        *,
+        exchange: str = "",
+        routing_key: str,
+        mandatory: bool = False,
+        wakeup: Wakeup | None = None,
+    ) -> Published | None:
+        """Straight onto the connection from another thread (see ``Transport``), once the loop
+        opened the channel it goes on: a direct reply-to reply on the ``reply`` channel, done
+        once written; anything else on the ``publish`` channel, its confirm settled by the
+        loop. Never for a delayed message, over TLS, or while RabbitMQ blocks publishers."""
+        reply = not exchange and routing_key.startswith(DIRECT_REPLY_TO + ".")
+        if not reply and (
+            envelope.message_id or (exchange and exchange not in self._known_exchanges)
+        ):
+            return None
+        channel = self._shared.get("reply" if reply else "publish")
         if channel is None or not channel.alive:
-            return False
+            return None
         raw = channel.raw
         connection = raw.connection
         if connection is not self._connection:
-            return False
+            return None
         message_id = self._message_id(envelope)
         try:
+            check_routing_key(routing_key)
             flags, properties = _encode_properties(envelope, envelope.headers, message_id)
             frames = _message_frames(
                 raw.number,
                 connection.frame_max - 8,
-                "",
+                exchange,
                 routing_key,
-                False,
+                mandatory and not reply,
                 properties,
                 flags,
                 envelope.body,
             )
         except ConveyorError:
-            return False  # the loop's publish says what is wrong
-        return connection.write_from_thread(frames)
+            return None  # the loop's publish says what is wrong
+        if reply:
+            return _WRITTEN if connection.write_from_thread(frames) else None
+        confirm = raw.publish_from_thread(frames, message_id, wakeup)
+        if confirm is None:
+            return None
+        return _ThreadPublished(confirm, exchange, routing_key, mandatory, self._options)
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
         """Publish all at once (confirms pipelined); the first failure, in order, raises."""

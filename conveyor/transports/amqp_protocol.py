@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pamqp.frame
 from pamqp import commands as spec
@@ -39,7 +39,11 @@ __all__ = [
     "ConnectionClosed",
     "Message",
     "Properties",
+    "ThreadConfirm",
 ]
+
+if TYPE_CHECKING:
+    from conveyor.transports.base import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +350,46 @@ def method_frame(channel: int, frame: Frame) -> bytes:
 Callback = Callable[[Message], None]
 
 
+class ThreadConfirm:
+    """The confirm of a message a thread published (:meth:`Channel.publish_from_thread`).
+
+    The event loop settles it as it settles a publish's future (``set_result``: True routed,
+    False returned; ``set_exception``), then sets the publisher's wakeup; the publishing
+    thread reads :attr:`value` / :attr:`error` once :attr:`settled`.
+    """
+
+    __slots__ = ("channel", "error", "settled", "tag", "value", "wakeup")
+
+    def __init__(self, channel: Channel, tag: int, wakeup: Wakeup | None) -> None:
+        self.channel = channel
+        self.tag = tag
+        self.wakeup = wakeup
+        self.settled = False
+        self.value = False
+        self.error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, value: bool) -> None:
+        self.value = value
+        self._settle()
+
+    def set_exception(self, error: BaseException) -> None:
+        self.error = error
+        self._settle()
+
+    def _settle(self) -> None:
+        self.settled = True
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    def forget(self) -> None:
+        """Stop waiting: the channel drops it (an answer coming later is ignored). Any thread."""
+        with self.channel.connection._write_lock:
+            self.channel._forget(self.tag)
+
+
 class Channel:
     """One AMQP channel. Synchronous methods go one at a time through :meth:`rpc`.
 
@@ -365,8 +409,9 @@ class Channel:
         self._lock = asyncio.Lock()
         self._waiter: asyncio.Future[Any] | None = None
         self._next_tag = 0
-        # tag -> (confirm future, message id, loop time by which the confirm must come)
-        self._unconfirmed: dict[int, tuple[asyncio.Future[bool], str, float]] = {}
+        # tag -> (confirm future, message id, loop time by which the confirm must come). A
+        # thread's publish puts a ThreadConfirm there, under the connection's write lock.
+        self._unconfirmed: dict[int, tuple[asyncio.Future[bool] | ThreadConfirm, str, float]] = {}
         self._by_message_id: dict[str, int] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._incoming: Message | None = None
@@ -384,11 +429,15 @@ class Channel:
             self.closed.set_exception(exc)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
-        for future, _, _ in self._unconfirmed.values():
+        # Under the write lock: a thread publishing checks ``closed`` under it, so it either
+        # registered its confirm before this (and is failed here) or sees the channel closed.
+        with self.connection._write_lock:
+            unconfirmed = list(self._unconfirmed.values())
+            self._unconfirmed.clear()
+            self._by_message_id.clear()
+        for future, _, _ in unconfirmed:
             if not future.done():
                 future.set_exception(exc)
-        self._unconfirmed.clear()
-        self._by_message_id.clear()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -485,23 +534,51 @@ class Channel:
         time ``confirm_by``. Messages must have distinct ids while in flight."""
         if self.closed.done():
             raise self.closed.exception() or ChannelClosed(0, "channel closed")
-        loop = self.connection.loop
+        connection = self.connection
+        loop = connection.loop
         future: asyncio.Future[bool] = loop.create_future()
-        if self.confirms:
+        if not self.confirms:
+            future.set_result(True)
+            connection.write(frames)
+            return future
+        # Tag and write under one lock: RabbitMQ numbers messages in the order they arrive,
+        # and threads may publish on this channel too (publish_from_thread).
+        with connection._write_lock:
             self._next_tag += 1
             deadline = _NEVER if confirm_by is None else confirm_by
             self._unconfirmed[self._next_tag] = (future, message_id, deadline)
             self._by_message_id[message_id] = self._next_tag
-            # One timer for every confirm awaited, armed at the earliest deadline.
-            watchdog = self._watchdog
-            if confirm_by is not None and (watchdog is None or confirm_by < watchdog.when()):
-                if watchdog is not None:
-                    watchdog.cancel()
-                self._watchdog = loop.call_at(confirm_by, self._expire)
-        else:
-            future.set_result(True)
-        self.connection.write(frames)
+            connection._write_locked(frames)
+        # One timer for every confirm awaited, armed at the earliest deadline.
+        watchdog = self._watchdog
+        if confirm_by is not None and (watchdog is None or confirm_by < watchdog.when()):
+            if watchdog is not None:
+                watchdog.cancel()
+            self._watchdog = loop.call_at(confirm_by, self._expire)
         return future
+
+    def publish_from_thread(
+        self, frames: bytes, message_id: str, wakeup: Wakeup | None
+    ) -> ThreadConfirm | None:
+        """Write an encoded message from a thread other than the event loop's, in confirm
+        mode, straight to the socket (see :meth:`Connection.write_from_thread`, whose
+        conditions apply); the returned confirm is settled by the loop. None if nothing was
+        written: the channel is closed or not in confirm mode, a message with this id is in
+        flight, or the connection cannot take the frames from a thread now."""
+        connection = self.connection
+        with connection._write_lock:
+            if not self.confirms or self.closed.done() or message_id in self._by_message_id:
+                return None
+            tag = self._next_tag + 1
+            confirm = ThreadConfirm(self, tag, wakeup)
+            # Registered before the frames leave, so the loop finds it when the answer comes.
+            self._unconfirmed[tag] = (confirm, message_id, _NEVER)
+            self._by_message_id[message_id] = tag
+            if not connection._write_from_thread_locked(frames):
+                del self._unconfirmed[tag], self._by_message_id[message_id]
+                return None
+            self._next_tag = tag
+        return confirm
 
     def _expire(self) -> None:
         """Fail the confirms whose deadline passed; arm the timer for the next deadline."""
@@ -509,7 +586,7 @@ class Channel:
         now = self.connection.loop.time()
         late: list[int] = []
         earliest = _NEVER
-        for tag, (_, _, deadline) in self._unconfirmed.items():
+        for tag, (_, _, deadline) in list(self._unconfirmed.items()):  # threads may add
             if deadline <= now:
                 late.append(tag)
             elif deadline < earliest:
@@ -522,18 +599,19 @@ class Channel:
             self._watchdog = self.connection.loop.call_at(earliest, self._expire)
 
     def in_flight(self, message_id: str) -> asyncio.Future[bool] | None:
-        """The confirm still awaited for a message with this id, if any."""
+        """The confirm still awaited for a message published on the loop with this id, if
+        any (threads publish only messages with ids of their own)."""
         tag = self._by_message_id.get(message_id)
         entry = self._unconfirmed.get(tag) if tag is not None else None
-        return entry[0] if entry is not None else None
+        return entry[0] if entry is not None and isinstance(entry[0], asyncio.Future) else None
 
-    def _forget(self, tag: int) -> asyncio.Future[bool] | None:
+    def _forget(self, tag: int) -> asyncio.Future[bool] | ThreadConfirm | None:
         entry = self._unconfirmed.pop(tag, None)
         if entry is None:
             return None
         future, message_id, _ = entry
         if self._by_message_id.get(message_id) == tag:
-            del self._by_message_id[message_id]
+            self._by_message_id.pop(message_id, None)
         return future
 
     def _settled(self, tag: int, ok: bool) -> None:
@@ -885,15 +963,19 @@ class Connection(asyncio.Protocol):
         """Send bytes: the first write of an event-loop turn goes out at once (latency), later
         ones in the same turn are gathered into one write at its end (throughput)."""
         with self._write_lock:
-            if self._flushing:
-                self._out.append(data)
-                return
-            self._flushing = True
-            self.loop.call_soon(self.flush)
-            transport = self._transport
-            if transport is not None and not transport.is_closing():
-                transport.write(data)
-                self._last_sent = self.loop.time()
+            self._write_locked(data)
+
+    def _write_locked(self, data: bytes) -> None:
+        """:meth:`write`, with ``_write_lock`` held by the caller (on the event loop)."""
+        if self._flushing:
+            self._out.append(data)
+            return
+        self._flushing = True
+        self.loop.call_soon(self.flush)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+            self._last_sent = self.loop.time()
 
     def flush(self) -> None:
         with self._write_lock:
@@ -917,29 +999,33 @@ class Connection(asyncio.Protocol):
         it.
         """
         with self._write_lock:
-            transport = self._transport
-            if (
-                transport is None
-                or self._lost
-                or transport.is_closing()
-                or not self.blocked.is_set()
-                or self._out
-                or transport.get_write_buffer_size()
-                or transport.get_extra_info("sslcontext") is not None
-            ):
-                return False
-            try:
-                sent = os.write(transport.get_extra_info("socket").fileno(), data)
-            except OSError:  # would block, or the connection is going (the loop will see)
-                return False
-            if sent < len(data):
-                self._out.append(data[sent:])
-                if not self._flushing:
-                    self._flushing = True
-                    with contextlib.suppress(RuntimeError):  # a closed loop: the socket is gone
-                        self.loop.call_soon_threadsafe(self.flush)
-            self._last_sent = time.monotonic()  # the loop's clock
-            return True
+            return self._write_from_thread_locked(data)
+
+    def _write_from_thread_locked(self, data: bytes) -> bool:
+        """:meth:`write_from_thread`, with ``_write_lock`` held by the caller."""
+        transport = self._transport
+        if (
+            transport is None
+            or self._lost
+            or transport.is_closing()
+            or not self.blocked.is_set()
+            or self._out
+            or transport.get_write_buffer_size()
+            or transport.get_extra_info("sslcontext") is not None
+        ):
+            return False
+        try:
+            sent = os.write(transport.get_extra_info("socket").fileno(), data)
+        except OSError:  # would block, or the connection is going (the loop will see)
+            return False
+        if sent < len(data):
+            self._out.append(data[sent:])
+            if not self._flushing:
+                self._flushing = True
+                with contextlib.suppress(RuntimeError):  # a closed loop: the socket is gone
+                    self.loop.call_soon_threadsafe(self.flush)
+        self._last_sent = time.monotonic()  # the loop's clock
+        return True
 
     @property
     def can_write(self) -> bool:

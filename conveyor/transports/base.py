@@ -26,6 +26,7 @@ on every implementation:
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -40,8 +41,10 @@ __all__ = [
     "Delivery",
     "DeliveryTag",
     "Outgoing",
+    "Published",
     "QueueStats",
     "Transport",
+    "Wakeup",
 ]
 
 DeliveryTag = int | str
@@ -136,6 +139,70 @@ class Consumer(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.cancel()
+
+
+class Wakeup:
+    """A one-shot signal one thread blocks on and any thread (or several sources) may set.
+
+    Lighter than ``threading.Event`` (one lock, no condition): the sync API waits on one for
+    "the broker confirmed my message or its reply came, whichever is first".
+    """
+
+    __slots__ = ("_flag", "_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._flag = threading.Lock()
+        self._set = False
+
+    def set(self) -> None:
+        """Release the waiter; later calls do nothing. Any thread."""
+        with self._flag:
+            if self._set:
+                return
+            self._set = True
+        self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`set` (True) or ``timeout`` seconds pass (False). One waiter."""
+        if self._set:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            self._lock.release()  # stays set: a second wait returns at once
+            return True
+        return self._set
+
+
+class Published(abc.ABC):
+    """A message written by :meth:`Transport.publish_from_thread`, its broker's answer pending.
+
+    The transport's event loop settles it (and sets the :class:`Wakeup` given to the publish)
+    when the broker answers; the thread that published reads it with :meth:`result` once
+    :attr:`done`, or gives up after :attr:`timeout` seconds with :meth:`expire`.
+    """
+
+    timeout: float
+    """Seconds the publisher waits for the broker's answer, as ``publish`` would."""
+
+    @property
+    @abc.abstractmethod
+    def done(self) -> bool:
+        """True once the broker answered (or the connection was lost)."""
+
+    @abc.abstractmethod
+    def result(self) -> int | None:
+        """Once :attr:`done`: what ``publish`` would return (1 routed; 0 returned, not
+        mandatory), or raise what it would (Unroutable, TransportError). None: the
+        connection or channel went before the broker answered; the message may or may not be
+        stored, so publish it again through the loop, as ``publish`` itself would retry."""
+
+    @abc.abstractmethod
+    def expire(self) -> BaseException:
+        """Stop waiting for the answer and return the error to raise (no answer in time)."""
 
 
 class Transport(abc.ABC):
@@ -255,16 +322,29 @@ class Transport(abc.ABC):
         ``mandatory`` and no queue took it. All copies are written or none.
         """
 
-    def publish_from_thread(self, envelope: Envelope, *, routing_key: str) -> bool:
-        """Send a message that the broker does not store (a reply to a RabbitMQ direct reply-to
-        address, ``amq.rabbitmq.reply-to.*``) from a thread other than this transport's event
-        loop, through the default exchange. True once it is written; False if this transport
-        cannot do that there and then (the default): publish it on the loop instead.
+    def publish_from_thread(
+        self,
+        envelope: Envelope,
+        *,
+        exchange: str = "",
+        routing_key: str,
+        mandatory: bool = False,
+        wakeup: Wakeup | None = None,
+    ) -> Published | None:
+        """Publish from a thread other than this transport's event loop, without a trip
+        through it: the frames go straight onto the connection and the loop only settles the
+        broker's answer (setting ``wakeup``). None if this transport cannot do that there and
+        then (the default): nothing was written; publish on the loop instead, which also
+        reports what is wrong with a message it refuses.
 
-        Lets a worker's pool thread send a task's reply itself instead of handing it back to
-        the event loop first. Anything the loop writes afterwards goes out after it.
+        The exchange must be known to exist on this connection (published to before) and the
+        envelope must carry no ``message_id`` of its own. A message the broker does not store
+        (a reply to a RabbitMQ direct reply-to address, ``amq.rabbitmq.reply-to.*``) is done
+        once written. Anything the loop writes afterwards goes out after it.
+
+        The sync API sends tasks this way, and a worker's pool thread a task's reply.
         """
-        return False
+        return None
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
         """Publish several messages; return each one's queue count, in order.

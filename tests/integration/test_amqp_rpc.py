@@ -9,12 +9,15 @@ from typing import Any
 
 import pytest
 
+from conveyor import Envelope
 from conveyor.app import App
+from conveyor.errors import Unroutable
 from conveyor.results import StoreRequest
 from conveyor.results.rpc import RPCBackend
 from conveyor.task import Request
 from conveyor.transports.amqp import DIRECT_REPLY_TO, AMQPTransport
 from conveyor.worker import Worker
+from tests.rabbitmqctl import close_connections_named, needs_rabbitmqctl
 
 
 async def test_rpc_results_come_back_over_direct_reply_to(rabbitmq_url: str) -> None:
@@ -104,4 +107,66 @@ async def test_plain_function_results_go_out_from_the_pool_thread(
         await cleaner.delete_queue(queue)
         await cleaner.delete_exchange(queue)
         await caller.aclose()
+        await remote.aclose()
+
+
+@needs_rabbitmqctl
+async def test_sync_sends_go_out_from_the_calling_thread(
+    rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = f"amqp-rpc-sync.{uuid.uuid4().hex}"
+    client_name = f"conveyor-test-{uuid.uuid4().hex}"
+    remote = App("remote", broker=rabbitmq_url, result_backend="rpc://")
+    url = f"{rabbitmq_url}{'&' if '?' in rabbitmq_url else '?'}client_name={client_name}"
+    caller = App("web", broker=url, result_backend="rpc://")
+
+    @remote.task(name="remote.square")
+    def square(x: int) -> int:
+        return x * x
+
+    loop_publishes: list[str] = []
+    publish = AMQPTransport.publish
+
+    async def counting(self: AMQPTransport, envelope: Envelope, **options: Any) -> int:
+        if "task" in envelope.headers:  # not the worker's replies
+            loop_publishes.append(envelope.headers["task"])
+        return await publish(self, envelope, **options)
+
+    monkeypatch.setattr(AMQPTransport, "publish", counting)
+    worker = Worker(remote, queues=[queue], concurrency=8, shutdown_grace=5.0)
+    await worker.start()
+
+    def sends(first: int, count: int) -> list[int]:
+        return [
+            caller.send_task("remote.square", (i,), queue=queue).get(timeout=10)
+            for i in range(first, first + count)
+        ]
+
+    def unroutable() -> str:
+        with pytest.raises(Unroutable) as caught:
+            caller.send_task("remote.square", (1,), exchange="amq.direct", routing_key="nowhere")
+        return str(caught.value)
+
+    try:
+        # The first send of a route goes through the private loop (it declares the route and
+        # the reply address); the later ones leave from the calling thread.
+        assert await asyncio.to_thread(sends, 0, 10) == [i * i for i in range(10)]
+        assert loop_publishes == ["remote.square"]
+        three = await asyncio.gather(*(asyncio.to_thread(sends, k * 50, 50) for k in range(3)))
+        assert [v for part in three for v in part] == [i * i for i in range(150)]
+        assert len(loop_publishes) < 10  # a thread meeting output queued by another falls back
+        # A message no queue takes says where it was routed, by either path.
+        first, second = await asyncio.to_thread(unroutable), await asyncio.to_thread(unroutable)
+        assert first == second
+        assert "'amq.direct'" in first
+        assert "'nowhere'" in first
+        # The connection goes: sends wait for the reconnect on the loop, and none is lost.
+        assert await asyncio.to_thread(close_connections_named, client_name) == 1
+        assert await asyncio.to_thread(sends, 0, 20) == [i * i for i in range(20)]
+    finally:
+        await worker.stop()
+        await asyncio.to_thread(caller.close)
+        cleaner = await remote.atransport()
+        await cleaner.delete_queue(queue)
+        await cleaner.delete_exchange(queue)
         await remote.aclose()

@@ -24,7 +24,8 @@ from conveyor.errors import (
 )
 from conveyor.transports import Delivery, Outgoing, open_transport
 from conveyor.transports.amqp import DIRECT_REPLY_TO, AMQPTransport
-from conveyor.transports.amqp_protocol import Channel
+from conveyor.transports.amqp_protocol import Channel, ChannelClosed
+from conveyor.transports.base import Published, Wakeup
 from tests.rabbitmqctl import close_connections_named, needs_rabbitmqctl, rabbitmqctl
 
 from .conftest import forget_declared
@@ -449,6 +450,89 @@ async def test_replies_written_from_threads_interleave_with_the_loop_cleanly(
     assert sorted(got[1:]) == sorted(written)  # every frame whole, none twice
     assert sorted(bodies(await drain(server, busy))) == sorted(f"b{n}" for n in range(200))
     await replies.cancel()
+
+
+async def test_confirmed_publishes_from_threads_get_their_own_answers(
+    make_amqp: MakeAMQP, name: Callable[[str], str]
+) -> None:
+    t = await make_amqp()
+    ex = Exchange(name("ex"), ExchangeType.DIRECT, durable=False, auto_delete=True)
+    q = name("q")
+    await t.declare_queue(Queue(q, exchange=ex, routing_key="k", durable=False))
+
+    def publish(body: str, key: str = "k", **options: Any) -> Published | None:
+        return t.publish_from_thread(env(body), exchange=ex.name, routing_key=key, **options)
+
+    # Not before the loop has opened the publish channel and met the exchange.
+    assert await asyncio.to_thread(publish, "too early") is None
+    assert await t.publish(env("first"), exchange=ex.name, routing_key="k") == 1
+    own_id = env("own id", message_id="m-1")
+    assert (
+        await asyncio.to_thread(
+            lambda: t.publish_from_thread(own_id, exchange=ex.name, routing_key="k")
+        )
+        is None
+    )
+
+    def send(first: int) -> list[tuple[str, int | None]]:
+        answers = []
+        for n in range(first, first + 100):
+            key = "k" if n % 10 else "nowhere"  # every tenth reaches no queue
+            wakeup = Wakeup()
+            published = publish(f"t{n}", key, mandatory=True, wakeup=wakeup)
+            if published is None:
+                continue  # met output the loop had queued: the loop would send it
+            assert wakeup.wait(10)
+            assert published.done
+            if key == "k":
+                answers.append((f"t{n}", published.result()))
+            else:
+                with pytest.raises(Unroutable, match="'nowhere'"):
+                    published.result()
+                answers.append((f"t{n}", 0))
+        return answers
+
+    # Three threads publish with confirms while the loop publishes on the same channel: every
+    # confirm and every return reaches the publish it belongs to.
+    threads = asyncio.gather(*(asyncio.to_thread(send, k * 100) for k in range(3)))
+    loop_sent = [
+        await t.publish(env(f"l{n}"), exchange=ex.name, routing_key="k" if n % 10 else "nowhere")
+        for n in range(100)
+    ]
+    answers = [answer for part in await threads for answer in part]
+    assert len(answers) > 200  # most go straight out
+    assert all(result == (0 if int(body[1:]) % 10 == 0 else 1) for body, result in answers)
+    assert loop_sent == [0 if n % 10 == 0 else 1 for n in range(100)]
+    expected = {"first"} | {f"l{n}" for n in range(100) if n % 10}
+    expected |= {body for body, result in answers if result == 1}
+    assert sorted(bodies(await drain(t, q))) == sorted(expected)
+
+
+async def test_a_thread_publish_whose_channel_goes_is_left_to_the_loop(
+    make_amqp: MakeAMQP, name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = await make_amqp()
+    q = name("q")
+    await t.declare_queue(Queue(q, durable=False))
+    assert await t.publish(env("first"), routing_key=q) == 1
+    with monkeypatch.context() as patch:
+        patch.setattr(Channel, "_confirmed", lambda *args: None)  # confirms stop coming
+        wakeup = Wakeup()
+        published = await asyncio.to_thread(
+            lambda: t.publish_from_thread(env("second"), routing_key=q, wakeup=wakeup)
+        )
+        assert published is not None
+        assert not published.done
+        assert not await asyncio.to_thread(wakeup.wait, 0.2)
+        t._shared["publish"].raw._fail(ChannelClosed(504, "gone"))
+        assert await asyncio.to_thread(wakeup.wait, 1)
+        assert published.done
+        assert published.result() is None  # may or may not be stored: publish it again
+        late = await asyncio.to_thread(lambda: t.publish_from_thread(env("3"), routing_key=q))
+        assert late is None  # not on a channel that is gone
+        assert isinstance(published.expire(), TransportError)
+    assert await t.publish(env("fourth"), routing_key=q) == 1
+    assert "fourth" in bodies(await drain(t, q))
 
 
 @needs_rabbitmqctl
