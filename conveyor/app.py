@@ -27,8 +27,9 @@ import importlib
 import operator
 import os
 import threading
+import time
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -148,6 +149,10 @@ class _SyncCall(Generic[T]):
         else:
             self._coro.close()
 
+    def close(self) -> None:
+        """Never started: close the coroutine (no "never awaited" warning)."""
+        self._coro.close()
+
     def wait(self, loop: asyncio.AbstractEventLoop) -> T:
         try:
             self._done.acquire()
@@ -247,63 +252,241 @@ async def _confirmed_or_replied(
             confirm.result()
 
 
+_LINGER = 0.05
+"""Seconds the private loop may go unrun between sync calls before the background thread
+takes it over (confirms, replies and heartbeats wait at most this long meanwhile)."""
+
+
+class _Turns:
+    """Who runs one private event loop: a sync call in its own thread, or the background one.
+
+    State under ``cond``: ``runner`` (ident of the thread running the loop, or holding the
+    right to), ``handed`` (threads waiting on work done by whoever runs it), ``claims``
+    (callers waiting for the background thread to give the loop up), ``idle_since`` (when a
+    caller last stopped running it).
+    """
+
+    __slots__ = (
+        "background",
+        "claims",
+        "cond",
+        "handed",
+        "idle_since",
+        "loop",
+        "runner",
+        "stop_asked",
+        "stopping",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.cond = threading.Condition(threading.Lock())
+        self.runner: int | None = None
+        self.background = 0
+        self.handed = 0
+        self.claims = 0
+        self.idle_since = 0.0
+        self.stop_asked = False
+        self.stopping = False
+
+    def serve(self, ready: threading.Event) -> None:
+        """The background thread: run the loop whenever no sync call has for _LINGER seconds
+        (at once when a thread waits on it), until a call claims it back or ``stopping``."""
+        loop, cond = self.loop, self.cond
+        with cond:
+            self.background = threading.get_ident()
+            ready.set()
+            while not self.stopping:
+                if self.runner is not None or self.claims:
+                    cond.wait(_LINGER)  # a call runs it; callers notify only when it matters
+                    continue
+                left = self.idle_since + _LINGER - time.monotonic()
+                if not self.handed and left > 0:
+                    cond.wait(left)
+                    continue
+                self.runner = self.background
+                cond.release()
+                try:
+                    loop.run_forever()
+                finally:
+                    cond.acquire()
+                    self.runner = None
+                    self.stop_asked = False
+                    cond.notify_all()
+
+    def take(self) -> bool:
+        """Make this thread the loop's runner if no other call runs it (stopping the background
+        thread if it does); False if another call does (or this thread runs another loop)."""
+        cond = self.cond
+        me = threading.get_ident()
+        with cond:
+            if asyncio._get_running_loop() is not None:
+                return False
+            while self.runner == self.background and not self.stopping:
+                self.claims += 1
+                if not self.stop_asked:
+                    self.stop_asked = True  # one stop per run: a second would end the next
+                    self.loop.call_soon_threadsafe(self.loop.stop)
+                cond.wait()
+                self.claims -= 1
+            if self.runner is not None:
+                return False
+            self.runner = me
+            return True
+
+    def give_back(self) -> None:
+        with self.cond:
+            self.runner = None
+            self.idle_since = time.monotonic()
+            if self.handed or self.claims or self.stopping:
+                self.cond.notify_all()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """While another thread's work is awaited: the background thread runs the loop as soon
+        as no call does (it does not wait out _LINGER)."""
+        with self.cond:
+            self.handed += 1
+            if self.runner is None:
+                self.cond.notify_all()
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.handed -= 1
+
+
 class _LoopThread:
-    """The private event loop, in a daemon thread, that runs the sync API's coroutines."""
+    """The private event loop of the sync API, and the threads that run it.
+
+    A sync call runs the loop itself, in the calling thread, when no other call is running it:
+    its coroutine, the broker's answers and the task's reply all stay in that thread, with no
+    hand-off between threads. Between calls a background thread runs the loop (heartbeats,
+    confirms, replies), taking it over once no call has run it for ``_LINGER`` seconds and
+    giving it back to the next call that wants it. A call that finds another call running the
+    loop hands its coroutine over and waits (:meth:`run`), or blocks until what that thread
+    reads sets its :class:`Wakeup` (:meth:`wait_for`).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._turns: _Turns | None = None
         self._thread: threading.Thread | None = None
         self._pid = 0
 
-    def loop(self) -> asyncio.AbstractEventLoop:
+    def _current_turns(self) -> _Turns:
         with self._lock:
-            if self._loop is None or self._pid != os.getpid() or self._loop.is_closed():
+            turns = self._turns
+            if turns is None or self._pid != os.getpid() or turns.loop.is_closed():
                 loop = asyncio.new_event_loop()
+                turns = _Turns(loop)
                 ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-
-                thread = threading.Thread(target=run, name="conveyor-sync-loop", daemon=True)
+                thread = threading.Thread(
+                    target=turns.serve, args=(ready,), name="conveyor-sync-loop", daemon=True
+                )
                 thread.start()
                 ready.wait()
-                self._loop, self._thread, self._pid = loop, thread, os.getpid()
-            return self._loop
+                self._loop, self._turns, self._thread, self._pid = loop, turns, thread, os.getpid()
+            return turns
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._current_turns().loop
 
     def current(self) -> asyncio.AbstractEventLoop | None:
-        """The private loop if it is running in this process, else None (nothing started)."""
+        """The private loop if it exists in this process, else None (nothing started)."""
         loop = self._loop
         return loop if loop is not None and self._pid == os.getpid() else None
 
     def in_loop_thread(self) -> bool:
-        return self._thread is threading.current_thread() and self._pid == os.getpid()
+        """True inside the private loop (a coroutine or callback it runs)."""
+        loop = self.current()
+        return loop is not None and asyncio._get_running_loop() is loop
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run ``make()`` on the private loop and return its result: in this thread when no
+        other call runs the loop, else by handing the coroutine to the thread that does."""
         if self.in_loop_thread():
-            coro.close()
             raise RuntimeError("conveyor's sync API cannot be called from its own event loop")
-        call = _SyncCall(coro)
-        loop = self.loop()
+        turns = self._current_turns()
+        loop = turns.loop
+        if turns.take():
+            try:
+                task = loop.create_task(make())  # copies this thread's context
+                try:
+                    return loop.run_until_complete(task)
+                except BaseException:
+                    if not task.done():
+                        task.cancel()  # finished by whoever runs the loop next
+                    raise
+            finally:
+                turns.give_back()
+        with turns.waiting():
+            call = _SyncCall(make())
+            try:
+                # The callback runs in a copy of this thread's context (contextvars travel along).
+                loop.call_soon_threadsafe(call.start, loop)
+            except BaseException:
+                call.close()
+                raise
+            return call.wait(loop)
+
+    def wait_for(self, wakeup: Wakeup, timeout: float | None) -> bool:
+        """Block until ``wakeup`` is set by something the private loop reads (True), or for
+        ``timeout`` seconds (False): running the loop in this thread meanwhile when no other
+        call runs it, else waiting for the thread that does."""
+        if wakeup.is_set():
+            return True
+        if self.in_loop_thread():
+            raise RuntimeError("conveyor's sync API cannot be called from its own event loop")
+        turns = self._current_turns()
+        if not turns.take():
+            with turns.waiting():
+                return wakeup.wait(timeout)
+        loop = turns.loop
         try:
-            # The callback runs in a copy of this thread's context (contextvars travel along).
-            loop.call_soon_threadsafe(call.start, loop)
-        except BaseException:
-            coro.close()
-            raise
-        return call.wait(loop)
+            done = loop.create_future()
+            me = threading.get_ident()
+
+            def resolve() -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            def on_set() -> None:
+                if threading.get_ident() == me:
+                    resolve()  # read by the loop this thread runs
+                else:
+                    loop.call_soon_threadsafe(resolve)
+
+            wakeup.on_set = on_set
+            if wakeup.is_set():
+                return True
+            timer = loop.call_later(timeout, resolve) if timeout is not None else None
+            try:
+                loop.run_until_complete(done)
+            finally:
+                wakeup.on_set = None
+                if timer is not None:
+                    timer.cancel()
+            return wakeup.is_set()
+        finally:
+            turns.give_back()
 
     def stop(self) -> None:
         with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None or self._pid != os.getpid():
+            turns, thread = self._turns, self._thread
+            self._loop = self._turns = self._thread = None
+        if turns is None or thread is None or self._pid != os.getpid():
             return
-        loop.call_soon_threadsafe(loop.stop)
+        loop = turns.loop
+        with turns.cond:
+            turns.stopping = True
+            if turns.runner == turns.background and not turns.stop_asked:
+                turns.stop_asked = True
+                loop.call_soon_threadsafe(loop.stop)
+            turns.cond.notify_all()
         thread.join(timeout=5)
-        if not thread.is_alive():
+        if not thread.is_alive() and turns.runner is None:
             loop.close()
 
 
@@ -321,7 +504,7 @@ async def _close_resources(resources: list[_LoopResources]) -> None:
 def _close_at_exit() -> None:
     if _SYNC._loop is not None and _SYNC._pid == os.getpid():
         with contextlib.suppress(Exception):
-            _SYNC.run(asyncio.wait_for(_close_resources(list(_SYNC_RESOURCES)), 10))
+            _SYNC.run(lambda: asyncio.wait_for(_close_resources(list(_SYNC_RESOURCES)), 10))
     _SYNC.stop()
 
 
@@ -444,9 +627,18 @@ class App:
         """``conf.result_backend``, else the default for the broker (see default_backend_url)."""
         return self.conf.result_backend or default_backend_url(self.broker_url)
 
+    def _wait_for(self, wakeup: Wakeup, timeout: float | None) -> bool:
+        """Block this thread until ``wakeup`` is set by what the private loop reads (True) or
+        ``timeout`` seconds pass (False), running that loop here if no other call does."""
+        return _SYNC.wait_for(wakeup, timeout)
+
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the private event loop and return its result (the sync facade)."""
-        return _SYNC.run(coro)
+        try:
+            return _SYNC.run(lambda: coro)
+        except RuntimeError:
+            coro.close()  # not run (called from the private loop itself)
+            raise
 
     def _resources(self, loop: asyncio.AbstractEventLoop | None = None) -> _LoopResources:
         if loop is None:
@@ -457,7 +649,7 @@ class App:
         res = self._loops.get(loop)
         if res is None:
             res = self._loops[loop] = _LoopResources()
-            if _SYNC.in_loop_thread():
+            if loop is _SYNC.current():
                 _SYNC_RESOURCES.add(res)
         self._last_resources = (weakref.ref(loop), res)
         return res
@@ -755,14 +947,15 @@ class App:
         kwargs: Mapping[str, Any] | None,
         options: dict[str, Any],
     ) -> AsyncResult | None:
-        """:meth:`send_task` from the calling thread, without a trip through the private
-        loop, when its transport can publish from a thread (RabbitMQ) and the loop already
-        declared the route and prepared the reply address; None to send through the loop.
+        """:meth:`send_task` without a coroutine, when the transport can publish from a
+        thread (RabbitMQ) and the private loop already declared the route and prepared the
+        reply address; None to send through the loop.
 
-        The thread writes the message onto the connection and waits for the broker's confirm
+        This thread writes the message onto the connection and waits for the broker's confirm
         (or, as :meth:`asend_task` does, the task's reply, whichever comes first), which the
-        loop reads. A connection lost before the confirm sends the message again through the
-        loop, as a publish on the loop would.
+        loop reads: run here if no other call runs it (see ``_LoopThread``). A connection lost
+        before the confirm sends the message again through the loop, as a publish on the loop
+        would.
         """
         loop = _SYNC.current()
         res = self._loops.get(loop) if loop is not None else None
@@ -794,7 +987,7 @@ class App:
                 wakeup=wakeup,
             )
             if published is not None:
-                if not wakeup.wait(published.timeout):
+                if not self._wait_for(wakeup, published.timeout):
                     raise published.expire()
                 # Not done: the task's reply came first, which proves a worker has it.
                 if not published.done or published.result() is not None:

@@ -195,7 +195,7 @@ class Task:
         **options: Any,
     ) -> AsyncResult:
         """Send the task; ``options`` as for :meth:`App.asend_task`. Returns its AsyncResult."""
-        return self.app.run_sync(self.aapply_async(args, kwargs, **options))
+        return self.app.send_task(self.name, args, kwargs, _task=self, **options)
 
     async def aapply_async(
         self,

@@ -136,11 +136,12 @@ class AsyncResult:
     def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
         """Sync twin of :meth:`aget`."""
         self._check_sync()
-        if self._meta is None and self._backend is not None:
-            # A result already here, or one that comes here unasked (rpc:// replies, redis://
-            # announcements), needs no trip to the event loop: this thread waits for it itself.
+        backend = self._backend
+        if self._meta is None and backend is not None:
+            # A result that comes here unasked (rpc:// replies, redis:// announcements) is
+            # waited for without a coroutine: see ResultBackend.wait_here.
             started = time.monotonic()
-            self._meta = self._backend.wait_here(self.id, timeout)
+            self._meta = backend.wait_here(self.id, timeout, self.app._wait_for)
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - started))
         if self._meta is not None:

@@ -26,18 +26,22 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
 from conveyor.results.meta import ResultMeta
+from conveyor.transports.base import Wakeup
 
 if TYPE_CHECKING:
     from conveyor.config import Settings
-    from conveyor.transports.base import Transport, Wakeup
+    from conveyor.transports.base import Transport
 
-__all__ = ["BackendHost", "ResultBackend", "StoreRequest"]
+__all__ = ["BackendHost", "Block", "ResultBackend", "StoreRequest"]
+
+Block = Callable[[Wakeup, float | None], bool]
+"""How a thread waits for a :class:`Wakeup`: True once set, False after the seconds given."""
 
 
 class BackendHost(Protocol):
@@ -134,10 +138,14 @@ class ResultBackend(abc.ABC):
     def unwatch_replies_here(self, task_id: str, wakeup: Wakeup) -> None:  # noqa: B027
         """Forget ``wakeup`` from :meth:`watch_replies_here`; idempotent. Any thread."""
 
-    def wait_here(self, task_id: str, timeout: float | None) -> ResultMeta | None:
+    def wait_here(
+        self, task_id: str, timeout: float | None, block: Block = Wakeup.wait
+    ) -> ResultMeta | None:
         """Block the calling thread (never the backend's event loop) until a ready result for
         ``task_id`` reaches this process, and return it; ResultTimeout after ``timeout``
-        seconds (or when the backend closes).
+        seconds (or when the backend closes). ``block(wakeup, seconds)`` is how the thread
+        waits for a :class:`Wakeup` the backend's reader sets (the sync API's runs the
+        private event loop meanwhile when no other thread does).
 
         Only backends whose results arrive unasked can wait this way, and the sync API uses it
         to skip two trips through the event loop: ``rpc://`` (replies come to this process's

@@ -33,9 +33,10 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
 from conveyor.errors import BrokerUnavailable, ConveyorError, ProtocolError, ResultTimeout
-from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
+from conveyor.results.base import BackendHost, Block, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.waiters import Waiters
+from conveyor.transports.base import Wakeup
 from conveyor.transports.redis_support import (
     PubSubHub,
     RedisLink,
@@ -377,7 +378,9 @@ class RedisBackend(ResultBackend):
         """A ready result already heard on this backend's reply channel (no I/O, any thread)."""
         return self._replies.get(task_id)
 
-    def wait_here(self, task_id: str, timeout: float | None) -> ResultMeta | None:
+    def wait_here(
+        self, task_id: str, timeout: float | None, block: Block = Wakeup.wait
+    ) -> ResultMeta | None:
         """Wait in this thread, up to ``_REPLY_GRACE`` seconds, for the result to be announced
         on the reply channel; None after that (the caller then waits through the loop)."""
         if self._reply_channel is None or self._closed:
@@ -386,7 +389,7 @@ class RedisBackend(ResultBackend):
         wakeup = self._threads.watch_thread(task_id)
         try:
             meta = self.peek(task_id)  # after watching: one announced just before is seen
-            if meta is None and wakeup.wait(grace):
+            if meta is None and block(wakeup, grace):
                 meta = self.peek(task_id)
         finally:
             self._threads.unwatch_thread(task_id, wakeup)

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from conveyor.errors import ConfigurationError, ProtocolError, ResultTimeout
 from conveyor.protocol.envelope import Envelope
-from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
+from conveyor.results.base import BackendHost, Block, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.waiters import Waiters
 from conveyor.routing.entities import Queue
@@ -197,7 +197,9 @@ class RPCBackend(ResultBackend):
     def unwatch_replies_here(self, task_id: str, wakeup: Wakeup) -> None:
         self._waiters.unwatch_thread(task_id, wakeup)
 
-    def wait_here(self, task_id: str, timeout: float | None) -> ResultMeta:
+    def wait_here(
+        self, task_id: str, timeout: float | None, block: Block = Wakeup.wait
+    ) -> ResultMeta:
         """Block this (non-loop) thread until the reader files a ready reply for ``task_id``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -206,7 +208,7 @@ class RPCBackend(ResultBackend):
                 meta = self.peek(task_id)  # after watching: a reply filed just before is seen
                 if meta is not None:
                     return meta
-                wakeup.wait(self._remaining(task_id, timeout, deadline))
+                block(wakeup, self._remaining(task_id, timeout, deadline))
             finally:
                 self._waiters.unwatch_thread(task_id, wakeup)
 

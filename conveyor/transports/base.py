@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -148,13 +148,16 @@ class Wakeup:
     "the broker confirmed my message or its reply came, whichever is first".
     """
 
-    __slots__ = ("_flag", "_lock", "_set")
+    __slots__ = ("_flag", "_lock", "_set", "on_set")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
         self._flag = threading.Lock()
         self._set = False
+        self.on_set: Callable[[], None] | None = None
+        """Called (in the setting thread) when set: lets a waiter that runs an event loop
+        instead of blocking on :meth:`wait` hear of it."""
 
     def set(self) -> None:
         """Release the waiter; later calls do nothing. Any thread."""
@@ -162,7 +165,10 @@ class Wakeup:
             if self._set:
                 return
             self._set = True
+            hook = self.on_set
         self._lock.release()
+        if hook is not None:
+            hook()
 
     def is_set(self) -> bool:
         return self._set

@@ -14,8 +14,10 @@ from conveyor.app import App
 from conveyor.errors import Unroutable
 from conveyor.results import StoreRequest
 from conveyor.results.rpc import RPCBackend
+from conveyor.results.waiters import Waiters
 from conveyor.task import Request
 from conveyor.transports.amqp import DIRECT_REPLY_TO, AMQPTransport
+from conveyor.transports.base import Published
 from conveyor.worker import Worker
 from tests.rabbitmqctl import close_connections_named, needs_rabbitmqctl
 
@@ -111,7 +113,7 @@ async def test_plain_function_results_go_out_from_the_pool_thread(
 
 
 @needs_rabbitmqctl
-async def test_sync_sends_go_out_from_the_calling_thread(
+async def test_sync_calls_run_in_the_calling_thread_or_send_from_it(
     rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = f"amqp-rpc-sync.{uuid.uuid4().hex}"
@@ -124,23 +126,45 @@ async def test_sync_sends_go_out_from_the_calling_thread(
     def square(x: int) -> int:
         return x * x
 
-    loop_publishes: list[str] = []
-    publish = AMQPTransport.publish
+    @remote.task(name="remote.nap")
+    async def nap(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    on_loop: list[str] = []  # the thread each task publish on the event loop ran in
+    from_threads: list[Published | None] = []
+    publish, publish_from_thread = AMQPTransport.publish, AMQPTransport.publish_from_thread
 
     async def counting(self: AMQPTransport, envelope: Envelope, **options: Any) -> int:
         if "task" in envelope.headers:  # not the worker's replies
-            loop_publishes.append(envelope.headers["task"])
+            on_loop.append(threading.current_thread().name)
         return await publish(self, envelope, **options)
 
+    def counting_here(self: AMQPTransport, envelope: Envelope, **options: Any) -> Published | None:
+        sent = publish_from_thread(self, envelope, **options)
+        if "task" in envelope.headers:
+            from_threads.append(sent)
+        return sent
+
+    read_in: list[str] = []  # the thread each reply was read in
+    wake = Waiters.wake
+
+    def reading(self: Waiters, task_id: str) -> None:
+        read_in.append(threading.current_thread().name)
+        wake(self, task_id)
+
     monkeypatch.setattr(AMQPTransport, "publish", counting)
+    monkeypatch.setattr(AMQPTransport, "publish_from_thread", counting_here)
+    monkeypatch.setattr(Waiters, "wake", reading)
     worker = Worker(remote, queues=[queue], concurrency=8, shutdown_grace=5.0)
     await worker.start()
 
-    def sends(first: int, count: int) -> list[int]:
-        return [
+    def sends(first: int, count: int) -> tuple[str, list[int]]:
+        results = [
             caller.send_task("remote.square", (i,), queue=queue).get(timeout=10)
             for i in range(first, first + count)
         ]
+        return threading.current_thread().name, results
 
     def unroutable() -> str:
         with pytest.raises(Unroutable) as caught:
@@ -148,21 +172,39 @@ async def test_sync_sends_go_out_from_the_calling_thread(
         return str(caught.value)
 
     try:
-        # The first send of a route goes through the private loop (it declares the route and
-        # the reply address); the later ones leave from the calling thread.
-        assert await asyncio.to_thread(sends, 0, 10) == [i * i for i in range(10)]
-        assert loop_publishes == ["remote.square"]
-        three = await asyncio.gather(*(asyncio.to_thread(sends, k * 50, 50) for k in range(3)))
-        assert [v for part in three for v in part] == [i * i for i in range(150)]
-        assert len(loop_publishes) < 10  # a thread meeting output queued by another falls back
+        # Alone, a caller runs the private loop itself, in its own thread: the first send of a
+        # route as a coroutine (it declares the route and the reply address), the later ones
+        # written straight from the thread; replies are read there too.
+        name, squares = await asyncio.to_thread(sends, 0, 10)
+        assert squares == [i * i for i in range(10)]
+        assert on_loop == [name]
+        assert len(from_threads) == 9
+        assert None not in from_threads
+        assert read_in.count(name) >= 8  # unless the machine stalled a call past _LINGER
+        # While one call runs the loop (waiting on a nap), other callers send from their own
+        # threads, and the loop the first one runs reads their confirms and replies.
+        napping = asyncio.ensure_future(
+            asyncio.to_thread(
+                lambda: caller.send_task("remote.nap", (1.0,), queue=queue).get(timeout=10)
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert len(on_loop) == 2
+        parts = await asyncio.gather(*(asyncio.to_thread(sends, k * 20, 20) for k in range(2)))
+        assert [v for _, part in parts for v in part] == [i * i for i in range(40)]
+        assert len([sent for sent in from_threads if sent is not None]) >= 9 + 30
         # A message no queue takes says where it was routed, by either path.
-        first, second = await asyncio.to_thread(unroutable), await asyncio.to_thread(unroutable)
+        first = await asyncio.to_thread(unroutable)  # declares the route: through the loop
+        second = await asyncio.to_thread(unroutable)  # from this thread
+        assert from_threads[-1] is not None
         assert first == second
         assert "'amq.direct'" in first
         assert "'nowhere'" in first
-        # The connection goes: sends wait for the reconnect on the loop, and none is lost.
+        assert await napping == 1.0
+        # The connection goes: calls wait for the reconnect, and none is lost.
         assert await asyncio.to_thread(close_connections_named, client_name) == 1
-        assert await asyncio.to_thread(sends, 0, 20) == [i * i for i in range(20)]
+        _, squares = await asyncio.to_thread(sends, 0, 20)
+        assert squares == [i * i for i in range(20)]
     finally:
         await worker.stop()
         await asyncio.to_thread(caller.close)
