@@ -390,9 +390,6 @@ class _LoopThread:
                 self._loop, self._turns, self._thread, self._pid = loop, turns, thread, os.getpid()
             return turns
 
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._current_turns().loop
-
     def current(self) -> asyncio.AbstractEventLoop | None:
         """The private loop if it exists in this process, else None (nothing started)."""
         loop = self._loop
@@ -502,7 +499,7 @@ async def _close_resources(resources: list[_LoopResources]) -> None:
 
 
 def _close_at_exit() -> None:
-    if _SYNC._loop is not None and _SYNC._pid == os.getpid():
+    if _SYNC.current() is not None:
         with contextlib.suppress(Exception):
             _SYNC.run(lambda: asyncio.wait_for(_close_resources(list(_SYNC_RESOURCES)), 10))
     _SYNC.stop()
@@ -698,7 +695,7 @@ class App:
 
     def close(self) -> None:
         """Close what the sync API opened (the private loop's transport and backend)."""
-        if _SYNC._loop is not None and not _SYNC.in_loop_thread():
+        if _SYNC.current() is not None and not _SYNC.in_loop_thread():
             self.run_sync(self.aclose())
 
     async def __aenter__(self) -> App:
