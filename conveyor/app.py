@@ -12,10 +12,11 @@
 
 The core is async. An App keeps one connected transport and one result backend per event loop
 that uses it, created on first use. The sync API (``send_task``, ``delay``, ``apply_async``,
-``AsyncResult.get``...) runs the async one on a private event loop in a background thread;
-where a transport can publish from another thread (RabbitMQ), ``send_task`` writes the message
-from the calling thread once the loop has declared its route, and the loop only reads the
-broker's confirm (see ``App._send_here``).
+``AsyncResult.get``...) runs the async one on a private event loop: in the calling thread when
+no other call is running it, in a background thread between calls (see ``_LoopThread``). Where
+a transport can publish from another thread (RabbitMQ), ``send_task`` writes the message from
+the calling thread once the loop has declared its route, and the loop only reads the broker's
+confirm (see ``App._send_here``).
 """
 
 from __future__ import annotations
@@ -324,15 +325,19 @@ class _Turns:
                 return False
             while self.runner == self.background and not self.stopping:
                 self.claims += 1
-                if not self.stop_asked:
-                    self.stop_asked = True  # one stop per run: a second would end the next
-                    self.loop.call_soon_threadsafe(self.loop.stop)
+                self.stop_background()
                 cond.wait()
                 self.claims -= 1
             if self.runner is not None:
                 return False
             self.runner = me
             return True
+
+    def stop_background(self) -> None:
+        """Ask the background thread to stop running the loop, if it is (``cond`` held)."""
+        if self.runner == self.background and not self.stop_asked:
+            self.stop_asked = True  # one stop per run: a second would end the next run
+            self.loop.call_soon_threadsafe(self.loop.stop)
 
     def give_back(self) -> None:
         with self.cond:
@@ -370,7 +375,6 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._turns: _Turns | None = None
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -387,24 +391,27 @@ class _LoopThread:
                 )
                 thread.start()
                 ready.wait()
-                self._loop, self._turns, self._thread, self._pid = loop, turns, thread, os.getpid()
+                self._turns, self._thread, self._pid = turns, thread, os.getpid()
             return turns
 
     def current(self) -> asyncio.AbstractEventLoop | None:
         """The private loop if it exists in this process, else None (nothing started)."""
-        loop = self._loop
-        return loop if loop is not None and self._pid == os.getpid() else None
+        turns = self._turns
+        return turns.loop if turns is not None and self._pid == os.getpid() else None
 
     def in_loop_thread(self) -> bool:
         """True inside the private loop (a coroutine or callback it runs)."""
         loop = self.current()
         return loop is not None and asyncio._get_running_loop() is loop
 
+    def _refuse_own_loop(self) -> None:
+        if self.in_loop_thread():
+            raise RuntimeError("conveyor's sync API cannot be called from its own event loop")
+
     def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``make()`` on the private loop and return its result: in this thread when no
         other call runs the loop, else by handing the coroutine to the thread that does."""
-        if self.in_loop_thread():
-            raise RuntimeError("conveyor's sync API cannot be called from its own event loop")
+        self._refuse_own_loop()
         turns = self._current_turns()
         loop = turns.loop
         if turns.take():
@@ -434,8 +441,7 @@ class _LoopThread:
         call runs it, else waiting for the thread that does."""
         if wakeup.is_set():
             return True
-        if self.in_loop_thread():
-            raise RuntimeError("conveyor's sync API cannot be called from its own event loop")
+        self._refuse_own_loop()
         turns = self._current_turns()
         if not turns.take():
             with turns.waiting():
@@ -472,15 +478,13 @@ class _LoopThread:
     def stop(self) -> None:
         with self._lock:
             turns, thread = self._turns, self._thread
-            self._loop = self._turns = self._thread = None
+            self._turns = self._thread = None
         if turns is None or thread is None or self._pid != os.getpid():
             return
         loop = turns.loop
         with turns.cond:
             turns.stopping = True
-            if turns.runner == turns.background and not turns.stop_asked:
-                turns.stop_asked = True
-                loop.call_soon_threadsafe(loop.stop)
+            turns.stop_background()
             turns.cond.notify_all()
         thread.join(timeout=5)
         if not thread.is_alive() and turns.runner is None:
@@ -631,11 +635,9 @@ class App:
 
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the private event loop and return its result (the sync facade)."""
-        try:
-            return _SYNC.run(lambda: coro)
-        except RuntimeError:
-            coro.close()  # not run (called from the private loop itself)
-            raise
+        if _SYNC.in_loop_thread():
+            coro.close()  # never run: the call below refuses
+        return _SYNC.run(lambda: coro)
 
     def _resources(self, loop: asyncio.AbstractEventLoop | None = None) -> _LoopResources:
         if loop is None:

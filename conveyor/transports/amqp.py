@@ -497,13 +497,13 @@ class _ThreadPublished(Published):
         exchange: str,
         routing_key: str,
         mandatory: bool,
-        options: _Options,
+        timeout: float,
     ) -> None:
         self._confirm = confirm
         self._exchange = exchange
         self._routing_key = routing_key
         self._mandatory = mandatory
-        self.timeout = options.confirm_timeout
+        self.timeout = timeout
 
     @property
     def done(self) -> bool:
@@ -1809,7 +1809,9 @@ class AMQPTransport(Transport):
         confirm = raw.publish_from_thread(frames, message_id, wakeup)
         if confirm is None:
             return None
-        return _ThreadPublished(confirm, exchange, routing_key, mandatory, self._options)
+        return _ThreadPublished(
+            confirm, exchange, routing_key, mandatory, self._options.confirm_timeout
+        )
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
         """Publish all at once (confirms pipelined); the first failure, in order, raises."""
