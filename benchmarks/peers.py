@@ -188,6 +188,15 @@ class Producer:
         else:
             self.actors = make_dramatiq(broker, queue, prefix)
 
+    def send_marker(self) -> None:
+        """One marker task: it writes the time it ran to the run's done file."""
+        if self.framework.startswith("conveyor"):
+            self.app.send_task(f"{self.prefix}done")
+        elif self.framework == "celery":
+            self.app.send_task("bench.done")
+        else:
+            self.actors["done"].send()
+
     def send_noops(self, count: int) -> None:
         if self.framework.startswith("conveyor"):
             app, prefix = self.app, self.prefix
@@ -235,9 +244,30 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _marked(done_file: Path, worker: subprocess.Popen[bytes], log: Path, after: float) -> float:
+    """Wait for the done file to hold a time other than ``after``; return that time."""
+    deadline = time.monotonic() + 600
+    while True:
+        if done_file.exists():
+            at = float(done_file.read_text())
+            if at != after:
+                return at
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker failed:\n{log.read_text()[-3000:]}")
+        time.sleep(0.001)
+
+
 def bench(
-    broker: Broker, script: str, framework: str, tasks: int, roundtrips: int, concurrency: int
+    broker: Broker,
+    script: str,
+    framework: str,
+    tasks: int,
+    roundtrips: int,
+    concurrency: int,
+    drain: bool = False,
 ) -> dict[str, float]:
+    """One framework's figures. ``drain``: fill the queue first (a marker, the no-ops, a
+    marker), then start the worker, and time it alone from the first marker to the last."""
     run = uuid.uuid4().hex[:8]
     queue = f"bench_{framework}_{run}"
     prefix = f"bench-{run}:"
@@ -253,29 +283,42 @@ def bench(
             "BENCH_PREFIX": prefix,
             "BENCH_DONE_FILE": str(done_file),
             "PYTHONPATH": os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")])),
+            # Dramatiq has no per-slot setting: its worker reads the whole prefetch from here
+            # (its default is 2 per thread).
+            "dramatiq_queue_prefetch": str(concurrency * PREFETCH_MULTIPLIER),
         }
         log = Path(tmp) / "worker.log"
-        with log.open("wb") as out:
-            worker = subprocess.Popen(
-                worker_command(framework, module, queue, concurrency),
-                env=env,
-                cwd=tmp,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
         producer = Producer(broker, framework, queue, prefix)
+        worker: subprocess.Popen[bytes] | None = None
+
+        def start_worker() -> subprocess.Popen[bytes]:
+            with log.open("wb") as out:
+                return subprocess.Popen(
+                    worker_command(framework, module, queue, concurrency),
+                    env=env,
+                    cwd=tmp,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+
         try:
+            if drain:
+                started = time.time()
+                producer.send_marker()
+                producer.send_noops(tasks)
+                send_seconds = time.time() - started
+                worker = start_worker()
+                first = _marked(done_file, worker, log, after=0.0)
+                work_seconds = _marked(done_file, worker, log, after=first) - first
+            else:
+                worker = start_worker()
             for n in range(20):  # warm up; the first one waits for the worker to start
                 producer.round_trip(n)
-            started = time.time()
-            producer.send_noops(tasks)
-            sent = time.time()
-            deadline = time.monotonic() + 600
-            while not done_file.exists():
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{framework} worker failed:\n{log.read_text()[-3000:]}")
-                time.sleep(0.005)
-            finished = float(done_file.read_text())
+            if not drain:
+                started = time.time()
+                producer.send_noops(tasks)
+                send_seconds = time.time() - started
+                work_seconds = _marked(done_file, worker, log, after=0.0) - started
             latencies = []
             for n in range(roundtrips):
                 t0 = time.perf_counter()
@@ -283,12 +326,13 @@ def bench(
                 latencies.append(time.perf_counter() - t0)
         finally:
             producer.close()
-            stop(worker)
+            if worker is not None:
+                stop(worker)
             broker.clean_up(queue, prefix)
     cuts = statistics.quantiles(latencies, n=100)
     return {
-        "throughput": tasks / (finished - started),
-        "send_rate": tasks / (sent - started),
+        "throughput": tasks / work_seconds,
+        "send_rate": tasks / send_seconds,
         "p50": cuts[49] * 1000,
         "p99": cuts[98] * 1000,
     }
@@ -309,13 +353,25 @@ def main(broker: Broker, script: str, description: str) -> None:
         help="comma-separated: conveyor (plain def tasks), conveyor-async (async def), celery, "
         "dramatiq",
     )
+    parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="fill the queue before starting the worker and time the worker alone (the "
+        "throughput targets are for the end-to-end run, producer and worker at once)",
+    )
     args = parser.parse_args()
     rounds: dict[str, list[dict[str, float]]] = {}
     for n in range(args.repeat):
         for framework in args.only.split(","):
             print(f"round {n + 1}: {framework}...", flush=True)
             measured = bench(
-                broker, script, framework, args.tasks, args.roundtrips, args.concurrency
+                broker,
+                script,
+                framework,
+                args.tasks,
+                args.roundtrips,
+                args.concurrency,
+                drain=args.drain,
             )
             rounds.setdefault(framework, []).append(measured)
             print("  " + ", ".join(f"{k} {v:.2f}" for k, v in measured.items()), flush=True)
@@ -326,7 +382,9 @@ def main(broker: Broker, script: str, description: str) -> None:
     print(
         f"\n{args.tasks} no-op tasks, {args.roundtrips} round trips, 1 worker process x "
         f"{args.concurrency}, {broker.name} at {broker.url.split('@')[-1]}, "
-        f"median of {args.repeat}\n"
+        f"median of {args.repeat}; tasks/s "
+        + ("of the worker alone on a filled queue" if args.drain else "end to end")
+        + "\n"
     )
     print(f"{'':15} {'tasks/s':>9} {'sent/s':>9} {'rt p50 ms':>10} {'rt p99 ms':>10}")
     for framework, r in results.items():
@@ -346,4 +404,6 @@ def main(broker: Broker, script: str, description: str) -> None:
             word = ">=" if at_least else "<="
             label = f"{measure} / {other}'s"
             verdict = "met" if met else "MISSED"
+            if args.drain and measure == "throughput":
+                verdict = "not judged: --drain"
             print(f"  {label:22} {value:6.2f}  (target {word} {target}: {verdict})")

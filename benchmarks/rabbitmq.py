@@ -1,18 +1,22 @@
 """RabbitMQ: conveyor against Celery 5 and Dramatiq on the same broker, in one run.
 
     python benchmarks/rabbitmq.py [--tasks 20000] [--roundtrips 500] [--concurrency 8]
+        [--repeat 1] [--drain]
 
 Each framework gets one worker process with the same concurrency (``--concurrency`` threads:
 Celery ``-P threads``, Dramatiq ``--threads``, conveyor's default asyncio pool, which runs plain
-functions in threads), prefetching 4 messages per slot, acking after the task (Celery is set to
-``task_acks_late``; the others do it by default), each on a fresh queue of the same RabbitMQ.
-The benchmark process is the producer.
+functions in threads), prefetching 4 messages per slot (Dramatiq through
+``dramatiq_queue_prefetch``), acking after the task (Celery is set to ``task_acks_late``; the
+others do it by default), each on a fresh queue of the same RabbitMQ. The benchmark process is
+the producer.
 
 1. Throughput: send ``--tasks`` no-op tasks (results ignored) the way each framework sends
    fastest (Celery and Dramatiq: one ``send`` after another, unconfirmed, their default;
    conveyor: 500 coroutines calling ``asend_task``, each awaiting its confirm), then one
    marker task that writes the time it ran to a file. Throughput = tasks / (marker ran - first
    send), producer and worker running at once.
+   ``--drain``: the marker, the no-ops and a marker are sent before the worker starts, and
+   throughput = tasks / (last marker ran - first marker ran), the worker alone.
 2. Round trip: ``--roundtrips`` times, one at a time, ``send_task(...).get()`` of an echo task
    (after 20 unmeasured ones): p50 and p99. Results: conveyor ``rpc://`` (RabbitMQ's direct
    reply-to), Celery ``rpc://``, Dramatiq's Results middleware on Redis (it has no rpc backend).

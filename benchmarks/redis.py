@@ -1,17 +1,21 @@
 """Redis: conveyor against Celery 5 and Dramatiq with their Redis brokers, in one run.
 
-    python benchmarks/redis.py [--tasks 20000] [--roundtrips 500] [--concurrency 8] [--repeat 1]
+    python benchmarks/redis.py [--tasks 20000] [--roundtrips 500] [--concurrency 8]
+        [--repeat 1] [--drain]
 
 Each framework gets one worker process with the same concurrency (``--concurrency`` threads:
 Celery ``-P threads``, Dramatiq ``--threads``, conveyor's default asyncio pool, which runs plain
-functions in threads), prefetching 4 messages per slot, acking after the task (Celery is set to
-``task_acks_late``), on the same Redis (database 15), each under a key prefix of its own that is
-deleted afterwards. The benchmark process is the producer.
+functions in threads), prefetching 4 messages per slot (Dramatiq through
+``dramatiq_queue_prefetch``), acking after the task (Celery is set to ``task_acks_late``), on
+the same Redis (database 15), each under a key prefix of its own that is deleted afterwards. The
+benchmark process is the producer.
 
 1. Throughput: send ``--tasks`` no-op tasks (results ignored) the way each framework sends
    fastest (Celery and Dramatiq: one ``send`` after another; conveyor: 500 coroutines calling
    ``asend_task``, each awaiting Redis's reply), then one marker task that writes the time it
    ran to a file. Throughput = tasks / (marker ran - first send), producer and worker at once.
+   ``--drain``: the marker, the no-ops and a marker are sent before the worker starts, and
+   throughput = tasks / (last marker ran - first marker ran), the worker alone.
 2. Round trip: ``--roundtrips`` times, one at a time, ``send_task(...).get()`` of an echo task
    (after 20 unmeasured ones), with each framework's Redis result backend: p50 and p99.
 
