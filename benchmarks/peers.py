@@ -33,6 +33,8 @@ PREFIX = os.environ.get("BENCH_PREFIX", "bench:")
 DONE_FILE = os.environ.get("BENCH_DONE_FILE", "")
 PREFETCH_MULTIPLIER = 4
 IN_FLIGHT = 500  # conveyor's concurrent senders, each awaiting the broker's confirm or reply
+# Dramatiq's Redis result keys are hashes with no prefix to delete them by: keep them a minute.
+DRAMATIQ_RESULT_TTL_MS = 60_000
 TARGETS = [  # (other framework, measure, conveyor/other target, at least?)
     ("celery", "throughput", 3.0, True),
     ("dramatiq", "throughput", 1.5, True),

@@ -53,7 +53,8 @@ def dramatiq_broker(prefix: str) -> Any:
     from dramatiq.results.backends import RedisBackend
 
     broker = RabbitmqBroker(url=AMQP_URL)
-    broker.add_middleware(Results(backend=RedisBackend(url=REDIS_URL)))
+    backend = RedisBackend(url=REDIS_URL)
+    broker.add_middleware(Results(backend=backend, result_ttl=peers.DRAMATIQ_RESULT_TTL_MS))
     return broker
 
 

@@ -63,7 +63,8 @@ def dramatiq_broker(prefix: str) -> Any:
 
     namespace = prefix.rstrip(":")
     broker = RedisBroker(url=REDIS_URL, namespace=namespace)
-    broker.add_middleware(Results(backend=RedisBackend(url=REDIS_URL, namespace=namespace)))
+    backend = RedisBackend(url=REDIS_URL, namespace=namespace)
+    broker.add_middleware(Results(backend=backend, result_ttl=peers.DRAMATIQ_RESULT_TTL_MS))
     return broker
 
 
