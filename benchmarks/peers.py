@@ -200,6 +200,7 @@ class Producer:
             self.actors["done"].send()
 
     def send_noops(self, count: int) -> None:
+        """``count`` no-op tasks, then the marker."""
         if self.framework.startswith("conveyor"):
             app, prefix = self.app, self.prefix
 
@@ -210,17 +211,15 @@ class Producer:
             async def send_all() -> None:
                 shares = [count // IN_FLIGHT + (i < count % IN_FLIGHT) for i in range(IN_FLIGHT)]
                 await asyncio.gather(*(sender(share) for share in shares))
-                await app.asend_task(f"{prefix}done")
 
             app.run_sync(send_all())
         elif self.framework == "celery":
             for _ in range(count):
                 self.app.send_task("bench.noop")
-            self.app.send_task("bench.done")
         else:
             for _ in range(count):
                 self.actors["noop"].send()
-            self.actors["done"].send()
+        self.send_marker()
 
     def round_trip(self, value: int) -> None:
         if self.framework != "dramatiq":
