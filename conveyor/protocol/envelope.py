@@ -22,6 +22,8 @@ __all__ = ["Envelope"]
 
 _HEADER_SIZE = struct.Struct("!I")
 _JSON_SCALARS = (str, int, float, bool, type(None))
+# Values that need no look inside (floats do: they must be finite), checked by exact type.
+_PLAIN = frozenset((str, int, bool, type(None)))
 
 
 def _check_header_value(key: str, value: Any, depth: int = 0) -> None:
@@ -77,14 +79,17 @@ class Envelope:
             )
         if not isinstance(self.body, bytes):
             object.__setattr__(self, "body", bytes(self.body))
-        if not isinstance(self.headers, Mapping):
-            raise ProtocolError(f"envelope headers must be a mapping, got {self.headers!r}")
-        for key, value in self.headers.items():
-            if not isinstance(key, str):
+        headers = self.headers
+        if not isinstance(headers, Mapping):
+            raise ProtocolError(f"envelope headers must be a mapping, got {headers!r}")
+        plain = _PLAIN
+        for key, value in headers.items():
+            if type(key) is not str and not isinstance(key, str):
                 raise ProtocolError(f"header names must be strings, got {key!r}")
-            _check_header_value(key, value)
-        if not isinstance(self.headers, FrozenMapping):
-            object.__setattr__(self, "headers", FrozenMapping(self.headers))
+            if type(value) not in plain:
+                _check_header_value(key, value)
+        if type(headers) is not FrozenMapping:
+            object.__setattr__(self, "headers", FrozenMapping(headers))
         if self.priority is not None and (
             isinstance(self.priority, bool)
             or not isinstance(self.priority, int)
