@@ -7,6 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from celery import Celery
+from celery.app.task import Context as CeleryContext
+from celery.worker.request import Request as CeleryRequest
+from kombu import Message as KombuMessage
 from kombu.serialization import dumps as kombu_dumps
 from kombu.serialization import loads as kombu_loads
 
@@ -15,6 +18,14 @@ from conveyor.protocol.envelope import Envelope
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
 
 CELERY = Celery("interop", set_as_current=False)
+
+
+@CELERY.task(name="proj.add")
+def _celery_add(x: int, y: int) -> int:
+    return x + y
+
+
+CELERY_ADD = CELERY.tasks["proj.add"]
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -73,8 +84,57 @@ def test_conveyor_message_reads_like_celery_v2() -> None:
     args, kwargs, embed = kombu_loads(env.body, env.content_type, env.content_encoding)
     assert (args, kwargs) == ([2, 2], {})
     assert set(embed) == {"callbacks", "errbacks", "chain", "chord"}
-    for key in ("lang", "task", "id", "root_id", "parent_id", "retries", "timelimit", "origin"):
-        assert key in env.headers
+    # The headers the protocol requires, always; optional ones left at their default are not
+    # written, and Celery's worker reads them as their defaults.
+    assert set(env.headers) == {
+        *("lang", "task", "id", "root_id", "parent_id", "group", "origin", "ignore_result"),
+        "argsrepr",
+    }
+    request = CeleryRequest(
+        KombuMessage(
+            body=env.body,
+            headers=dict(env.headers),
+            content_type=env.content_type,
+            content_encoding=env.content_encoding,
+            properties={"correlation_id": env.correlation_id},
+        ),
+        app=CELERY,
+        task=CELERY_ADD,
+        hostname="worker@test",
+    )
+    assert (request.id, request.name, request.args, request.kwargs) == ("x", "proj.add", [2, 2], {})
+    assert (request.eta, request.expires, request.time_limits) == (None, None, (None, None))
+    assert CeleryContext(request.request_dict).retries == 0
+
+
+def test_optional_headers_are_written_when_they_say_something() -> None:
+    eta = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    env = encode_task(
+        TaskMessage(
+            task="proj.add",
+            id="x",
+            kwargs={"a": 1},
+            retries=3,
+            eta=eta,
+            expires=eta,
+            timelimit=(None, 5.0),
+            shadow="alias",
+        )
+    )
+    headers = env.headers
+    assert (headers["retries"], headers["eta"], headers["expires"]) == (
+        3,
+        eta.isoformat(),
+        eta.isoformat(),
+    )
+    assert (headers["timelimit"], headers["shadow"], headers["kwargsrepr"]) == (
+        [None, 5.0],
+        "alias",
+        "{'a': 1}",
+    )
+    assert "argsrepr" not in headers
+    back = decode_task(env)
+    assert (back.retries, back.eta, back.timelimit, back.shadow) == (3, eta, (None, 5.0), "alias")
 
 
 def test_protocol_v1_body_decodes() -> None:
