@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from conveyor._frozen import fast_init
 from conveyor.errors import ConfigurationError, Retry, TaskError
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["Request", "Task", "current_request", "running"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Request:
     """What a worker knows about the message it is running (``task.request`` inside a run).

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from conveyor._frozen import fast_init
 from conveyor.errors import ProtocolError
 from conveyor.routing.entities import MAX_PRIORITY, FrozenMapping
 
@@ -49,6 +50,7 @@ def _check_header_value(key: str, value: Any, depth: int = 0) -> None:
     )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One message: an opaque ``body`` plus AMQP-style properties and headers.

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from conveyor._frozen import fast_init
 from conveyor.errors import ProtocolError
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import FrozenMapping
@@ -176,6 +177,7 @@ def _short_repr(value: Any) -> str:
     return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskMessage:
     """One request to run task ``task`` with ``args`` and ``kwargs``.
@@ -319,6 +321,9 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
         raise ProtocolError(f"task message embed must be a dict or null, got {embed!r}")
     task_id: Any = headers.get("id") or envelope.correlation_id
     retries = headers.get("retries") or 0
+    eta = headers.get("eta")
+    expires = headers.get("expires")
+    timelimit = headers.get("timelimit")
     return TaskMessage(
         task=headers["task"],
         id=task_id,
@@ -326,9 +331,9 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
         kwargs=kwargs,
         embed=embed,
         retries=retries,
-        eta=parse_time(headers.get("eta"), "eta"),
-        expires=parse_time(headers.get("expires"), "expires"),
-        timelimit=_timelimit(headers.get("timelimit")),
+        eta=None if eta is None else parse_time(eta, "eta"),
+        expires=None if expires is None else parse_time(expires, "expires"),
+        timelimit=(None, None) if timelimit is None else _timelimit(timelimit),
         root_id=_opt_str(headers, "root_id"),
         parent_id=_opt_str(headers, "parent_id"),
         group=_opt_str(headers, "group"),
@@ -339,8 +344,8 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
         correlation_id=envelope.correlation_id,
         priority=envelope.priority,
         headers=(
-            {k: v for k, v in headers.items() if k not in _STANDARD_HEADERS}
-            if headers.keys() - _STANDARD_HEADERS
-            else {}
+            {}
+            if _STANDARD_HEADERS.issuperset(headers)
+            else {k: v for k, v in headers.items() if k not in _STANDARD_HEADERS}
         ),
     )

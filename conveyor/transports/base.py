@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+from conveyor._frozen import fast_init
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import Exchange, Queue
 
@@ -78,6 +79,7 @@ class QueueStats:
     consumers: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """A message handed to a consumer (or returned by ``get``), waiting to be settled.
