@@ -330,7 +330,8 @@ class AsyncioPool(Pool):
                         if timeout.expired():
                             return time_limit_error(task, request, time_limit)
                         raise
-            await self.start()
+            if self._threads is None:
+                await self.start()
             assert self._threads is not None
 
             def call() -> tuple[Any, bool]:

@@ -546,7 +546,9 @@ class Worker:
                 )
                 await self._store(request, meta, delivery)
         if task.acks_late:
-            await self._ack(delivery)
+            transport = self._transport
+            assert transport is not None
+            await transport.ack(delivery)
 
     def request_stop(self, *, immediate: bool = False) -> None:
         """Ask the worker to stop (graceful, or at once); safe from signal handlers."""
