@@ -4,6 +4,14 @@
   run in one of the pool's threads, so they never block the loop. The worker may hand the
   thread an ``on_value`` callback that stores the result from there (``rpc://`` on RabbitMQ),
   before the run is reported back to the loop.
+
+Thread pools look ahead: the worker may hand them ``concurrency`` tasks more than can run
+(:attr:`Pool.lookahead`). Those wait in the pool, and a thread whose run ends starts the next
+at once instead of waiting for the event loop to hear of the end and hand it another (a trip
+that costs more than a short task itself). A gate on the event loop (:class:`_Gate`) still
+bounds the tasks *running* at once to ``concurrency``, threads and the loop's ``async def``
+tasks together; a time limit counts from the moment the task starts; and
+:meth:`Pool.withdraw_waiting` gives back what has not started when the worker stops.
 - ``threads``: every task runs in one of the pool's threads; ``async def`` tasks on that
   thread's own event loop (for async code that blocks).
 - ``processes``: every task runs in one of the pool's child processes (see ``processes.py``).
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import contextlib
 import ctypes
 import os
@@ -37,6 +46,7 @@ from conveyor.task import Request, Task, running
 __all__ = [
     "POOLS",
     "AsyncioPool",
+    "NotStarted",
     "OnValue",
     "Outcome",
     "Pool",
@@ -104,13 +114,28 @@ def format_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
+class NotStarted(Exception):
+    """Raised by :meth:`Pool.run` for a task the pool gave back before it started
+    (:meth:`Pool.withdraw_waiting`): it did not run, and its message should go back."""
+
+
 class Pool(abc.ABC):
-    """Where tasks run. ``run`` never raises for a task's own errors: they become an Outcome."""
+    """Where tasks run. ``run`` never raises for a task's own errors: they become an Outcome.
+
+    ``lookahead``: how many tasks more than ``concurrency`` the worker may have in ``run`` at
+    once; they wait inside the pool, not running, until one of the ``concurrency`` runs ends.
+    """
 
     name: str
+    lookahead = 0
 
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
+
+    def withdraw_waiting(self) -> int:
+        """Give back every task handed to ``run`` that has not started: each such ``run``
+        raises :class:`NotStarted`. Returns how many. Called on the event loop."""
+        return 0
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -172,10 +197,90 @@ class _Completions:
                 future.set_result(value)
 
 
-class _Job:
-    """A call handed to a worker thread, which an overrun can interrupt."""
+class _Gate:
+    """Bounds the tasks running at once to ``size``, threads and coroutines together, with no
+    lock on a thread's path: it is kept on the event loop alone.
 
-    __slots__ = ("completions", "fn", "future", "ident", "lock", "state")
+    ``threaded`` counts calls handed to the pool's threads (waiting there or running),
+    ``coroutines`` the ``async def`` tasks running on the loop. A call may be handed over while
+    no coroutine runs and fewer than ``size + lookahead`` are; while coroutines run, only if
+    handed-over calls and coroutines together stay under ``size`` (a call handed over may start
+    at once on an idle thread). A coroutine may start while the two together stay under
+    ``size``. Whoever cannot go waits, in arrival order.
+    """
+
+    def __init__(self, size: int, lookahead: int) -> None:
+        self.size = size
+        self.lookahead = lookahead
+        self.threaded = 0
+        self.coroutines = 0
+        self._waiters: collections.deque[tuple[bool, asyncio.Future[None]]] = collections.deque()
+
+    def _allows(self, threaded: bool) -> bool:
+        if threaded and not self.coroutines:
+            return self.threaded < self.size + self.lookahead
+        return self.threaded + self.coroutines < self.size
+
+    def _count(self, threaded: bool, step: int) -> None:
+        if threaded:
+            self.threaded += step
+        else:
+            self.coroutines += step
+
+    async def enter(self, threaded: bool) -> None:
+        """Wait until a call (``threaded``) or a coroutine may go. NotStarted if withdrawn."""
+        if not self._waiters and self._allows(threaded):
+            if threaded:
+                self.threaded += 1
+            else:
+                self.coroutines += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((threaded, waiter))
+        try:
+            await waiter  # counted in by _wake before it is woken
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.leave(threaded)  # let in, then cancelled before it could go
+            raise
+
+    def leave(self, threaded: bool) -> None:
+        if threaded:
+            self.threaded -= 1
+        else:
+            self.coroutines -= 1
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            threaded, waiter = waiters[0]
+            if waiter.done():  # cancelled while it waited
+                waiters.popleft()
+                continue
+            if not self._allows(threaded):
+                return
+            waiters.popleft()
+            self._count(threaded, 1)
+            waiter.set_result(None)
+
+    def withdraw(self) -> int:
+        """Every waiter gets NotStarted; returns how many."""
+        waiters, self._waiters = self._waiters, collections.deque()
+        withdrawn = 0
+        for _, waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(NotStarted())
+                withdrawn += 1
+        return withdrawn
+
+
+class _Job:
+    """A call handed to a worker thread, which an overrun can interrupt. ``started`` and
+    ``ended`` are ``time.monotonic()`` readings (0.0 until then)."""
+
+    __slots__ = ("completions", "ended", "fn", "future", "ident", "lock", "started", "state")
 
     def __init__(self, fn: Callable[[], Any], completions: _Completions) -> None:
         self.fn = fn
@@ -184,6 +289,8 @@ class _Job:
         self.lock = threading.Lock()
         self.state = "queued"
         self.ident = 0
+        self.started = 0.0
+        self.ended = 0.0
 
     def run(self) -> None:
         with self.lock:
@@ -191,15 +298,18 @@ class _Job:
                 return
             self.state = "running"
             self.ident = threading.get_ident()
+            self.started = time.monotonic()
         try:
             value = self.fn()
         except BaseException as exc:
             with self.lock:
                 self.state = "done"
+                self.ended = time.monotonic()
             self.completions.put(self, None, exc)
         else:
             with self.lock:
                 self.state = "done"
+                self.ended = time.monotonic()
             self.completions.put(self, value, None)
 
     def interrupt(self) -> None:
@@ -213,11 +323,31 @@ class _Job:
                     ctypes.c_ulong(self.ident), ctypes.py_object(TimeLimitExceeded)
                 )
 
+    def withdraw(self) -> bool:
+        """On the loop: if the call has not started, it never will; its waiter gets
+        NotStarted. True if it was withdrawn."""
+        with self.lock:
+            if self.state != "queued":
+                return False
+            self.state = "done"
+        if not self.future.done():
+            self.future.set_exception(NotStarted())
+        return True
+
+    def ran_for(self) -> float:
+        """Seconds the call has run (so far, if it still runs)."""
+        if not self.started:
+            return 0.0
+        return (self.ended or time.monotonic()) - self.started
+
 
 class _Threads:
-    """N daemon threads running :class:`_Job` s; a late interrupt never kills a thread."""
+    """N daemon threads running :class:`_Job` s; a late interrupt never kills a thread.
+    ``waiting`` holds the jobs handed over and not finished (loop side)."""
 
-    def __init__(self, size: int, name: str) -> None:
+    def __init__(self, size: int, name: str, gate: _Gate) -> None:
+        self.gate = gate
+        self.waiting: set[_Job] = set()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._completions: _Completions | None = None
         self._threads = [
@@ -228,9 +358,10 @@ class _Threads:
             thread.start()
 
     def _main(self) -> None:
+        jobs = self._jobs
         while True:
             try:
-                job = self._jobs.get()
+                job = jobs.get()
                 if job is None:
                     return
                 job.run()
@@ -245,7 +376,11 @@ class _Threads:
         return completions
 
     def submit(self, job: _Job) -> None:
+        self.waiting.add(job)
         self._jobs.put(job)
+
+    def withdraw_waiting(self) -> int:
+        return sum(job.withdraw() for job in list(self.waiting))
 
     def stop(self) -> None:
         for _ in self._threads:
@@ -253,27 +388,46 @@ class _Threads:
 
 
 async def _run_in_thread(
-    threads: _Threads, fn: Callable[[], Any], time_limit: float | None
+    threads: _Threads,
+    fn: Callable[[], Any],
+    time_limit: float | None,
+    ran: list[float] | None = None,
 ) -> tuple[bool, Any]:
-    """Run ``fn`` on ``threads``; return (finished in time, value). Raises what ``fn`` raised."""
-    job = _Job(fn, threads.completions(asyncio.get_running_loop()))
-    threads.submit(job)
+    """Run ``fn`` on ``threads``; return (finished in time, value). Raises what ``fn`` raised,
+    or NotStarted if the pool withdrew it before it started. ``time_limit`` counts from the
+    moment ``fn`` starts, not from when it was handed over; ``ran`` gets its running time."""
+    gate = threads.gate
+    await gate.enter(True)
     try:
-        if time_limit is None:
-            return True, await job.future
+        job = _Job(fn, threads.completions(asyncio.get_running_loop()))
+        threads.submit(job)
         try:
-            async with asyncio.timeout(time_limit):
-                return True, await asyncio.shield(job.future)
-        except TimeoutError:
-            if job.future.done():
-                return True, job.future.result()
+            if time_limit is None:
+                return True, await job.future
+            wait = time_limit  # the earliest the limit can run out: it starts now at the earliest
+            while True:
+                try:
+                    async with asyncio.timeout(wait):
+                        return True, await asyncio.shield(job.future)
+                except TimeoutError:
+                    if job.future.done():
+                        return True, job.future.result()
+                    wait = time_limit - job.ran_for() if job.started else time_limit
+                    if wait > 0:
+                        continue
+                    job.interrupt()
+                    job.future.add_done_callback(_consume)
+                    return False, None
+        except asyncio.CancelledError:
             job.interrupt()
             job.future.add_done_callback(_consume)
-            return False, None
-    except asyncio.CancelledError:
-        job.interrupt()
-        job.future.add_done_callback(_consume)
-        raise
+            raise
+        finally:
+            threads.waiting.discard(job)
+            if ran is not None:
+                ran.append(job.ran_for())
+    finally:
+        gate.leave(True)
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
@@ -282,22 +436,35 @@ def _consume(fut: asyncio.Future[Any]) -> None:
 
 
 class AsyncioPool(Pool):
-    """``async def`` tasks on the event loop; plain functions in ``concurrency`` threads."""
+    """``async def`` tasks on the event loop; plain functions in ``concurrency`` threads.
+
+    Looks ahead by ``concurrency`` (see the module's text); calls for the threads and
+    ``async def`` tasks pass one :class:`_Gate`, so together they never run more than
+    ``concurrency`` tasks at once.
+    """
 
     name = "asyncio"
 
     def __init__(self, concurrency: int) -> None:
         super().__init__(concurrency)
+        self.lookahead = concurrency
+        self._gate = _Gate(concurrency, self.lookahead)
         self._threads: _Threads | None = None
 
     async def start(self) -> None:
         if self._threads is None:
-            self._threads = _Threads(self.concurrency, "conveyor-task")
+            self._threads = _Threads(self.concurrency, "conveyor-task", self._gate)
 
     async def close(self) -> None:
         if self._threads is not None:
             self._threads.stop()
             self._threads = None
+
+    def withdraw_waiting(self) -> int:
+        withdrawn = self._gate.withdraw()
+        if self._threads is not None:
+            withdrawn += self._threads.withdraw_waiting()
+        return withdrawn
 
     async def run(
         self,
@@ -308,9 +475,10 @@ class AsyncioPool(Pool):
     ) -> Outcome:
         started = time.monotonic()
         outcome = await self._run(task, request, time_limit, on_value)
-        # A fresh Outcome nobody else holds yet: set its runtime in place (replace() costs
-        # ~1 µs a task).
-        object.__setattr__(outcome, "runtime", time.monotonic() - started)
+        if not outcome.runtime:
+            # A fresh Outcome nobody else holds yet: set its runtime in place (replace()
+            # costs ~1 µs a task).
+            object.__setattr__(outcome, "runtime", time.monotonic() - started)
         return outcome
 
     async def _run(
@@ -318,18 +486,12 @@ class AsyncioPool(Pool):
     ) -> Outcome:
         try:
             if task.is_async:
-                with running(request):
-                    coro = task(*request.args, **request.kwargs)
-                    if time_limit is None:
-                        return Outcome(State.SUCCESS, await coro)
-                    timeout = asyncio.timeout(time_limit)
-                    try:
-                        async with timeout:
-                            return Outcome(State.SUCCESS, await coro)
-                    except TimeoutError:
-                        if timeout.expired():
-                            return time_limit_error(task, request, time_limit)
-                        raise
+                gate = self._gate
+                await gate.enter(False)
+                try:
+                    return await self._run_async(task, request, time_limit)
+                finally:
+                    gate.leave(False)
             if self._threads is None:
                 await self.start()
             assert self._threads is not None
@@ -339,18 +501,44 @@ class AsyncioPool(Pool):
                     value = task(*request.args, **request.kwargs)
                 return value, on_value is not None and on_value(value)
 
-            finished, result = await _run_in_thread(self._threads, call, time_limit)
+            ran: list[float] = []
+            try:
+                finished, result = await _run_in_thread(self._threads, call, time_limit, ran)
+            except NotStarted:
+                raise
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                outcome = classify_error(task, request, exc, format_error(exc))
+                object.__setattr__(outcome, "runtime", ran[0])
+                return outcome
             if not finished:
                 assert time_limit is not None
                 return time_limit_error(task, request, time_limit)
             value, stored = result
-            return Outcome(State.SUCCESS, value, stored=stored)
-        except asyncio.CancelledError:
+            return Outcome(State.SUCCESS, value, stored=stored, runtime=ran[0])
+        except (NotStarted, asyncio.CancelledError):
             raise
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return classify_error(task, request, exc, format_error(exc))
+
+    async def _run_async(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
+        with running(request):
+            coro = task(*request.args, **request.kwargs)
+            if time_limit is None:
+                return Outcome(State.SUCCESS, await coro)
+            timeout = asyncio.timeout(time_limit)
+            try:
+                async with timeout:
+                    return Outcome(State.SUCCESS, await coro)
+            except TimeoutError:
+                if timeout.expired():
+                    return time_limit_error(task, request, time_limit)
+                raise
 
 
 class ThreadPool(AsyncioPool):
@@ -361,19 +549,29 @@ class ThreadPool(AsyncioPool):
     def __init__(self, concurrency: int) -> None:
         super().__init__(concurrency)
         self._local = threading.local()
+        self._loops: list[asyncio.AbstractEventLoop] = []
 
     def _thread_loop(self) -> asyncio.AbstractEventLoop:
         loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
         if loop is None:
             loop = self._local.loop = asyncio.new_event_loop()
+            self._loops.append(loop)
         return loop
+
+    async def close(self) -> None:
+        await super().close()
+        loops, self._loops = self._loops, []
+        for loop in loops:
+            with contextlib.suppress(RuntimeError):  # still running an abandoned task
+                loop.close()
 
     async def _run(
         self, task: Task, request: Request, time_limit: float | None, on_value: OnValue | None
     ) -> Outcome:
         if not task.is_async:
             return await super()._run(task, request, time_limit, on_value)
-        await self.start()
+        if self._threads is None:
+            await self.start()
         assert self._threads is not None
 
         expired = object()
@@ -397,16 +595,17 @@ class ThreadPool(AsyncioPool):
 
             return loop.run_until_complete(body())
 
+        ran: list[float] = []
         try:
-            _, value = await _run_in_thread(self._threads, call, None)
-        except asyncio.CancelledError:
+            _, value = await _run_in_thread(self._threads, call, None, ran)
+        except (NotStarted, asyncio.CancelledError):
             raise
         except Exception as exc:
             return classify_error(task, request, exc, format_error(exc))
         if value is expired:
             assert time_limit is not None
             return time_limit_error(task, request, time_limit)
-        return Outcome(State.SUCCESS, value)
+        return Outcome(State.SUCCESS, value, runtime=ran[0])
 
 
 POOLS: dict[str, type[Pool]] = {"asyncio": AsyncioPool, "threads": ThreadPool}

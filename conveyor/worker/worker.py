@@ -3,7 +3,13 @@
 Life of a delivery:
 
 1. The consumer (prefetch = concurrency x prefetch multiplier) hands it over; it waits in the
-   local :class:`PriorityBuffer` until an execution slot is free, highest priority first.
+   local :class:`PriorityBuffer` until an execution slot is free, highest priority first. A
+   pool that looks ahead (:attr:`Pool.lookahead`, the thread pools) gets that many slots more:
+   those tasks wait in the pool for a run to end, so a thread goes from one plain function to
+   the next without a trip through the event loop; the pool still runs at most
+   ``concurrency`` at once. Not when a consumed queue has priorities (a task waiting in the
+   pool could not be overtaken by a better one arriving after it), nor with
+   ``task_track_started`` (STARTED must mean started).
 2. It is decoded. An undecodable message, or one for a task this worker does not know, is
    dead-lettered (the queue's own dead-letter exchange, else the ``task_dead_letter_queue``)
    with the reason, worker and queue in its headers, then acked: never dropped.
@@ -48,7 +54,7 @@ from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
 from conveyor.worker.buffer import PriorityBuffer
-from conveyor.worker.execution import POOLS, OnValue, Outcome, Pool
+from conveyor.worker.execution import POOLS, NotStarted, OnValue, Outcome, Pool
 from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
 
@@ -118,7 +124,7 @@ class Worker:
         self._backend: ResultBackend | None = None
         self._consumer: Consumer | None = None
         self._buffer = PriorityBuffer()
-        self._free_slots = self.concurrency
+        self._free_slots = self.concurrency  # look-ahead slots are added by start()
         self._running: dict[asyncio.Task[None], Delivery] = {}
         self._holding: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -179,6 +185,10 @@ class Worker:
                 await self.app.declare(transport, entity)
                 self.consumed_queues[entity.name] = entity
                 names.append(entity.name)
+        if not self.app.conf.task_track_started and not any(
+            queue.max_priority for queue in self.consumed_queues.values()
+        ):
+            self._free_slots += self.pool.lookahead
         self._consumer = await transport.consume(names, prefetch=self.prefetch)
         loop = asyncio.get_running_loop()
         self._service = [loop.create_task(self._receive(self._consumer))]
@@ -455,7 +465,15 @@ class Worker:
             and backend.stores_from_thread
             else None
         )
-        outcome = await self.pool.run(task, request, limit, on_value)
+        try:
+            outcome = await self.pool.run(task, request, limit, on_value)
+        except NotStarted:  # the worker is stopping: it goes back with the prefetched ones
+            self._release_slot(asyncio.current_task())
+            transport = self._transport
+            assert transport is not None
+            with contextlib.suppress(Exception):
+                await transport.nack(delivery, requeue=True)
+            return
         # The run is over: the next task may start while this one's result is stored and acked
         # (unacked messages stay bounded by the prefetch).
         self._release_slot(asyncio.current_task())
@@ -583,8 +601,10 @@ class Worker:
             for delivery in waiting:
                 with contextlib.suppress(Exception):
                     await transport.nack(delivery, requeue=True)
-        if waiting:
-            log.info("gave back %d prefetched messages", len(waiting))
+        # Handed to the pool but not started: their runs raise NotStarted and nack them.
+        withdrawn = self.pool.withdraw_waiting()
+        if waiting or withdrawn:
+            log.info("gave back %d prefetched messages", len(waiting) + withdrawn)
         if self._running and not self._immediate:
             log.info(
                 "waiting up to %g s for %d running tasks", self.shutdown_grace, len(self._running)
