@@ -82,7 +82,7 @@ class Envelope:
         if not isinstance(self.body, bytes):
             object.__setattr__(self, "body", bytes(self.body))
         headers = self.headers
-        if not isinstance(headers, Mapping):
+        if type(headers) is not dict and not isinstance(headers, Mapping):
             raise ProtocolError(f"envelope headers must be a mapping, got {headers!r}")
         plain = _PLAIN
         for key, value in headers.items():

@@ -213,9 +213,11 @@ class TaskMessage:
             raise ProtocolError(f"task name must be a non-empty string, got {self.task!r}")
         if not isinstance(self.id, str) or not self.id:
             raise ProtocolError(f"task id must be a non-empty string, got {self.id!r}")
-        args = self.args
+        args: Any = self.args  # a list, as decoded from JSON, is made a tuple here
         if type(args) is not tuple:
-            if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+            if type(args) is not list and (
+                isinstance(args, (str, bytes)) or not isinstance(args, Sequence)
+            ):
                 raise ProtocolError(f"task args must be a list, got {type(args).__name__}")
             object.__setattr__(self, "args", tuple(args))
         kwargs = self.kwargs
@@ -317,7 +319,7 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
             f"task message body must be [args, kwargs, embed], got {type(body).__name__}"
         )
     args, kwargs, embed = body
-    if embed is not None and not isinstance(embed, Mapping):
+    if embed is not None and type(embed) is not dict and not isinstance(embed, Mapping):
         raise ProtocolError(f"task message embed must be a dict or null, got {embed!r}")
     task_id: Any = headers.get("id") or envelope.correlation_id
     retries = headers.get("retries") or 0

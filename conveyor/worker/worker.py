@@ -126,7 +126,7 @@ class Worker:
         self._buffer = PriorityBuffer()
         self._free_slots = self.concurrency  # look-ahead slots are added by start()
         self._running: dict[asyncio.Task[None], Delivery] = {}
-        self._holding: set[asyncio.Task[Any]] = set()
+        self._holding: set[int] = set()  # id() of the deliveries holding a slot
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._immediate = False
@@ -238,18 +238,18 @@ class Worker:
             self._free_slots -= 1
             task = asyncio.get_running_loop().create_task(self._handle(delivery))
             self._running[task] = delivery
-            self._holding.add(task)
+            self._holding.add(id(delivery))
             task.add_done_callback(self._finished)
 
-    def _release_slot(self, task: asyncio.Task[Any] | None) -> None:
-        if task in self._holding:
-            self._holding.discard(task)
+    def _release_slot(self, delivery: Delivery | None) -> None:
+        """Free the slot ``delivery`` holds, once (its run may end before its handling)."""
+        if id(delivery) in self._holding:
+            self._holding.discard(id(delivery))
             self._free_slots += 1
             self._start_ready()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
-        self._release_slot(task)
+        self._release_slot(self._running.pop(task, None))
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "worker %s: handling a delivery failed", self.hostname, exc_info=task.exception()
@@ -468,7 +468,7 @@ class Worker:
         try:
             outcome = await self.pool.run(task, request, limit, on_value)
         except NotStarted:  # the worker is stopping: it goes back with the prefetched ones
-            self._release_slot(asyncio.current_task())
+            self._release_slot(delivery)
             transport = self._transport
             assert transport is not None
             with contextlib.suppress(Exception):
@@ -476,7 +476,7 @@ class Worker:
             return
         # The run is over: the next task may start while this one's result is stored and acked
         # (unacked messages stay bounded by the prefetch).
-        self._release_slot(asyncio.current_task())
+        self._release_slot(delivery)
         await self._settle(delivery, message, task, request, outcome, store)
         self.processed += 1
         self._hook("after_task", request, outcome, reverse=True)
