@@ -227,13 +227,19 @@ class _Gate:
         else:
             self.coroutines += step
 
-    async def enter(self, threaded: bool) -> None:
-        """Wait until a call (``threaded``) or a coroutine may go. NotStarted if withdrawn."""
+    def try_enter(self, threaded: bool) -> bool:
+        """Go now if the rules allow and nobody waits; False otherwise (then :meth:`enter`)."""
         if not self._waiters and self._allows(threaded):
             if threaded:
                 self.threaded += 1
             else:
                 self.coroutines += 1
+            return True
+        return False
+
+    async def enter(self, threaded: bool) -> None:
+        """Wait until a call (``threaded``) or a coroutine may go. NotStarted if withdrawn."""
+        if self.try_enter(threaded):
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((threaded, waiter))
@@ -397,7 +403,8 @@ async def _run_in_thread(
     or NotStarted if the pool withdrew it before it started. ``time_limit`` counts from the
     moment ``fn`` starts, not from when it was handed over; ``ran`` gets its running time."""
     gate = threads.gate
-    await gate.enter(True)
+    if not gate.try_enter(True):
+        await gate.enter(True)
     try:
         job = _Job(fn, threads.completions(asyncio.get_running_loop()))
         threads.submit(job)
@@ -487,7 +494,8 @@ class AsyncioPool(Pool):
         try:
             if task.is_async:
                 gate = self._gate
-                await gate.enter(False)
+                if not gate.try_enter(False):
+                    await gate.enter(False)
                 try:
                     return await self._run_async(task, request, time_limit)
                 finally:
