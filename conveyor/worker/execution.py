@@ -134,7 +134,8 @@ class Pool(abc.ABC):
 
     def withdraw_waiting(self) -> int:
         """Give back every task handed to ``run`` that has not started: each such ``run``
-        raises :class:`NotStarted`. Returns how many. Called on the event loop."""
+        raises :class:`NotStarted`. Returns how many. Called on the event loop. A task acked
+        before its run (``acks_late`` off) is kept: its message is gone, so it must run."""
         return 0
 
     @abc.abstractmethod
@@ -214,7 +215,10 @@ class _Gate:
         self.lookahead = lookahead
         self.threaded = 0
         self.coroutines = 0
-        self._waiters: collections.deque[tuple[bool, asyncio.Future[None]]] = collections.deque()
+        # (threaded, kept by withdraw, waiter)
+        self._waiters: collections.deque[tuple[bool, bool, asyncio.Future[None]]] = (
+            collections.deque()
+        )
 
     def _allows(self, threaded: bool) -> bool:
         if threaded and not self.coroutines:
@@ -237,12 +241,13 @@ class _Gate:
             return True
         return False
 
-    async def enter(self, threaded: bool) -> None:
-        """Wait until a call (``threaded``) or a coroutine may go. NotStarted if withdrawn."""
+    async def enter(self, threaded: bool, keep: bool = False) -> None:
+        """Wait until a call (``threaded``) or a coroutine may go. NotStarted if withdrawn
+        (never when ``keep``)."""
         if self.try_enter(threaded):
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((threaded, waiter))
+        self._waiters.append((threaded, keep, waiter))
         try:
             await waiter  # counted in by _wake before it is woken
         except asyncio.CancelledError:
@@ -261,7 +266,7 @@ class _Gate:
     def _wake(self) -> None:
         waiters = self._waiters
         while waiters:
-            threaded, waiter = waiters[0]
+            threaded, _, waiter = waiters[0]
             if waiter.done():  # cancelled while it waited
                 waiters.popleft()
                 continue
@@ -272,11 +277,12 @@ class _Gate:
             waiter.set_result(None)
 
     def withdraw(self) -> int:
-        """Every waiter gets NotStarted; returns how many."""
-        waiters, self._waiters = self._waiters, collections.deque()
+        """Every waiter not kept gets NotStarted; returns how many."""
+        waiters = self._waiters
+        self._waiters = collections.deque(entry for entry in waiters if entry[1])
         withdrawn = 0
-        for _, waiter in waiters:
-            if not waiter.done():
+        for _, keep, waiter in waiters:
+            if not keep and not waiter.done():
                 waiter.set_exception(NotStarted())
                 withdrawn += 1
         return withdrawn
@@ -286,10 +292,21 @@ class _Job:
     """A call handed to a worker thread, which an overrun can interrupt. ``started`` and
     ``ended`` are ``time.monotonic()`` readings (0.0 until then)."""
 
-    __slots__ = ("completions", "ended", "fn", "future", "ident", "lock", "started", "state")
+    __slots__ = (
+        "completions",
+        "ended",
+        "fn",
+        "future",
+        "ident",
+        "keep",
+        "lock",
+        "started",
+        "state",
+    )
 
-    def __init__(self, fn: Callable[[], Any], completions: _Completions) -> None:
+    def __init__(self, fn: Callable[[], Any], completions: _Completions, keep: bool) -> None:
         self.fn = fn
+        self.keep = keep  # never withdrawn (its message was acked before the run)
         self.completions = completions
         self.future: asyncio.Future[Any] = completions.loop.create_future()
         self.lock = threading.Lock()
@@ -386,7 +403,7 @@ class _Threads:
         self._jobs.put(job)
 
     def withdraw_waiting(self) -> int:
-        return sum(job.withdraw() for job in list(self.waiting))
+        return sum(job.withdraw() for job in list(self.waiting) if not job.keep)
 
     def stop(self) -> None:
         for _ in self._threads:
@@ -398,15 +415,17 @@ async def _run_in_thread(
     fn: Callable[[], Any],
     time_limit: float | None,
     ran: list[float] | None = None,
+    keep: bool = False,
 ) -> tuple[bool, Any]:
     """Run ``fn`` on ``threads``; return (finished in time, value). Raises what ``fn`` raised,
-    or NotStarted if the pool withdrew it before it started. ``time_limit`` counts from the
-    moment ``fn`` starts, not from when it was handed over; ``ran`` gets its running time."""
+    or NotStarted if the pool withdrew it before it started (never when ``keep``).
+    ``time_limit`` counts from the moment ``fn`` starts, not from when it was handed over;
+    ``ran`` gets its running time."""
     gate = threads.gate
     if not gate.try_enter(True):
-        await gate.enter(True)
+        await gate.enter(True, keep)
     try:
-        job = _Job(fn, threads.completions(asyncio.get_running_loop()))
+        job = _Job(fn, threads.completions(asyncio.get_running_loop()), keep)
         threads.submit(job)
         try:
             if time_limit is None:
@@ -495,7 +514,7 @@ class AsyncioPool(Pool):
             if task.is_async:
                 gate = self._gate
                 if not gate.try_enter(False):
-                    await gate.enter(False)
+                    await gate.enter(False, keep=not task.acks_late)
                 try:
                     return await self._run_async(task, request, time_limit)
                 finally:
@@ -511,7 +530,9 @@ class AsyncioPool(Pool):
 
             ran: list[float] = []
             try:
-                finished, result = await _run_in_thread(self._threads, call, time_limit, ran)
+                finished, result = await _run_in_thread(
+                    self._threads, call, time_limit, ran, keep=not task.acks_late
+                )
             except NotStarted:
                 raise
             except asyncio.CancelledError:
@@ -605,7 +626,7 @@ class ThreadPool(AsyncioPool):
 
         ran: list[float] = []
         try:
-            _, value = await _run_in_thread(self._threads, call, None, ran)
+            _, value = await _run_in_thread(self._threads, call, None, ran, keep=not task.acks_late)
         except (NotStarted, asyncio.CancelledError):
             raise
         except Exception as exc:

@@ -154,6 +154,29 @@ async def test_a_stopping_worker_gives_back_what_waits_in_the_pool(
     await again.stop()
 
 
+async def test_a_task_acked_before_its_run_is_kept_and_runs_when_the_worker_stops(
+    app: App, start_worker: StartWorker
+) -> None:
+    ran: list[str] = []
+
+    @app.task(name="record", acks_late=False)
+    def record(label: str) -> None:
+        time.sleep(0.3)
+        ran.append(label)
+
+    worker = await start_worker(concurrency=1)
+    for label in ("first", "second"):
+        await record.adelay(label)
+    deadline = time.monotonic() + 5
+    while worker._buffer or len(worker._running) < 2:  # both acked and handed to the pool
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    assert ran == ["first", "second"]  # its message is gone: giving it back would lose it
+    transport = await app.atransport()
+    assert (await transport.queue_stats(app.conf.task_default_queue)).ready == 0
+
+
 async def test_no_look_ahead_on_priority_queues_or_with_started_tracking(
     app: App, start_worker: StartWorker
 ) -> None:
