@@ -234,10 +234,7 @@ class _Gate:
     def try_enter(self, threaded: bool) -> bool:
         """Go now if the rules allow and nobody waits; False otherwise (then :meth:`enter`)."""
         if not self._waiters and self._allows(threaded):
-            if threaded:
-                self.threaded += 1
-            else:
-                self.coroutines += 1
+            self._count(threaded, 1)
             return True
         return False
 
@@ -256,10 +253,7 @@ class _Gate:
             raise
 
     def leave(self, threaded: bool) -> None:
-        if threaded:
-            self.threaded -= 1
-        else:
-            self.coroutines -= 1
+        self._count(threaded, -1)
         if self._waiters:
             self._wake()
 
