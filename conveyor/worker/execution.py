@@ -504,6 +504,7 @@ class AsyncioPool(Pool):
     async def _run(
         self, task: Task, request: Request, time_limit: float | None, on_value: OnValue | None
     ) -> Outcome:
+        ran: list[float] = []  # a thread's running time, once it has one
         try:
             if task.is_async:
                 gate = self._gate
@@ -522,21 +523,9 @@ class AsyncioPool(Pool):
                     value = task(*request.args, **request.kwargs)
                 return value, on_value is not None and on_value(value)
 
-            ran: list[float] = []
-            try:
-                finished, result = await _run_in_thread(
-                    self._threads, call, time_limit, ran, keep=not task.acks_late
-                )
-            except NotStarted:
-                raise
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
-                outcome = classify_error(task, request, exc, format_error(exc))
-                object.__setattr__(outcome, "runtime", ran[0])
-                return outcome
+            finished, result = await _run_in_thread(
+                self._threads, call, time_limit, ran, keep=not task.acks_late
+            )
             if not finished:
                 assert time_limit is not None
                 return time_limit_error(task, request, time_limit)
@@ -547,7 +536,10 @@ class AsyncioPool(Pool):
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            return classify_error(task, request, exc, format_error(exc))
+            outcome = classify_error(task, request, exc, format_error(exc))
+            if ran:  # the call ran in a thread: its own time, not the wait for one
+                object.__setattr__(outcome, "runtime", ran[0])
+            return outcome
 
     async def _run_async(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
         with running(request):
