@@ -52,6 +52,11 @@ def lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line]
 
 
+def unacked(logs: Path, name: str) -> set[str]:
+    """What consumer ``name`` was delivered and had not begun to ack (see ``processes.py``)."""
+    return set(lines(logs / f"{name}.delivered")) - set(lines(logs / f"{name}.acking"))
+
+
 async def a_killed_consumers_messages_come_back_redelivered(
     url: str, logs: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -144,9 +149,8 @@ async def a_sigkill_loses_nothing(
     assert len(survivors_acked) == len(set(survivors_acked)), "a message was acked twice"
     victim_acked = set(lines(logs / "victim.acked"))
     assert not victim_acked & set(survivors_acked), "an acked message was delivered again"
-    victim_maybe = set(lines(logs / "victim.acking"))
-    unaccounted = delivered - set(survivors_acked) - victim_maybe
+    unaccounted = delivered - set(survivors_acked) - set(lines(logs / "victim.acking"))
     assert not unaccounted, f"never acked: {sorted(unaccounted)[:10]}"
-    victim_unacked = set(lines(logs / "victim.delivered")) - victim_maybe
+    victim_unacked = unacked(logs, "victim")
     assert victim_unacked, "the victim was killed holding nothing: the test proved nothing"
     assert victim_unacked <= set(survivors_acked)
