@@ -74,17 +74,21 @@ async def consume(
             acked.write(ids)
             batch.clear()
 
+        holding = False  # consume-then-hold: past stop_acking, nothing is acked any more
         while not stop.is_set():
             try:
                 delivery = await asyncio.wait_for(anext(iterator), 0.05)
             except TimeoutError:
-                if batch:
+                if batch and not holding:
                     await settle()
                 continue
             delivered.write(delivery.envelope.body.decode() + "\n")
             await asyncio.sleep(0.001)
             batch.append(delivery)
-            if stop_acking and acked.tell() and len(_acked(log_dir, name)) >= stop_acking:
+            holding = holding or bool(
+                stop_acking and acked.tell() and len(_acked(log_dir, name)) >= stop_acking
+            )
+            if holding:
                 if len(batch) >= 5:
                     (log_dir / f"{name}.holding").touch()  # now kill me: I hold unacked ones
                 continue
