@@ -6,9 +6,9 @@ The URL's scheme picks the backend: ``memory://``, ``sqlite:///path``, ``rpc://`
 
 from __future__ import annotations
 
-from conveyor.plugins import class_for_url
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import READY_STATES, ResultMeta, State
+from conveyor.urls import class_for_url
 
 __all__ = [
     "BACKENDS",

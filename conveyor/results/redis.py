@@ -42,10 +42,9 @@ from conveyor.transports.redis_support import (
     RedisLink,
     check_url,
     make_client,
-    redacted,
     run,
 )
-from conveyor.transports.virtual import parse_options
+from conveyor.urls import parse_options, redacted
 
 __all__ = ["RedisBackend"]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from conveyor.plugins import class_for_url
 from conveyor.transports.base import (
     Capabilities,
     Consumer,
@@ -20,6 +19,7 @@ from conveyor.transports.base import (
     QueueStats,
     Transport,
 )
+from conveyor.urls import class_for_url
 
 __all__ = [
     "TRANSPORTS",

@@ -62,7 +62,6 @@ from conveyor.transports.redis_support import (
     RedisLink,
     check_url,
     make_client,
-    redacted,
     run,
 )
 from conveyor.transports.storage import (
@@ -76,7 +75,8 @@ from conveyor.transports.storage import (
     StoredMessage,
     TopologySnapshot,
 )
-from conveyor.transports.virtual import VirtualTransport, parse_options, virtual_capabilities
+from conveyor.transports.virtual import VirtualTransport, virtual_capabilities
+from conveyor.urls import parse_options, redacted
 
 __all__ = ["RedisStorage", "RedisTransport"]
 

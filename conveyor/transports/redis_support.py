@@ -35,6 +35,7 @@ from conveyor.errors import (
     ConveyorError,
     TransportError,
 )
+from conveyor.urls import redacted
 
 __all__ = [
     "CLIENT_QUERY_OPTIONS",
@@ -53,15 +54,6 @@ log = logging.getLogger("conveyor.redis")
 T = TypeVar("T")
 
 _LOST = (rexc.ConnectionError, rexc.TimeoutError, OSError)
-
-
-def redacted(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 # Query parameters handed to redis-py; conveyor's own options are taken out before.

@@ -58,7 +58,8 @@ from conveyor.transports.storage import (
     StoredMessage,
     TopologySnapshot,
 )
-from conveyor.transports.virtual import VirtualTransport, parse_options, virtual_capabilities
+from conveyor.transports.virtual import VirtualTransport, virtual_capabilities
+from conveyor.urls import parse_options
 
 __all__ = [
     "DEFAULT_DATABASE_NAME",

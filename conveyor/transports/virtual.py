@@ -55,7 +55,7 @@ from conveyor.transports.storage import (
     TopologySnapshot,
 )
 
-__all__ = ["VirtualTransport", "parse_options", "virtual_capabilities"]
+__all__ = ["VirtualTransport", "virtual_capabilities"]
 
 log = logging.getLogger("conveyor.transports")
 
@@ -89,48 +89,6 @@ def virtual_capabilities(*, shared: bool) -> Capabilities:
         direct_reply_to=False,
         shared=shared,
     )
-
-
-def parse_options(
-    url: str,
-    given: Mapping[str, Any],
-    spec: Mapping[str, tuple[type, Any]],
-) -> dict[str, Any]:
-    """Merge URL query options and ``given`` options (the latter win) into typed values.
-
-    ``spec`` maps each option name to (type, default). Raises ConfigurationError naming the
-    option for an unknown name or a value of the wrong type.
-    """
-    from urllib.parse import parse_qsl, urlsplit
-
-    raw: dict[str, Any] = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
-    raw.update(given)
-    values = {name: default for name, (_, default) in spec.items()}
-    for name, value in raw.items():
-        if name not in spec:
-            known = ", ".join(sorted(spec))
-            raise ConfigurationError(
-                f"unknown option {name!r} for broker URL {url!r}: the options are {known}"
-            )
-        kind = spec[name][0]
-        try:
-            if kind is bool and isinstance(value, str):
-                lowered = value.lower()
-                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(value)
-                converted: Any = lowered in ("1", "true", "yes", "on")
-            else:
-                converted = kind(value)
-        except (TypeError, ValueError):
-            raise ConfigurationError(
-                f"option {name!r} of broker URL {url!r} must be a {kind.__name__}, got {value!r}"
-            ) from None
-        if isinstance(converted, float) and not converted > 0:
-            raise ConfigurationError(
-                f"option {name!r} of broker URL {url!r} must be more than zero, got {value!r}"
-            )
-        values[name] = converted
-    return values
 
 
 def _describe_queue(queue: Queue) -> str:
