@@ -10,6 +10,9 @@ which ``tests/results/`` checks on every backend:
 - ``wait`` returns the first *ready* state (SUCCESS, FAILURE, REVOKED) and never spins: it
   sleeps until the backend is told something changed. It raises ResultTimeout when ``timeout``
   passes first. Waiting for several ids at once, in any order, never loses a result.
+  ``wait`` and ``collect`` are written once, here, over two primitives each backend gives:
+  ``_read_all`` (every result kept for a task id) and ``_watch_results`` (be woken when they
+  may have changed).
 - ``store`` returns once the result is safely kept (committed, published). Storing a value that
   JSON cannot hold raises ProtocolError.
 - Methods may be cancelled; a cancelled ``store`` may or may not have been kept.
@@ -26,19 +29,22 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
-from conveyor.results.meta import ResultMeta
+from conveyor.errors import ResultTimeout
+from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.transports.base import Wakeup
 
 if TYPE_CHECKING:
     from conveyor.config import Settings
     from conveyor.transports.base import Transport
 
-__all__ = ["BackendHost", "Block", "ResultBackend", "StoreRequest"]
+__all__ = ["BackendHost", "Block", "ResultBackend", "StoreRequest", "Watch", "seconds_left"]
 
 Block = Callable[[Wakeup, float | None], bool]
 """How a thread waits for a :class:`Wakeup`: True once set, False after the seconds given."""
@@ -55,6 +61,21 @@ class BackendHost(Protocol):
     async def atransport(self) -> Transport:
         """The App's connected transport for the running event loop."""
         ...
+
+
+class Watch(Protocol):
+    """One waiter's watch on one task id's results (see :meth:`ResultBackend._watch_results`)."""
+
+    async def changed(self, timeout: float | None) -> bool:
+        """Sleep until the task's results may have changed, then True: read them again (a
+        wake-up is a hint, never a promise). False when ``timeout`` seconds (None: no limit)
+        pass first, or when no news can come any more (the backend closed)."""
+        ...
+
+
+def seconds_left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (a ``time.monotonic()`` reading; None: no limit)."""
+    return None if deadline is None else deadline - time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +96,11 @@ class ResultBackend(abc.ABC):
     """Where task results are kept. Create with :func:`conveyor.results.open_backend`."""
 
     url: str
+    # True once closed: a wait then ends with ResultTimeout instead of sleeping.
+    _closed = False
+    # What a ResultTimeout calls the awaited thing, and what it adds (rpc:// says both its way).
+    _awaited = "result"
+    _timeout_hint = ""
 
     @classmethod
     @abc.abstractmethod
@@ -189,21 +215,59 @@ class ResultBackend(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def _read_all(self, task_id: str) -> Mapping[str, ResultMeta]:
+        """Every result kept for ``task_id``, any state, by worker hostname (``""`` for the
+        plain one); empty if nothing is known. What :meth:`wait` and :meth:`collect` read."""
+
+    @abc.abstractmethod
+    def _watch_results(self, task_id: str) -> AbstractAsyncContextManager[Watch]:
+        """A watch on ``task_id`` for as long as the context lasts: its ``changed`` wakes when
+        the task's results may have changed. In effect from entering, so a result kept after
+        that is never missed by a read that follows. Never polls where the backend can be
+        told."""
+
+    def _timeout_error(self, task_id: str, timeout: float | None) -> ResultTimeout:
+        """The ResultTimeout every wait for ``task_id`` raises (in time, or closed)."""
+        if self._closed:
+            why = ": the result backend closed"
+        else:
+            why = f" within {timeout} s; is a worker consuming its queue?"
+        return ResultTimeout(f"no {self._awaited} for task {task_id}{why}{self._timeout_hint}")
+
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
-        """Wait until ``task_id`` is ready and return that state; ResultTimeout on timeout.
+        """Wait until ``task_id`` is ready and return that state; ResultTimeout on timeout
+        or when the backend closes.
 
         ``timeout=None`` waits for ever. For a broadcast task, the first worker's ready result.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with self._watch_results(task_id) as watch:
+            while True:
+                meta = pick_result(await self._read_all(task_id))
+                if meta is not None and meta.ready:
+                    return meta
+                if self._closed or not await watch.changed(seconds_left(deadline)):
+                    raise self._timeout_error(task_id, timeout)
 
-    @abc.abstractmethod
     async def collect(
         self, task_id: str, *, timeout: float, expected: int | None = None
     ) -> Mapping[str, ResultMeta]:
         """Every worker's ready result for ``task_id``, by worker hostname.
 
-        Returns when ``expected`` results are there, or when ``timeout`` passes (with what has
-        arrived, possibly nothing). Never raises ResultTimeout.
+        Returns when ``expected`` results are there, or when ``timeout`` passes or the backend
+        closes (with what has arrived, possibly nothing). Never raises ResultTimeout.
         """
+        deadline = time.monotonic() + timeout
+        async with self._watch_results(task_id) as watch:
+            while True:
+                found = await self._read_all(task_id)
+                ready = {(m.worker or k): m for k, m in found.items() if m.ready}
+                if (
+                    (expected is not None and len(ready) >= expected)
+                    or self._closed
+                    or not await watch.changed(seconds_left(deadline))
+                ):
+                    return ready
 
     @abc.abstractmethod
     async def forget(self, task_id: str) -> None:

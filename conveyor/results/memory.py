@@ -16,9 +16,10 @@ from collections.abc import Mapping, Sequence
 from typing import Self
 from urllib.parse import urlsplit
 
-from conveyor.errors import ConfigurationError, ResultTimeout
+from conveyor.errors import ConfigurationError
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.results.waiters import FutureWatch
 
 __all__ = ["MemoryBackend"]
 
@@ -118,44 +119,12 @@ class MemoryBackend(ResultBackend):
         meta = pick_result(self._store.snapshot(task_id))
         return meta if meta is not None and meta.ready else None
 
-    async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            fut = self._store.watch(task_id)
-            try:
-                meta = pick_result(self._store.snapshot(task_id))
-                if meta is not None and meta.ready:
-                    return meta
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ResultTimeout(
-                        f"no result for task {task_id} within {timeout} s; is a worker "
-                        "consuming its queue?"
-                    )
-                try:
-                    await asyncio.wait_for(fut, remaining)
-                except TimeoutError:
-                    continue
-            finally:
-                self._store.unwatch(task_id, fut)
+    async def _read_all(self, task_id: str) -> Mapping[str, ResultMeta]:
+        return self._store.snapshot(task_id)
 
-    async def collect(
-        self, task_id: str, *, timeout: float, expected: int | None = None
-    ) -> Mapping[str, ResultMeta]:
-        deadline = time.monotonic() + timeout
-        while True:
-            fut = self._store.watch(task_id)
-            try:
-                ready = {k: m for k, m in self._store.snapshot(task_id).items() if m.ready}
-                remaining = deadline - time.monotonic()
-                if (expected is not None and len(ready) >= expected) or remaining <= 0:
-                    return {(m.worker or k): m for k, m in ready.items()}
-                try:
-                    await asyncio.wait_for(fut, remaining)
-                except TimeoutError:
-                    continue
-            finally:
-                self._store.unwatch(task_id, fut)
+    def _watch_results(self, task_id: str) -> FutureWatch:
+        store = self._store
+        return FutureWatch(lambda: store.watch(task_id), lambda fut: store.unwatch(task_id, fut))
 
     async def forget(self, task_id: str) -> None:
         with self._store.lock:

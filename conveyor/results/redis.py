@@ -32,8 +32,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
-from conveyor.errors import BrokerUnavailable, ConveyorError, ProtocolError, ResultTimeout
-from conveyor.results.base import BackendHost, Block, ResultBackend, StoreRequest
+from conveyor.errors import BrokerUnavailable, ConveyorError, ProtocolError
+from conveyor.results.base import BackendHost, Block, ResultBackend, StoreRequest, Watch
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.waiters import Waiters
 from conveyor.transports.base import Wakeup
@@ -107,6 +107,22 @@ def _found(plain: bytes | None, workers: Any) -> dict[str, ResultMeta]:
     if plain is not None:
         found[_PLAIN] = ResultMeta.from_json(plain)
     return found
+
+
+class _InboxWatch:
+    """A ``Watch`` over a subscription's inbox: any document or re-check wakes it."""
+
+    __slots__ = ("_inbox",)
+
+    def __init__(self, inbox: asyncio.Queue[bytes | _Signal]) -> None:
+        self._inbox = inbox
+
+    async def changed(self, timeout: float | None) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._inbox.get() is not _Signal.CLOSED
+        except TimeoutError:
+            return False
 
 
 class RedisBackend(ResultBackend):
@@ -329,10 +345,6 @@ class RedisBackend(ResultBackend):
         except TimeoutError:
             return _Signal.EXPIRED
 
-    def _timeout(self, task_id: str, timeout: float | None) -> ResultTimeout:
-        reason = "the result backend closed" if self._closed else f"no result within {timeout} s"
-        return ResultTimeout(f"task {task_id}: {reason}; is a worker consuming its queue?")
-
     @property
     def _reply_prefix(self) -> str:
         return f"{self._prefix}conveyor-reply-"
@@ -396,6 +408,8 @@ class RedisBackend(ResultBackend):
             self._replies.pop(task_id, None)  # the AsyncResult keeps it, as after wait()
         return meta
 
+    # Not the base's wait: it races the reply channel against the subscription, and a published
+    # document is the result itself, so a wake-up costs no read (the base reads per wake-up).
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
         kept = self._replies.pop(task_id, None)
         if kept is not None:
@@ -433,7 +447,7 @@ class RedisBackend(ResultBackend):
             while meta is None or not meta.ready:
                 item = await self._next(inbox, deadline)
                 if item is _Signal.EXPIRED or item is _Signal.CLOSED:
-                    raise self._timeout(task_id, timeout)
+                    raise self._timeout_error(task_id, timeout)
                 if item is _Signal.RECHECK:
                     meta = pick_result(await self._read(task_id))
                 else:
@@ -441,21 +455,15 @@ class RedisBackend(ResultBackend):
                     meta = ResultMeta.from_json(item)
             return meta
 
-    async def collect(
-        self, task_id: str, *, timeout: float, expected: int | None = None
-    ) -> Mapping[str, ResultMeta]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        async with self._subscribed(task_id) as (inbox, found):
-            while True:
-                ready = {k: m for k, m in found.items() if m.ready}
-                if expected is not None and len(ready) >= expected:
-                    break
-                item = await self._next(inbox, deadline)
-                if item is _Signal.EXPIRED or item is _Signal.CLOSED:
-                    break
-                found = await self._read(task_id)
-        return {(m.worker or k): m for k, m in ready.items()}
+    async def _read_all(self, task_id: str) -> Mapping[str, ResultMeta]:
+        return await self._read(task_id)
+
+    @contextlib.asynccontextmanager
+    async def _watch_results(self, task_id: str) -> AsyncIterator[Watch]:
+        # collect() reads again after subscribing: one round trip more than the subscription's
+        # own read, on the rare broadcast path, for waiting written once.
+        async with self._subscribed(task_id) as (inbox, _):
+            yield _InboxWatch(inbox)
 
     async def forget(self, task_id: str) -> None:
         client = self._redis

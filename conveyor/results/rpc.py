@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from typing import Self
 from urllib.parse import urlsplit
 
-from conveyor.errors import ConfigurationError, ProtocolError, ResultTimeout
+from conveyor.errors import ConfigurationError, ProtocolError
 from conveyor.protocol.envelope import Envelope
-from conveyor.results.base import BackendHost, Block, ResultBackend, StoreRequest
+from conveyor.results.base import BackendHost, Block, ResultBackend, StoreRequest, seconds_left
 from conveyor.results.meta import ResultMeta, pick_result
-from conveyor.results.waiters import Waiters
+from conveyor.results.waiters import FutureWatch, Waiters
 from conveyor.routing.entities import Queue
 from conveyor.transports.base import Consumer, Transport, Wakeup
 
@@ -49,6 +49,9 @@ _PLAIN = ""
 
 class RPCBackend(ResultBackend):
     """Replies over the broker to the caller's exclusive reply queue."""
+
+    _awaited = "reply"
+    _timeout_hint = " (rpc:// results reach only the App that sent the task)"
 
     def __init__(self, url: str, host: BackendHost) -> None:
         self.url = url
@@ -216,47 +219,23 @@ class RPCBackend(ResultBackend):
         self, task_id: str, timeout: float | None, deadline: float | None
     ) -> float | None:
         """Seconds left to wait for ``task_id``; ResultTimeout when none are (or closed)."""
-        remaining = None if deadline is None else deadline - time.monotonic()
+        remaining = seconds_left(deadline)
         if self._closed or (remaining is not None and remaining <= 0):
-            raise ResultTimeout(
-                f"no reply for task {task_id} within {timeout} s; is a worker consuming "
-                "its queue? (rpc:// results reach only the App that sent the task)"
-            )
+            raise self._timeout_error(task_id, timeout)
         return remaining
 
-    async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            meta = pick_result(self._results.get(task_id, {}))
-            if meta is not None and meta.ready:
-                if _PLAIN in self._results.get(task_id, {}):
-                    # The AsyncResult keeps the ready state; no need to hold it here too.
-                    del self._results[task_id]
-                return meta
-            remaining = self._remaining(task_id, timeout, deadline)
-            fut = self._waiters.watch(task_id)
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(fut, remaining)
-            finally:
-                self._waiters.unwatch(task_id, fut)
+    async def _read_all(self, task_id: str) -> Mapping[str, ResultMeta]:
+        return self._results.get(task_id, {})
 
-    async def collect(
-        self, task_id: str, *, timeout: float, expected: int | None = None
-    ) -> Mapping[str, ResultMeta]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self._results.get(task_id, {})
-            ready = {(m.worker or k): m for k, m in found.items() if m.ready}
-            remaining = deadline - time.monotonic()
-            if (expected is not None and len(ready) >= expected) or remaining <= 0 or self._closed:
-                return ready
-            fut = self._waiters.watch(task_id)
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(fut, remaining)
-            finally:
-                self._waiters.unwatch(task_id, fut)
+    def _watch_results(self, task_id: str) -> FutureWatch:
+        return self._waiters.watching(task_id)
+
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
+        # The base's wait, then the AsyncResult keeps the ready state: no need to hold it here.
+        meta = await super().wait(task_id, timeout=timeout)
+        if _PLAIN in self._results.get(task_id, {}):
+            del self._results[task_id]
+        return meta
 
     async def forget(self, task_id: str) -> None:
         self._results.pop(task_id, None)

@@ -23,13 +23,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from conveyor.errors import BrokerUnavailable, ConfigurationError, ResultTimeout
-from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
+from conveyor.errors import BrokerUnavailable, ConfigurationError
+from conveyor.results.base import BackendHost, ResultBackend, StoreRequest, Watch
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.waiters import Waiters
 from conveyor.transports.sqlite import SQLiteTransport, database_path
@@ -368,47 +368,14 @@ class SQLiteBackend(ResultBackend):
             for task_id in changed:
                 self._waiters.wake(task_id)
 
-    async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        await self._ensure_watching()
-        while True:
-            fut = self._waiters.watch(task_id)
-            try:
-                meta = pick_result(await self._run(self._read, task_id))
-                if meta is not None and meta.ready:
-                    return meta
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if self._closed or (remaining is not None and remaining <= 0):
-                    raise ResultTimeout(
-                        f"no result for task {task_id} within {timeout} s; is a worker "
-                        "consuming its queue?"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(fut, remaining)
-            finally:
-                self._waiters.unwatch(task_id, fut)
+    async def _read_all(self, task_id: str) -> Mapping[str, ResultMeta]:
+        return await self._run(self._read, task_id)
 
-    async def collect(
-        self, task_id: str, *, timeout: float, expected: int | None = None
-    ) -> Mapping[str, ResultMeta]:
-        deadline = time.monotonic() + timeout
+    @contextlib.asynccontextmanager
+    async def _watch_results(self, task_id: str) -> AsyncIterator[Watch]:
         await self._ensure_watching()
-        while True:
-            fut = self._waiters.watch(task_id)
-            try:
-                found = await self._run(self._read, task_id)
-                ready = {(m.worker or k): m for k, m in found.items() if m.ready}
-                remaining = deadline - time.monotonic()
-                if (
-                    (expected is not None and len(ready) >= expected)
-                    or remaining <= 0
-                    or self._closed
-                ):
-                    return ready
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(fut, remaining)
-            finally:
-                self._waiters.unwatch(task_id, fut)
+        async with self._waiters.watching(task_id) as watch:
+            yield watch
 
     def _delete(self, sql: str, params: tuple[Any, ...]) -> int:
         db = self._db

@@ -4,10 +4,54 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
 
 from conveyor.transports.base import Wakeup
 
-__all__ = ["Waiters"]
+__all__ = ["FutureWatch", "Waiters"]
+
+
+class FutureWatch:
+    """A ``Watch`` (see ``results/base.py``) over one-shot futures, as an async context.
+
+    ``arm()`` returns a future the backend resolves at the task's next change; ``disarm(fut)``
+    forgets one (idempotent). Armed on entering and again at each wake-up, before the caller
+    reads again, so a change between that read and the next sleep is never missed.
+    """
+
+    __slots__ = ("_arm", "_disarm", "_fut")
+
+    def __init__(
+        self,
+        arm: Callable[[], asyncio.Future[None]],
+        disarm: Callable[[asyncio.Future[None]], None],
+    ) -> None:
+        self._arm = arm
+        self._disarm = disarm
+
+    async def __aenter__(self) -> Self:
+        self._fut = self._arm()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._disarm(self._fut)
+
+    async def changed(self, timeout: float | None) -> bool:
+        """True once woken (re-armed by then); False after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._fut, timeout)
+        except TimeoutError:
+            return False
+        self._disarm(self._fut)
+        self._fut = self._arm()
+        return True
 
 
 class Waiters:
@@ -45,6 +89,10 @@ class Waiters:
             waiters.discard(fut)
             if not waiters:
                 del self._by_id[task_id]
+
+    def watching(self, task_id: str) -> FutureWatch:
+        """A watch on ``task_id`` (``ResultBackend._watch_results``) over :meth:`watch`."""
+        return FutureWatch(lambda: self.watch(task_id), lambda fut: self.unwatch(task_id, fut))
 
     def watch_thread(self, task_id: str, wakeup: Wakeup | None = None) -> Wakeup:
         """``wakeup`` (a new one if None), set by the next :meth:`wake` of ``task_id`` (or
