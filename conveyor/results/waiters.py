@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Self
 
 from conveyor.transports.base import Wakeup
@@ -35,12 +34,7 @@ class FutureWatch:
         self._fut = self._arm()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._disarm(self._fut)
 
     async def changed(self, timeout: float | None) -> bool:
