@@ -16,7 +16,7 @@ from conveyor.protocol.task_message import TaskMessage
 from conveyor.results.meta import State
 from conveyor.task import Request
 from conveyor.transports.base import Delivery
-from conveyor.worker.execution import Outcome
+from conveyor.worker.outcome import Outcome
 
 
 def _twins() -> tuple[type[Any], type[Any]]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from conveyor.task import Request
     from conveyor.transports.base import Delivery
-    from conveyor.worker.execution import Outcome
+    from conveyor.worker.outcome import Outcome
     from conveyor.worker.worker import Worker
 
 __all__ = ["Middleware"]

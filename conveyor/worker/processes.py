@@ -24,14 +24,14 @@ from typing import Any
 from conveyor.errors import ConfigurationError, TaskError
 from conveyor.results.meta import State
 from conveyor.task import Request, Task, running
-from conveyor.worker.execution import (
+from conveyor.worker.outcome import (
     OnValue,
     Outcome,
-    Pool,
     classify_error,
     format_error,
     time_limit_error,
 )
+from conveyor.worker.pools import Pool
 
 __all__ = ["ProcessPool", "load_app_spec"]
 
@@ -223,12 +223,8 @@ class ProcessPool(Pool):
         self._respawning.add(task)
         task.add_done_callback(self._respawning.discard)
 
-    async def run(
-        self,
-        task: Task,
-        request: Request,
-        time_limit: float | None,
-        on_value: OnValue | None = None,
+    async def _run(
+        self, task: Task, request: Request, time_limit: float | None, on_value: OnValue | None
     ) -> Outcome:
         await self.start()
         assert self._idle is not None

@@ -54,9 +54,10 @@ from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
 from conveyor.worker.buffer import PriorityBuffer
-from conveyor.worker.execution import POOLS, NotStarted, OnValue, Outcome, Pool
 from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
+from conveyor.worker.outcome import NotStarted, OnValue, Outcome
+from conveyor.worker.pools import POOLS, Pool
 
 __all__ = ["DEAD_LETTER_HEADERS", "Worker"]
 

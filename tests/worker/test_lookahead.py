@@ -17,7 +17,9 @@ from conveyor.results import State
 from conveyor.routing.entities import Queue
 from conveyor.task import Request
 from conveyor.worker import Middleware, Worker
-from conveyor.worker.execution import AsyncioPool, NotStarted, Outcome, ThreadPool, _Gate
+from conveyor.worker.gate import Gate
+from conveyor.worker.outcome import NotStarted, Outcome
+from conveyor.worker.pools import AsyncioPool, ThreadPool
 from tests.worker.conftest import StartWorker
 
 
@@ -223,7 +225,7 @@ async def test_withdrawn_runs_raise_not_started_and_running_ones_finish(
 
 
 async def test_the_gate_lets_in_by_the_rules_in_arrival_order_and_survives_cancels() -> None:
-    gate = _Gate(size=1, lookahead=1)
+    gate = Gate(size=1, lookahead=1)
     await gate.enter(True)
     await gate.enter(True)  # one running, one waiting in the pool
     third = asyncio.ensure_future(gate.enter(True))
