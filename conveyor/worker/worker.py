@@ -72,6 +72,25 @@ DEAD_LETTER_HEADERS = (
 _ETA_SLACK = 0.05
 
 
+def _expired(message: TaskMessage, now: float) -> bool:
+    """Whether the task's ``expires`` (if any) has passed at ``now`` (epoch seconds)."""
+    return message.expires is not None and message.expires.timestamp() <= now
+
+
+def _not_due(message: TaskMessage, now: float) -> bool:
+    """Whether the task's ``eta`` (if any) is still ahead of ``now``, beyond the slack."""
+    return message.eta is not None and message.eta.timestamp() > now + _ETA_SLACK
+
+
+def _retried(message: TaskMessage, countdown: float) -> TaskMessage:
+    """The copy of ``message`` that retries it in ``countdown`` seconds."""
+    return replace(
+        message,
+        retries=message.retries + 1,
+        eta=datetime.now(UTC) + timedelta(seconds=countdown) if countdown > 0 else None,
+    )
+
+
 class Worker:
     """Consumes ``queues`` (names resolved by the app's router; default ``task_default_queue``)
     and runs the app's tasks.
@@ -275,27 +294,22 @@ class Worker:
         await self._transport.ack(delivery)
 
     async def _store(self, request: Request, meta: ResultMeta, delivery: Delivery) -> None:
-        assert self._backend is not None
+        """Store ``meta`` where ``request`` asked; a value JSON cannot hold is stored as the
+        FAILURE that says so."""
+        backend = self._backend
+        assert backend is not None
+        kept = StoreRequest(
+            meta,
+            reply_to=request.reply_to,
+            correlation_id=request.correlation_id or request.id,
+            per_worker=delivery.queue in self.broadcast_queues,
+        )
         try:
-            await self._backend.store(
-                StoreRequest(
-                    meta,
-                    reply_to=request.reply_to,
-                    correlation_id=request.correlation_id or request.id,
-                    per_worker=delivery.queue in self.broadcast_queues,
-                )
-            )
+            await backend.store(kept)
         except ProtocolError as exc:
             log.error("task %s[%s]: %s", request.task, request.id, exc)
             bad = ResultMeta.failure(request.id, exc, None, worker=self.hostname, task=request.task)
-            await self._backend.store(
-                StoreRequest(
-                    bad,
-                    reply_to=request.reply_to,
-                    correlation_id=request.correlation_id or request.id,
-                    per_worker=delivery.queue in self.broadcast_queues,
-                )
-            )
+            await backend.store(replace(kept, meta=bad))
 
     async def dead_letter(self, delivery: Delivery, reason: str, task_name: str | None) -> None:
         """Move ``delivery`` to its queue's dead-letter exchange, or else to the
@@ -410,70 +424,36 @@ class Worker:
         )
 
     async def _execute(self, delivery: Delivery, message: TaskMessage, task: Task) -> None:
+        """Steps 3 and 4 of the module's text for a decoded delivery of a known task.
+
+        The fast path (due, not expired) awaits only the early ack (``acks_late`` off), the
+        STARTED store (``task_track_started``), the run, and :meth:`_settle`: every other step
+        is a plain call.
+        """
         request = self._request(delivery, message)
         store = not (task.ignore_result or message.ignore_result)
         now = time.time()
-        if message.expires is not None and message.expires.timestamp() <= now:
-            reason = TaskRevoked(
-                f"task {task.name}[{message.id}] expired at {message.expires.isoformat()} "
-                "before it could run"
-            )
-            log.warning("%s", reason)
-            if store:
-                meta = ResultMeta.failure(
-                    message.id,
-                    reason,
-                    None,
-                    state=State.REVOKED,
-                    worker=self.hostname,
-                    task=task.name,
-                    retries=message.retries,
-                )
-                await self._store(request, meta, delivery)
-            await self._ack(delivery)
-            self._hook("after_task", request, Outcome(State.REVOKED, error=reason), reverse=True)
+        if _expired(message, now):
+            await self._revoke_expired(delivery, message, task, request, store)
             return
-        if message.eta is not None and message.eta.timestamp() > now + _ETA_SLACK:
-            await self._republish(delivery, message, message.eta.timestamp() - now)
-            await self._ack(delivery)
+        if _not_due(message, now):
+            await self._postpone(delivery, message, now)
             return
         if not task.acks_late:
             await self._ack(delivery)
         if store and self.app.conf.task_track_started:
-            started = ResultMeta(
-                message.id,
-                State.STARTED,
-                {"pid": os.getpid(), "hostname": self.hostname},
-                worker=self.hostname,
-                task=task.name,
-                retries=message.retries,
-            )
-            await self._store(request, started, delivery)
+            await self._store(request, self._started(message, task), delivery)
         self._hook("before_task", request)
         limit = message.timelimit[0] or task.time_limit
-        # A plain function's pool thread may send its result itself (rpc:// on RabbitMQ),
-        # saving the hop back to this loop before the caller hears. Not with a time limit,
-        # whose interrupt could land in the middle of the store.
-        backend = self._backend
         on_value = (
             self._thread_store(message, task, request)
-            if store
-            and not task.is_async
-            and limit is None
-            and request.reply_to
-            and delivery.queue not in self.broadcast_queues
-            and backend is not None
-            and backend.stores_from_thread
+            if store and self._thread_may_store(delivery, task, request, limit)
             else None
         )
         try:
             outcome = await self.pool.run(task, request, limit, on_value)
         except NotStarted:  # the worker is stopping: it goes back with the prefetched ones
-            self._release_slot(delivery)
-            transport = self._transport
-            assert transport is not None
-            with contextlib.suppress(Exception):
-                await transport.nack(delivery, requeue=True)
+            await self._give_back(delivery)
             return
         # The run is over: the next task may start while this one's result is stored and acked
         # (unacked messages stay bounded by the prefetch).
@@ -482,9 +462,89 @@ class Worker:
         self.processed += 1
         self._hook("after_task", request, outcome, reverse=True)
 
+    async def _revoke_expired(
+        self, delivery: Delivery, message: TaskMessage, task: Task, request: Request, store: bool
+    ) -> None:
+        """Not run: ``expires`` passed. Stored as REVOKED (if results are kept), then acked."""
+        assert message.expires is not None
+        reason = TaskRevoked(
+            f"task {task.name}[{message.id}] expired at {message.expires.isoformat()} "
+            "before it could run"
+        )
+        log.warning("%s", reason)
+        outcome = Outcome(State.REVOKED, error=reason)
+        if store:
+            await self._store(request, self._failure(message, task, outcome), delivery)
+        await self._ack(delivery)
+        self._hook("after_task", request, outcome, reverse=True)
+
+    async def _postpone(self, delivery: Delivery, message: TaskMessage, now: float) -> None:
+        """Not due yet (a client without delayed delivery sent it): re-published with the
+        remaining delay, then acked."""
+        assert message.eta is not None
+        await self._republish(delivery, message, message.eta.timestamp() - now)
+        await self._ack(delivery)
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        """The pool withdrew the run before it started: free its slot, requeue its message."""
+        self._release_slot(delivery)
+        transport = self._transport
+        assert transport is not None
+        with contextlib.suppress(Exception):
+            await transport.nack(delivery, requeue=True)
+
+    def _thread_may_store(
+        self, delivery: Delivery, task: Task, request: Request, limit: float | None
+    ) -> bool:
+        """Whether the pool thread that runs ``task`` may store its result itself (rpc:// on
+        RabbitMQ), saving the hop back to this loop before the caller hears. Each term:
+
+        - ``not task.is_async``: only a plain function runs in a pool thread;
+        - ``limit is None``: a time limit's interrupt could land in the middle of the store;
+        - ``request.reply_to``: the one result that can go from a thread is a reply;
+        - not a broadcast queue: a per-worker result is stored the loop's way only;
+        - the backend (there, and) ``stores_from_thread`` now: after its first reply went out
+          the usual way, which opens what the thread's stores use.
+
+        (The caller checks first that the result is kept at all.)
+        """
+        backend = self._backend
+        return (
+            not task.is_async
+            and limit is None
+            and bool(request.reply_to)
+            and delivery.queue not in self.broadcast_queues
+            and backend is not None
+            and backend.stores_from_thread
+        )
+
+    def _started(self, message: TaskMessage, task: Task) -> ResultMeta:
+        """The STARTED record (``task_track_started``): which process runs it, where."""
+        return ResultMeta(
+            message.id,
+            State.STARTED,
+            {"pid": os.getpid(), "hostname": self.hostname},
+            worker=self.hostname,
+            task=task.name,
+            retries=message.retries,
+        )
+
     def _success(self, message: TaskMessage, task: Task, value: Any) -> ResultMeta:
         return ResultMeta.success(
             message.id, value, worker=self.hostname, task=task.name, retries=message.retries
+        )
+
+    def _failure(self, message: TaskMessage, task: Task, outcome: Outcome) -> ResultMeta:
+        """The RETRY, FAILURE or REVOKED record of ``outcome`` (its state, error, traceback)."""
+        assert outcome.error is not None
+        return ResultMeta.failure(
+            message.id,
+            outcome.error,
+            outcome.traceback,
+            state=outcome.state,
+            worker=self.hostname,
+            task=task.name,
+            retries=message.retries,
         )
 
     def _thread_store(self, message: TaskMessage, task: Task, request: Request) -> OnValue:
@@ -515,55 +575,35 @@ class Worker:
         outcome: Outcome,
         store: bool,
     ) -> None:
+        """Log how the run ended, re-publish a retry, store the result (if kept), then ack
+        (``acks_late``; otherwise it was acked before the run)."""
         if outcome.state is State.SUCCESS:
             log.info("task %s[%s] succeeded in %.4f s", task.name, message.id, outcome.runtime)
             if store and not outcome.stored:
                 meta = self._success(message, task, outcome.value)
                 await self._store(request, meta, delivery)
-        elif outcome.state is State.RETRY:
-            countdown = outcome.countdown or 0.0
-            name = f"{task.name}[{message.id}]"
-            log.warning(
-                "task %s will retry in %g s (attempt %d): %r",
-                name,
-                countdown,
-                message.retries + 1,
-                outcome.error,
-            )
-            again = replace(
-                message,
-                retries=message.retries + 1,
-                eta=datetime.now(UTC) + timedelta(seconds=countdown) if countdown > 0 else None,
-            )
-            await self._republish(delivery, again, countdown)
-            if store:
-                assert outcome.error is not None
-                meta = ResultMeta.failure(
-                    message.id,
-                    outcome.error,
-                    outcome.traceback,
-                    state=State.RETRY,
-                    worker=self.hostname,
-                    task=task.name,
-                    retries=message.retries,
-                )
-                await self._store(request, meta, delivery)
         else:
-            assert outcome.error is not None
-            name = f"{task.name}[{message.id}]"
-            log.error(
-                "task %s failed: %r\n%s", name, outcome.error, (outcome.traceback or "").rstrip()
-            )
-            if store:
-                meta = ResultMeta.failure(
+            if outcome.state is State.RETRY:
+                countdown = outcome.countdown or 0.0
+                log.warning(
+                    "task %s[%s] will retry in %g s (attempt %d): %r",
+                    task.name,
+                    message.id,
+                    countdown,
+                    message.retries + 1,
+                    outcome.error,
+                )
+                await self._republish(delivery, _retried(message, countdown), countdown)
+            else:
+                log.error(
+                    "task %s[%s] failed: %r\n%s",
+                    task.name,
                     message.id,
                     outcome.error,
-                    outcome.traceback,
-                    worker=self.hostname,
-                    task=task.name,
-                    retries=message.retries,
+                    (outcome.traceback or "").rstrip(),
                 )
-                await self._store(request, meta, delivery)
+            if store:
+                await self._store(request, self._failure(message, task, outcome), delivery)
         if task.acks_late:
             transport = self._transport
             assert transport is not None
