@@ -1,5 +1,5 @@
 """The worker end to end in one process, on memory:// (fast): run, results, errors, retries,
-expiry, time limits, dead-lettering, priorities and broadcast."""
+expiry, time limits, dead-lettering, priorities, broadcast and removing expired results."""
 
 from __future__ import annotations
 
@@ -463,3 +463,26 @@ async def test_a_result_json_cannot_hold_fails_the_task_clearly(
     await start_worker()
     with pytest.raises(ProtocolError, match="cannot be stored as JSON"):
         await (await opaque.adelay()).aget(timeout=5)
+
+
+async def test_result_expires_removes_old_results(
+    memory_url: str, start_worker: StartWorker
+) -> None:
+    app = App(broker=memory_url, result_backend=memory_url, config={"result_expires": 0.3})
+
+    @app.task(name="short_lived")
+    def short_lived() -> int:
+        return 1
+
+    try:
+        await start_worker(app)
+        result = await short_lived.adelay()
+        assert await result.aget(timeout=5) == 1
+        fresh = app.result(result.id)
+        assert await fresh.astate() is State.SUCCESS
+        deadline = time.monotonic() + 5
+        while await app.result(result.id).astate() is not State.PENDING:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        await app.aclose()
