@@ -69,7 +69,7 @@ class Watch(Protocol):
     async def changed(self, timeout: float | None) -> bool:
         """Sleep until the task's results may have changed, then True: read them again (a
         wake-up is a hint, never a promise). False when ``timeout`` seconds (None: no limit)
-        pass first, or when no news can come any more (the backend closed)."""
+        pass first, or when the watch can tell that no news will come (its source closed)."""
         ...
 
 
