@@ -225,30 +225,27 @@ class SQLiteStorage(Storage):
         return int(due + delayed)
 
     async def add_binding(self, bound: BoundBinding) -> None:
-        args = encode_binding_arguments(bound)
-
-        def add(db: sqlite3.Connection) -> None:
-            if db.execute(
-                "INSERT OR IGNORE INTO bindings (exchange, queue, routing_key, arguments) "
-                "VALUES (?, ?, ?, ?)",
-                (bound.exchange, bound.queue, bound.routing_key, args),
-            ).rowcount:
-                self._bump(db)
-
-        await self._database.run(write_transaction(add))
+        await self._change_binding(
+            "INSERT OR IGNORE INTO bindings (exchange, queue, routing_key, arguments) "
+            "VALUES (?, ?, ?, ?)",
+            bound,
+        )
 
     async def remove_binding(self, bound: BoundBinding) -> None:
-        args = encode_binding_arguments(bound)
+        await self._change_binding(
+            "DELETE FROM bindings WHERE exchange=? AND queue=? AND routing_key=? AND arguments=?",
+            bound,
+        )
 
-        def remove(db: sqlite3.Connection) -> None:
-            if db.execute(
-                "DELETE FROM bindings WHERE exchange=? AND queue=? AND routing_key=? "
-                "AND arguments=?",
-                (bound.exchange, bound.queue, bound.routing_key, args),
-            ).rowcount:
+    async def _change_binding(self, sql: str, bound: BoundBinding) -> None:
+        """Run ``sql`` on the binding's row; a change bumps the topology version."""
+        params = (bound.exchange, bound.queue, bound.routing_key, encode_binding_arguments(bound))
+
+        def change(db: sqlite3.Connection) -> None:
+            if db.execute(sql, params).rowcount:
                 self._bump(db)
 
-        await self._database.run(write_transaction(remove))
+        await self._database.run(write_transaction(change))
 
     # messages
 
