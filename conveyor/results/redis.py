@@ -14,7 +14,8 @@ which conveyor workers announce their results too: a sync ``get`` first waits up
 no subscription), then waits as above, which also finds results that no one announces (a Celery
 worker's). Options (URL query): ``key_prefix`` (prepended to every key and channel, default
 none), ``reconnect_timeout`` (default 60) and ``socket_timeout`` (default 10); other query
-parameters go to redis-py.
+parameters go to redis-py. The client, its pipelined link and the subscriber connection are one
+:class:`~conveyor.transports.redis.connection.RedisConnection`, as for the Redis broker.
 """
 
 from __future__ import annotations
@@ -143,10 +144,12 @@ class RedisBackend(ResultBackend):
 
     @property
     def _client(self) -> aioredis.Redis | None:
+        """The redis-py client, or None unless connected."""
         return self._connection.client if self._connection.is_open else None
 
     @property
     def _hub(self) -> PubSubHub | None:
+        """The shared subscriber connection, or None unless connected."""
         return self._connection.hub if self._connection.is_open else None
 
     async def connect(self) -> None:
