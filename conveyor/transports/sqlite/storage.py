@@ -622,17 +622,18 @@ class SQLiteStorage(Storage):
         ]
         db.execute("DELETE FROM consumers WHERE connection=?", (connection,))
         db.execute("DELETE FROM connections WHERE id=?", (connection,))
-        idle = []
-        for queue in queues:
-            live = db.execute(
-                "SELECT 1 FROM consumers c JOIN connections k ON k.id = c.connection "
-                "WHERE c.queue=? AND k.deadline >= ? LIMIT 1",
-                (queue, now),
-            ).fetchone()
-            exists = db.execute("SELECT 1 FROM queues WHERE name=?", (queue,)).fetchone()
-            if live is None and exists is not None:
-                idle.append(queue)
-        return woken, idle
+        return woken, [queue for queue in queues if SQLiteStorage._left_idle(db, queue, now)]
+
+    @staticmethod
+    def _left_idle(db: sqlite3.Connection, queue: str, now: float) -> bool:
+        """Whether ``queue`` exists and has no consumer on a live connection."""
+        live = db.execute(
+            "SELECT 1 FROM consumers c JOIN connections k ON k.id = c.connection "
+            "WHERE c.queue=? AND k.deadline >= ? LIMIT 1",
+            (queue, now),
+        ).fetchone()
+        exists = db.execute("SELECT 1 FROM queues WHERE name=?", (queue,)).fetchone()
+        return live is None and exists is not None
 
     async def disconnect(self, connection: str) -> list[str]:
         self._registered.discard(connection)
@@ -693,13 +694,7 @@ class SQLiteStorage(Storage):
             idle = []
             for queue in queues:
                 db.execute("UPDATE queues SET used_at=? WHERE name=?", (now, queue))
-                live = db.execute(
-                    "SELECT 1 FROM consumers c JOIN connections k ON k.id = c.connection "
-                    "WHERE c.queue=? AND k.deadline >= ? LIMIT 1",
-                    (queue, now),
-                ).fetchone()
-                exists = db.execute("SELECT 1 FROM queues WHERE name=?", (queue,)).fetchone()
-                if live is None and exists is not None:
+                if self._left_idle(db, queue, now):
                     idle.append(queue)
             return idle
 
