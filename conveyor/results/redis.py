@@ -14,7 +14,8 @@ which conveyor workers announce their results too: a sync ``get`` first waits up
 no subscription), then waits as above, which also finds results that no one announces (a Celery
 worker's). Options (URL query): ``key_prefix`` (prepended to every key and channel, default
 none), ``reconnect_timeout`` (default 60) and ``socket_timeout`` (default 10); other query
-parameters go to redis-py.
+parameters go to redis-py. The client, its pipelined link and the subscriber connection are one
+:class:`~conveyor.transports.redis.connection.RedisConnection`, as for the Redis broker.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import enum
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from importlib.resources import files
 from typing import Any, Self, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
@@ -37,13 +38,9 @@ from conveyor.results.base import BackendHost, Block, ResultBackend, StoreReques
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.waiters import Waiters
 from conveyor.transports.base import Wakeup
-from conveyor.transports.redis_support import (
-    PubSubHub,
-    RedisLink,
-    check_url,
-    make_client,
-    run,
-)
+from conveyor.transports.redis.client import split_url
+from conveyor.transports.redis.connection import RedisConnection
+from conveyor.transports.redis.pubsub import PubSubHub
 from conveyor.urls import parse_options, redacted
 
 __all__ = ["RedisBackend"]
@@ -59,33 +56,10 @@ _PLAIN = ""
 _KEPT_REPLIES = 10_000  # results heard on the reply channel before anyone asked for them
 _REPLY_GRACE = 0.005  # how long a sync get waits for an announcement before subscribing
 
-# ARGV: now, expiry in ms ('' for none), done zset, count, then per result
-# (key, worker field or '' for the plain result, task id, date_done, document, reply channel
-# or '').
-_STORE = """
-local now, px, done = ARGV[1], ARGV[2], ARGV[3]
-for j = 5, 4 + 6 * tonumber(ARGV[4]), 6 do
-  local key, field, doc = ARGV[j], ARGV[j + 1], ARGV[j + 4]
-  if ARGV[j + 5] ~= '' then redis.call('PUBLISH', ARGV[j + 5], doc) end
-  if field == '' then
-    if px == '' then redis.call('SET', key, doc) else redis.call('SET', key, doc, 'PX', px) end
-  else
-    redis.call('HSET', key .. ':workers', field, doc)
-    if px ~= '' then redis.call('PEXPIRE', key .. ':workers', px) end
-  end
-  redis.call('ZADD', done, ARGV[j + 3], ARGV[j + 2])
-  redis.call('PUBLISH', key, doc)
-end
-if px ~= '' then
-  redis.call('ZREMRANGEBYSCORE', done, '-inf', '(' .. (tonumber(now) - tonumber(px) / 1000))
-end
-return 1
-"""
-
-# ARGV: key. Returns {plain document or nil, flat worker -> document pairs}.
-_READ = """
-return {redis.call('GET', ARGV[1]), redis.call('HGETALL', ARGV[1] .. ':workers')}
-"""
+# the scripts that store and read results, each one step in Redis (ARGV described in each)
+_SCRIPTS = files("conveyor.results") / "lua"
+_STORE = (_SCRIPTS / "redis_store.lua").read_text(encoding="utf-8")
+_READ = (_SCRIPTS / "redis_read.lua").read_text(encoding="utf-8")
 
 
 class _Signal(enum.Enum):
@@ -139,14 +113,14 @@ class RedisBackend(ResultBackend):
         socket_timeout: float,
     ) -> None:
         self.url = url
-        self._client_url = client_url
         self._host = host
         self._prefix = key_prefix
-        self._patience = reconnect_timeout
-        self._socket_timeout = socket_timeout
-        self._client: aioredis.Redis | None = None
-        self._link: RedisLink | None = None
-        self._hub: PubSubHub | None = None
+        self._connection = RedisConnection(
+            client_url,
+            reconnect_timeout=reconnect_timeout,
+            socket_timeout=socket_timeout,
+            what="Redis result backend",
+        )
         self._inboxes: set[asyncio.Queue[bytes | _Signal]] = set()
         self._reply_channel: str | None = None
         self._reply_waiters: dict[str, list[asyncio.Future[ResultMeta]]] = {}
@@ -156,15 +130,11 @@ class RedisBackend(ResultBackend):
 
     @classmethod
     def from_url(cls, url: str, *, host: BackendHost) -> Self:
-        check_url(url, own_options=_OPTIONS)
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        ours = [(k, v) for k, v in query if k in _OPTIONS]
-        theirs = [(k, v) for k, v in query if k not in _OPTIONS]
-        values = parse_options(parts._replace(query=urlencode(ours)).geturl(), {}, _OPTIONS)
+        own_url, client_url = split_url(url, _OPTIONS)
+        values = parse_options(own_url, {}, _OPTIONS)
         return cls(
             url,
-            parts._replace(query=urlencode(theirs)).geturl(),
+            client_url,
             host=host,
             key_prefix=values["key_prefix"],
             reconnect_timeout=values["reconnect_timeout"],
@@ -185,52 +155,27 @@ class RedisBackend(ResultBackend):
 
     @property
     def _redis(self) -> aioredis.Redis:
-        if self._client is None:
-            state = "closed" if self._closed else "not connected: call connect() first"
-            raise BrokerUnavailable(f"Redis result backend {redacted(self.url)} is {state}")
-        return self._client
+        """The redis-py client; BrokerUnavailable unless connected."""
+        return self._connection.client
 
     @property
-    def _fast(self) -> RedisLink:
-        if self._link is None:
-            self._redis  # noqa: B018 - raises the right BrokerUnavailable
-            raise AssertionError("unreachable")
-        return self._link
+    def _client(self) -> aioredis.Redis | None:
+        """The redis-py client, or None unless connected."""
+        return self._connection.client if self._connection.is_open else None
 
-    async def _run(
-        self, call: Callable[[], Awaitable[T]], doing: str, *, timeout: float | None = None
-    ) -> T:
-        """Run ``call`` through :func:`run`; ``timeout`` only for calls the link does not bound."""
-        return await run(
-            call,
-            url=self._client_url,
-            doing=doing,
-            patience=self._patience,
-            timeout=timeout,
-        )
+    @property
+    def _hub(self) -> PubSubHub | None:
+        """The shared subscriber connection, or None unless connected."""
+        return self._connection.hub if self._connection.is_open else None
 
     async def connect(self) -> None:
-        if self._client is not None:
+        if self._connection.is_open:
             return
         if self._closed:
             raise BrokerUnavailable(f"Redis result backend {redacted(self.url)} is closed")
-        client = make_client(self._client_url)
-        link = RedisLink(client, timeout=self._socket_timeout)
-        try:
-            await run(
-                lambda: link.execute("PING"),
-                url=self._client_url,
-                doing="connecting the result backend",
-                patience=0,
-                timeout=self._socket_timeout + 1,
-            )
-        except BaseException:
-            await link.close()
-            await client.aclose()
-            raise
-        self._client = client
-        self._link = link
-        self._hub = PubSubHub(client, url=self._client_url)
+        await self._connection.open(
+            lambda link: link.execute("PING"), "connecting the result backend"
+        )
 
     async def close(self) -> None:
         if self._closed:
@@ -239,16 +184,7 @@ class RedisBackend(ResultBackend):
         self._threads.wake_all()
         for inbox in self._inboxes:
             inbox.put_nowait(_Signal.CLOSED)
-        client, self._client = self._client, None
-        hub, self._hub = self._hub, None
-        link, self._link = self._link, None
-        if link is not None:
-            await link.close()
-        if hub is not None:
-            await hub.close()
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        await self._connection.close()
 
     # storing
 
@@ -277,16 +213,13 @@ class RedisBackend(ResultBackend):
                 (self._key(meta.task_id), field, meta.task_id, meta.date_done or now, doc, reply)
             )
         args[3] = len(requests)
-        link = self._fast
-        await self._run(lambda: link.run_script(_STORE, args), "storing results")
+        await self._connection.script(_STORE, args, "storing results")
 
     # reading
 
     async def _read(self, task_id: str) -> dict[str, ResultMeta]:
-        link = self._fast
-        key = self._key(task_id)
-        plain, workers = await self._run(
-            lambda: link.run_script(_READ, [key]), f"reading the result of task {task_id}"
+        plain, workers = await self._connection.script(
+            _READ, [self._key(task_id)], f"reading the result of task {task_id}"
         )
         return _found(plain, workers)
 
@@ -355,10 +288,7 @@ class RedisBackend(ResultBackend):
         Workers with a Redis backend of the same prefix publish the result there as well, so a
         caller that sent the task hears of its result without first subscribing to it.
         """
-        hub = self._hub
-        if hub is None:
-            self._redis  # noqa: B018 - raises the right BrokerUnavailable
-            raise AssertionError("unreachable")
+        hub = self._connection.hub
         if self._reply_channel is None:
             channel = f"{self._reply_prefix}{uuid.uuid4().hex}"
             await hub.subscribe(channel.encode(), self._replied)
@@ -474,18 +404,20 @@ class RedisBackend(ResultBackend):
                 pipe.zrem(self._done_key, task_id)
                 await pipe.execute()
 
-        await self._run(delete, f"forgetting task {task_id}", timeout=self._socket_timeout)
+        await self._connection.run(
+            delete, f"forgetting task {task_id}", timeout=self._connection.socket_timeout
+        )
 
     async def cleanup(self, *, older_than: float) -> int:
         client = self._redis
         removed = 0
         while True:
-            ids: list[Any] = await self._run(
+            ids: list[Any] = await self._connection.run(
                 lambda: client.zrangebyscore(
                     self._done_key, "-inf", f"({older_than!r}", start=0, num=500
                 ),
                 "listing old results",
-                timeout=self._socket_timeout,
+                timeout=self._connection.socket_timeout,
             )
             if not ids:
                 return removed
@@ -498,5 +430,7 @@ class RedisBackend(ResultBackend):
                     pipe.zrem(self._done_key, *names)
                     return await pipe.execute()
 
-            replies = await self._run(delete, "removing old results", timeout=self._socket_timeout)
+            replies = await self._connection.run(
+                delete, "removing old results", timeout=self._connection.socket_timeout
+            )
             removed += sum(1 for n in replies[:-1] if n)

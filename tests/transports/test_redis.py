@@ -18,8 +18,8 @@ import redis.exceptions
 
 from conveyor import Envelope, Queue
 from conveyor.errors import BrokerUnavailable, ConfigurationError
-from conveyor.transports import Delivery, Outgoing, open_transport, redis_scripts
-from conveyor.transports.redis import RedisStorage, RedisTransport
+from conveyor.transports import Delivery, Outgoing, open_transport
+from conveyor.transports.redis import RedisStorage, RedisTransport, lua
 from conveyor.transports.storage import NewMessage, StaleTopology
 from tests.conftest import kill_redis_clients, redis_namespace
 from tests.transports.helpers import bodies, drain, env, take
@@ -139,7 +139,7 @@ def _lose_first_reply(storage: RedisStorage, name: str) -> list[int]:
     """Make script ``name`` run in Redis but lose its reply, once; return the call counter."""
     link = storage.link
     real = link.run_script
-    source = getattr(redis_scripts, name)
+    source = lua.script(name)
     calls = [0]
 
     async def flaky(script: str, args: Sequence[Any]) -> Any:
@@ -159,7 +159,7 @@ async def test_a_publish_whose_reply_was_lost_is_stored_once(url: str) -> None:
     async with open_transport(url) as t:
         assert isinstance(t, RedisTransport)
         await t.declare_queue(Queue("once"))
-        calls = _lose_first_reply(t._storage, "ENQUEUE")  # type: ignore[arg-type]
+        calls = _lose_first_reply(t._storage, "enqueue")  # type: ignore[arg-type]
         assert await t.publish(env("only"), routing_key="once") == 1
         assert calls[0] == 2
         assert bodies(await drain(t, "once")) == ["only"]
@@ -170,7 +170,7 @@ async def test_a_fetch_whose_reply_was_lost_is_replayed_not_leased_twice(url: st
         assert isinstance(t, RedisTransport)
         await t.declare_queue(Queue("replay"))
         await t.publish_many([Outgoing(env(str(i)), routing_key="replay") for i in range(3)])
-        calls = _lose_first_reply(t._storage, "DEQUEUE")  # type: ignore[arg-type]
+        calls = _lose_first_reply(t._storage, "dequeue")  # type: ignore[arg-type]
         consumer = await t.consume(["replay"], prefetch=3)
         got = await take(consumer, 3)
         assert calls[0] >= 2
