@@ -1,4 +1,4 @@
-"""Publishing to RabbitMQ with confirms, pipelined, from the event loop or straight from a thread.
+"""Publishing to RabbitMQ with confirms, pipelined; and what a thread's publish waits on.
 
 Every publish goes over the session's ``PUBLISH`` channel in confirm mode and waits for its own
 confirm while many are in flight. Every publish is sent ``mandatory``, so an unroutable message
@@ -6,7 +6,9 @@ comes back: it counts 0 (or raises Unroutable when the caller asked for ``mandat
 when RabbitMQ routed it; RabbitMQ does not say to how many queues, so 1 means "one or more".
 Returns are matched to their publish by message id. Replies to direct reply-to addresses go
 on the ``REPLY`` channel without ``mandatory`` (RabbitMQ returns such a message even when it
-delivered it) and are done once written.
+delivered it) and are done once written. A thread's publish (``publish_from_thread``, written
+in the transport itself so that the thread's path stays one call deep) gets a
+:class:`ThreadPublished`, or :data:`WRITTEN` for a reply.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from conveyor.errors import ConveyorError, NotFound
+from conveyor.errors import NotFound
 from conveyor.protocol.envelope import Envelope
-from conveyor.routing.entities import check_routing_key
 from conveyor.transports.amqp.channel import ThreadConfirm
 from conveyor.transports.amqp.codec import encode_properties, message_frames
 from conveyor.transports.amqp.errors import (
@@ -33,12 +34,12 @@ from conveyor.transports.amqp.errors import (
     unroutable,
 )
 from conveyor.transports.amqp.session import ChannelRole, Session
-from conveyor.transports.base import Published, Wakeup
+from conveyor.transports.base import Published
 
-__all__ = ["DIRECT_REPLY_TO", "Publisher"]
+__all__ = ["DIRECT_REPLY_TO", "REPLY_PREFIX", "WRITTEN", "Publisher", "ThreadPublished", "Written"]
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
-_REPLY_PREFIX = DIRECT_REPLY_TO + "."
+REPLY_PREFIX = DIRECT_REPLY_TO + "."
 _NO_EXCHANGE = re.compile(r"no exchange '(.*)' in vhost")
 
 
@@ -52,7 +53,7 @@ class Publisher:
         self._message_ids_prefix = f"{uuid.uuid4().hex}."
         self._message_ids = itertools.count(1)
 
-    def _message_id(self, envelope: Envelope) -> str:
+    def message_id(self, envelope: Envelope) -> str:
         """The envelope's own id, or a new one from this publisher's counter (any thread)."""
         return envelope.message_id or f"{self._message_ids_prefix}{next(self._message_ids)}"
 
@@ -74,13 +75,13 @@ class Publisher:
         confirm in ``confirm_timeout``, BrokerUnavailable past ``reconnect_timeout``.
         """
         session = self._session
-        message_id = self._message_id(envelope)
+        message_id = self.message_id(envelope)
         flags, properties = encode_properties(
             envelope, envelope.headers if headers is None else headers, message_id
         )
         # RabbitMQ returns a mandatory message to a direct reply-to address even when it
         # delivers it, so replies go without mandatory (and count as routed).
-        reply = not exchange and routing_key.startswith(_REPLY_PREFIX)
+        reply = not exchange and routing_key.startswith(REPLY_PREFIX)
         loop = session.loop or asyncio.get_running_loop()
         deadline = loop.time() + self._options.reconnect_timeout
         retried = False
@@ -144,58 +145,8 @@ class Publisher:
                 f"exchange {exchange!r} does not exist: declare it before publishing to it"
             ) from exc
 
-    def publish_from_thread(
-        self,
-        envelope: Envelope,
-        exchange: str,
-        routing_key: str,
-        mandatory: bool,
-        wakeup: Wakeup | None,
-    ) -> Published | None:
-        """Straight onto the connection from another thread (see ``Transport``), once the loop
-        opened the channel it goes on: a direct reply-to reply on the ``REPLY`` channel, done
-        once written; anything else on the ``PUBLISH`` channel, its confirm settled by the
-        loop. Never for a delayed message, over TLS, or while RabbitMQ blocks publishers."""
-        session = self._session
-        reply = not exchange and routing_key.startswith(_REPLY_PREFIX)
-        if not reply and (
-            envelope.message_id or (exchange and exchange not in session.known_exchanges)
-        ):
-            return None
-        channel = session.shared.get(ChannelRole.REPLY if reply else ChannelRole.PUBLISH)
-        if channel is None or not channel.alive:
-            return None
-        raw = channel.raw
-        connection = raw.connection
-        if connection is not session.connection:
-            return None
-        message_id = self._message_id(envelope)
-        try:
-            check_routing_key(routing_key)
-            flags, properties = encode_properties(envelope, envelope.headers, message_id)
-            frames = message_frames(
-                raw.number,
-                connection.frame_max - 8,
-                exchange,
-                routing_key,
-                mandatory and not reply,
-                properties,
-                flags,
-                envelope.body,
-            )
-        except ConveyorError:
-            return None  # the loop's publish says what is wrong
-        if reply:
-            return _WRITTEN if connection.write_from_thread(frames) else None
-        confirm = raw.publish_from_thread(frames, message_id, wakeup)
-        if confirm is None:
-            return None
-        return _ThreadPublished(
-            confirm, exchange, routing_key, mandatory, self._options.confirm_timeout
-        )
 
-
-class _Written(Published):
+class Written(Published):
     """A message the broker does not store, written: done at once."""
 
     timeout = 0.0
@@ -211,10 +162,10 @@ class _Written(Published):
         return AssertionError("a written reply has nothing to wait for")
 
 
-_WRITTEN = _Written()
+WRITTEN = Written()
 
 
-class _ThreadPublished(Published):
+class ThreadPublished(Published):
     """A thread's publish on the ``PUBLISH`` channel, waiting for RabbitMQ's confirm."""
 
     def __init__(

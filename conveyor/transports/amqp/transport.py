@@ -12,16 +12,22 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self, cast
 
-from conveyor.errors import ConfigurationError, NotFound, ProtocolError
+from conveyor.errors import ConfigurationError, ConveyorError, NotFound, ProtocolError
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import Exchange, Queue, check_routing_key
 from conveyor.transports.amqp.acks import TAG_BITS, TAG_MASK, AckingChannel
-from conveyor.transports.amqp.codec import Message
+from conveyor.transports.amqp.codec import Message, encode_properties, message_frames
 from conveyor.transports.amqp.consumer import AMQPConsumer, delivery_of
 from conveyor.transports.amqp.declarations import Declarations
 from conveyor.transports.amqp.delays import DelayLevels
 from conveyor.transports.amqp.options import Address, Options, parse_url
-from conveyor.transports.amqp.publishing import DIRECT_REPLY_TO, Publisher
+from conveyor.transports.amqp.publishing import (
+    DIRECT_REPLY_TO,
+    REPLY_PREFIX,
+    WRITTEN,
+    Publisher,
+    ThreadPublished,
+)
 from conveyor.transports.amqp.session import ChannelRole, Session
 from conveyor.transports.base import (
     Capabilities,
@@ -189,9 +195,45 @@ class AMQPTransport(Transport):
         wakeup: Wakeup | None = None,
     ) -> Published | None:
         """Straight onto the connection from another thread (see ``Transport``), once the loop
-        opened the channel it goes on; None when the loop must publish it instead."""
-        return self._publisher.publish_from_thread(
-            envelope, exchange, routing_key, mandatory, wakeup
+        opened the channel it goes on: a direct reply-to reply on the ``REPLY`` channel, done
+        once written; anything else on the ``PUBLISH`` channel, its confirm settled by the
+        loop. Never for a delayed message, over TLS, or while RabbitMQ blocks publishers."""
+        session = self._session
+        reply = not exchange and routing_key.startswith(REPLY_PREFIX)
+        if not reply and (
+            envelope.message_id or (exchange and exchange not in session.known_exchanges)
+        ):
+            return None
+        channel = session.shared.get(ChannelRole.REPLY if reply else ChannelRole.PUBLISH)
+        if channel is None or not channel.alive:
+            return None
+        raw = channel.raw
+        connection = raw.connection
+        if connection is not session.connection:
+            return None
+        message_id = self._publisher.message_id(envelope)
+        try:
+            check_routing_key(routing_key)
+            flags, properties = encode_properties(envelope, envelope.headers, message_id)
+            frames = message_frames(
+                raw.number,
+                connection.frame_max - 8,
+                exchange,
+                routing_key,
+                mandatory and not reply,
+                properties,
+                flags,
+                envelope.body,
+            )
+        except ConveyorError:
+            return None  # the loop's publish says what is wrong
+        if reply:
+            return WRITTEN if connection.write_from_thread(frames) else None
+        confirm = raw.publish_from_thread(frames, message_id, wakeup)
+        if confirm is None:
+            return None
+        return ThreadPublished(
+            confirm, exchange, routing_key, mandatory, self._options.confirm_timeout
         )
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
