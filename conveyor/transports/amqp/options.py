@@ -7,7 +7,9 @@ connection), ``reconnect_max_delay`` (s, 5), ``confirm_timeout`` (s, 60), ``clie
 TLS ``ssl_context`` or ``cafile``/``certfile``/``keyfile``/``verify``/``server_hostname``.
 
 Not :func:`conveyor.urls.parse_options`: these options take zero (``heartbeat=0`` turns
-heartbeats off), have their own minimums, and one is an object (``ssl_context``).
+heartbeats off), have their own minimums, and one is an object (``ssl_context``). Not
+:func:`conveyor.urls.redacted` either: the address printed in messages has no password at all
+and shows the virtual host decoded.
 """
 
 from __future__ import annotations
