@@ -45,7 +45,7 @@ async def test_rpc_results_come_back_over_direct_reply_to(rabbitmq_url: str) -> 
         assert await backend.prepare_reply() == DIRECT_REPLY_TO
         transport = await caller.atransport()
         assert isinstance(transport, AMQPTransport)
-        declared = [key[1] for key in transport._topology if key[0] == "queue"]
+        declared = [key[1] for key in transport._session.topology if key[0] == "queue"]
         assert not [name for name in declared if name.startswith("conveyor.reply")]
     finally:
         await worker.stop()

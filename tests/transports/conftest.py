@@ -45,7 +45,7 @@ async def forget_declared(transport: Transport) -> None:
 
     if not isinstance(transport, AMQPTransport):
         return
-    declared = [key for key in transport._topology if not key[1].startswith(DELAY_PREFIX)]
+    declared = [key for key in transport._session.topology if not key[1].startswith(DELAY_PREFIX)]
     cleaner = AMQPTransport.from_url(transport.url)
     await cleaner.connect()
     try:

@@ -24,7 +24,9 @@ from conveyor.errors import (
 )
 from conveyor.transports import Delivery, Outgoing, open_transport
 from conveyor.transports.amqp import DIRECT_REPLY_TO, AMQPTransport
-from conveyor.transports.amqp_protocol import Channel, ChannelClosed
+from conveyor.transports.amqp.channel import Channel
+from conveyor.transports.amqp.errors import ChannelClosed
+from conveyor.transports.amqp.session import ChannelRole
 from conveyor.transports.base import Published, Wakeup
 from tests.rabbitmqctl import close_connections_named, needs_rabbitmqctl, rabbitmqctl
 
@@ -524,7 +526,7 @@ async def test_a_thread_publish_whose_channel_goes_is_left_to_the_loop(
         assert published is not None
         assert not published.done
         assert not await asyncio.to_thread(wakeup.wait, 0.2)
-        t._shared["publish"].raw._fail(ChannelClosed(504, "gone"))
+        t._session.shared[ChannelRole.PUBLISH].raw.fail(ChannelClosed(504, "gone"))
         assert await asyncio.to_thread(wakeup.wait, 1)
         assert published.done
         assert published.result() is None  # may or may not be stored: publish it again
@@ -641,9 +643,9 @@ async def test_an_idle_connection_lives_on_heartbeats(
     t = await make_amqp(heartbeat=1)
     q = name("idle")
     await t.declare_queue(Queue(q))
-    connection = t._connection
+    connection = t._session.connection
     await asyncio.sleep(3.5)  # RabbitMQ drops a peer silent for two heartbeat intervals
-    assert t._connection is connection
+    assert t._session.connection is connection
     assert await t.publish(env("still here"), routing_key=q) == 1
 
 

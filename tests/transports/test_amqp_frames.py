@@ -7,21 +7,22 @@ import random
 import socket
 import struct
 
-from conveyor.transports.amqp import _encode_properties, _short
-from conveyor.transports.amqp_protocol import Channel, Connection, Message
+from conveyor.transports.amqp.channel import Channel
+from conveyor.transports.amqp.codec import Message, encode_properties, shortstr
+from conveyor.transports.amqp.connection import Connection
 from tests.transports.helpers import env
 
 
 def delivery_frames(tag: int, body: bytes) -> bytes:
     """basic.deliver on channel 1 for consumer ``c``, its content header and one body frame."""
     envelope = env(body, headers={"n": tag, "name": f"message {tag}", "flag": tag % 2 == 0})
-    flags, properties = _encode_properties(envelope, envelope.headers, f"m.{tag}")
+    flags, properties = encode_properties(envelope, envelope.headers, f"m.{tag}")
     method = (
         struct.pack(">HH", 60, 60)
-        + _short("c", "")
+        + shortstr("c", "")
         + struct.pack(">QB", tag, 0)
-        + _short("ex", "")
-        + _short("key", "")
+        + shortstr("ex", "")
+        + shortstr("key", "")
     )
     header = struct.pack(">HHQH", 60, 0, len(body), flags) + properties
     return b"".join(

@@ -1,0 +1,404 @@
+"""One AMQP 0-9-1 connection over asyncio: the handshake, the frame reader, writes and heartbeats.
+
+Frames are parsed straight from the receive buffer and handed to their channel without a task
+per message, and everything written in one event-loop turn leaves in one socket write; a thread
+may write whole frames straight to the socket when nothing is queued ahead of them.
+
+Errors: :class:`~.errors.ConnectionClosed` when the connection is gone (with RabbitMQ's reply
+code and text when it closed it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import ssl
+import threading
+import time
+from typing import Any
+
+from pamqp import commands as spec
+from pamqp.base import Frame
+from pamqp.header import ProtocolHeader
+
+from conveyor.transports.amqp.channel import Channel
+from conveyor.transports.amqp.codec import (
+    CLASS_METHOD,
+    FRAME_BODY,
+    FRAME_END,
+    FRAME_HEADER,
+    FRAME_METHOD,
+    HEAD,
+    HEARTBEAT,
+    method_frame,
+    unmarshal,
+)
+from conveyor.transports.amqp.errors import AMQPError, ConnectionClosed, retrieve
+
+__all__ = ["Connection"]
+
+
+class Connection(asyncio.Protocol):
+    """One AMQP connection. Open with :meth:`open`; ``closed`` resolves when it ends (with
+    ConnectionClosed as its exception unless we closed it)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.closed.add_done_callback(retrieve)
+        self.channels: dict[int, Channel] = {}
+        self.frame_max = 131072
+        self.channel_max = 2047
+        self.heartbeat = 0
+        self.server_properties: dict[str, Any] = {}
+        self.blocked = asyncio.Event()
+        self.blocked.set()  # set while *not* blocked
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._flushing = False
+        self.write_lock = threading.Lock()  # write, flush and write_from_thread
+        self._lost = False  # connection_lost ran: the socket is about to close
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._handshake: asyncio.Queue[Any] = asyncio.Queue()
+        self._opened = False
+        self._last_received = loop.time()
+        self._last_sent = loop.time()
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._close_ok: asyncio.Future[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        vhost: str,
+        user: str,
+        password: str,
+        heartbeat: int,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        client_name: str | None = None,
+    ) -> Connection:
+        """Connect, authenticate (PLAIN) and open ``vhost``.
+
+        Raises ConnectionClosed (RabbitMQ refused: bad login, unknown vhost) or OSError.
+        """
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_connection(
+            lambda: cls(loop),
+            host,
+            port,
+            ssl=ssl_context,
+            server_hostname=(server_hostname or host) if ssl_context else None,
+        )
+        try:
+            await protocol._start(vhost, user, password, heartbeat, client_name)
+        except BaseException:
+            protocol.abort()
+            raise
+        return protocol
+
+    async def _start(
+        self, vhost: str, user: str, password: str, heartbeat: int, client_name: str | None
+    ) -> None:
+        assert self._transport is not None
+        self._transport.write(ProtocolHeader().marshal())
+        start = await self._handshake_frame(spec.Connection.Start)
+        self.server_properties = dict(start.server_properties or {})
+        properties: dict[str, Any] = {
+            "product": "conveyor",
+            "platform": f"Python {platform.python_version()}",
+            "capabilities": {
+                "authentication_failure_close": True,
+                "basic.nack": True,
+                "connection.blocked": True,
+                "consumer_cancel_notify": True,
+                "publisher_confirms": True,
+            },
+        }
+        if client_name:
+            properties["connection_name"] = client_name
+        self._transport.write(
+            method_frame(
+                0,
+                spec.Connection.StartOk(
+                    client_properties=properties,
+                    mechanism="PLAIN",
+                    response=f"\0{user}\0{password}",
+                ),
+            )
+        )
+        tune = await self._handshake_frame(spec.Connection.Tune)
+        self.channel_max = min(tune.channel_max or 2047, 2047)
+        self.frame_max = tune.frame_max or 131072
+        server_heartbeat = tune.heartbeat or 0
+        self.heartbeat = (
+            min(heartbeat, server_heartbeat) if heartbeat and server_heartbeat else heartbeat
+        )
+        self._transport.write(
+            method_frame(
+                0,
+                spec.Connection.TuneOk(
+                    channel_max=self.channel_max,
+                    frame_max=self.frame_max,
+                    heartbeat=self.heartbeat,
+                ),
+            )
+        )
+        self._transport.write(method_frame(0, spec.Connection.Open(virtual_host=vhost)))
+        await self._handshake_frame(spec.Connection.OpenOk)
+        self._opened = True
+        if self.heartbeat:
+            self._schedule_heartbeat()
+
+    async def _handshake_frame(self, kind: type[Frame]) -> Any:
+        frame = await self._handshake.get()
+        if isinstance(frame, BaseException):
+            raise frame
+        if isinstance(frame, spec.Connection.Close):
+            raise ConnectionClosed(frame.reply_code or 0, frame.reply_text or "")
+        if not isinstance(frame, kind):
+            raise ConnectionClosed(0, f"expected {kind.name}, got {frame!r}")
+        return frame
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # asyncio closes the socket right after this returns: a thread still writing to it
+        # finishes first, and none starts after (see write_from_thread).
+        with self.write_lock:
+            self._lost = True
+        reason = ConnectionClosed(0, f"connection lost: {exc!r}" if exc else "connection closed")
+        self._shutdown(reason)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_received = self.loop.time()
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            data = bytes(buffer)  # slices of bytes are bytes: one copy per frame, not two
+        pos, size = 0, len(data)
+        channels = self.channels
+        try:
+            while size - pos >= 8:
+                kind, channel, length = HEAD.unpack_from(data, pos)
+                end = pos + 7 + length
+                if end >= size:
+                    break
+                if data[end] != FRAME_END:
+                    raise ConnectionClosed(501, "malformed frame from the broker")
+                payload = data[pos + 7 : end]
+                if kind == FRAME_METHOD:
+                    self._on_method(channel, payload)
+                elif kind == FRAME_HEADER:
+                    target = channels.get(channel)
+                    if target is not None:
+                        target.on_header(payload)
+                elif kind == FRAME_BODY:
+                    target = channels.get(channel)
+                    if target is not None:
+                        target.on_body(payload)
+                pos = end + 1
+        except ConnectionClosed as exc:
+            self._shutdown(exc)
+            self.abort()
+            return
+        if buffer:
+            del buffer[:pos]
+        elif pos < size:
+            buffer += data[pos:]
+
+    def _on_method(self, channel: int, payload: bytes) -> None:
+        key = CLASS_METHOD.unpack_from(payload)
+        if channel:
+            target = self.channels.get(channel)
+            if target is not None:
+                target.on_method(key, payload)
+            return
+        frame = unmarshal(0, payload)
+        if not self._opened:
+            self._handshake.put_nowait(frame)
+        elif isinstance(frame, spec.Connection.Close):
+            self.write(method_frame(0, spec.Connection.CloseOk()))
+            self._shutdown(ConnectionClosed(frame.reply_code or 0, frame.reply_text or ""))
+            self.flush()
+            if self._transport is not None:
+                self._transport.close()
+        elif isinstance(frame, spec.Connection.CloseOk):
+            if self._close_ok is not None and not self._close_ok.done():
+                self._close_ok.set_result(None)
+        elif isinstance(frame, spec.Connection.Blocked):
+            self.blocked.clear()
+        elif isinstance(frame, spec.Connection.Unblocked):
+            self.blocked.set()
+
+    def write(self, data: bytes) -> None:
+        """Send bytes: the first write of an event-loop turn goes out at once (latency), later
+        ones in the same turn are gathered into one write at its end (throughput)."""
+        with self.write_lock:
+            self.write_locked(data)
+
+    def write_locked(self, data: bytes) -> None:
+        """:meth:`write`, with ``write_lock`` held by the caller (on the event loop)."""
+        if self._flushing:
+            self._out.append(data)
+            return
+        self._flushing = True
+        self.loop.call_soon(self.flush)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+            self._last_sent = self.loop.time()
+
+    def flush(self) -> None:
+        with self.write_lock:
+            self._flushing = False
+            if not self._out:
+                return
+            data = b"".join(self._out)
+            self._out.clear()
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(data)
+                self._last_sent = self.loop.time()
+
+    def write_from_thread(self, data: bytes) -> bool:
+        """Send whole frames from a thread other than the event loop's, straight to the socket.
+
+        Only when nothing is ahead of them: a plain TCP connection (not TLS), RabbitMQ not
+        blocking publishers, nothing gathered or buffered for sending. Otherwise nothing is
+        written and the result is False: send through the loop instead. Holds the lock every
+        write takes, so frames never interleave, and never waits on the socket: what it does
+        not take at once goes first in the loop's next flush, and writes meanwhile queue behind
+        it.
+        """
+        with self.write_lock:
+            return self.write_from_thread_locked(data)
+
+    def write_from_thread_locked(self, data: bytes) -> bool:
+        """:meth:`write_from_thread`, with ``write_lock`` held by the caller."""
+        transport = self._transport
+        if (
+            transport is None
+            or self._lost
+            or transport.is_closing()
+            or not self.blocked.is_set()
+            or self._out
+            or transport.get_write_buffer_size()
+            or transport.get_extra_info("sslcontext") is not None
+        ):
+            return False
+        try:
+            sent = os.write(transport.get_extra_info("socket").fileno(), data)
+        except OSError:  # would block, or the connection is going (the loop will see)
+            return False
+        if sent < len(data):
+            self._out.append(data[sent:])
+            if not self._flushing:
+                self._flushing = True
+                with contextlib.suppress(RuntimeError):  # a closed loop: the socket is gone
+                    self.loop.call_soon_threadsafe(self.flush)
+        self._last_sent = time.monotonic()  # the loop's clock
+        return True
+
+    @property
+    def can_write(self) -> bool:
+        """True unless the socket's write buffer is full or RabbitMQ blocks publishers."""
+        return self._writable.is_set() and self.blocked.is_set()
+
+    async def writable(self) -> None:
+        """Wait while the socket's write buffer is full or RabbitMQ blocks publishers."""
+        if not self._writable.is_set():
+            await self._writable.wait()
+        if not self.blocked.is_set():
+            await self.blocked.wait()
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has left the socket's write buffer."""
+        self.flush()
+        transport = self._transport
+        while transport is not None and not transport.is_closing():
+            if transport.get_write_buffer_size() == 0:
+                return
+            await asyncio.sleep(0.001)
+
+    async def channel(self, *, confirms: bool = False) -> Channel:
+        """Open a new channel (with ``confirm.select`` if ``confirms``)."""
+        if self.closed.done():
+            raise self.closed.exception() or ConnectionClosed(0, "connection closed")
+        number = next(n for n in range(1, self.channel_max + 1) if n not in self.channels)
+        channel = Channel(self, number)
+        self.channels[number] = channel
+        try:
+            await channel.open()
+            if confirms:
+                await channel.select_confirms()
+        except BaseException:
+            self.channels.pop(number, None)
+            raise
+        return channel
+
+    def release(self, channel: Channel) -> None:
+        """Free ``channel``'s number (the channel closed)."""
+        if self.channels.get(channel.number) is channel:
+            del self.channels[channel.number]
+
+    def _schedule_heartbeat(self) -> None:
+        self._heartbeat_timer = self.loop.call_later(self.heartbeat / 2, self._beat)
+
+    def _beat(self) -> None:
+        if self.closed.done():
+            return
+        now = self.loop.time()
+        if now - self._last_received > self.heartbeat * 2.5:
+            self._shutdown(
+                ConnectionClosed(0, f"no heartbeat from the broker for {self.heartbeat * 2.5:g} s")
+            )
+            self.abort()
+            return
+        if now - self._last_sent >= self.heartbeat / 2:
+            self.write(HEARTBEAT)
+        self._schedule_heartbeat()
+
+    def _shutdown(self, reason: ConnectionClosed) -> None:
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
+        if not self._opened:
+            self._handshake.put_nowait(reason)
+        for channel in list(self.channels.values()):
+            channel.fail(reason)
+        self.channels.clear()
+        if not self.closed.done():
+            self.closed.set_exception(reason)
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def close(self) -> None:
+        """Close gracefully (idempotent): pending writes go first, then ``connection.close``."""
+        if self.closed.done():
+            return
+        self._close_ok = self.loop.create_future()
+        self.write(
+            method_frame(
+                0, spec.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0)
+            )
+        )
+        with contextlib.suppress(TimeoutError, AMQPError):
+            await asyncio.wait_for(asyncio.shield(self._close_ok), 5)
+        self._shutdown(ConnectionClosed(200, "closed by the client"))
+        if self._transport is not None:
+            self._transport.close()
