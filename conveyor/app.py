@@ -13,8 +13,8 @@
 The core is async. An App keeps one connected transport and one result backend per event loop
 that uses it, created on first use. The sync API (``send_task``, ``delay``, ``apply_async``,
 ``AsyncResult.get``...) runs the async one on a private event loop: in the calling thread when
-no other call is running it, in a background thread between calls (see ``_LoopThread``). Where
-a transport can publish from another thread (RabbitMQ), ``send_task`` writes the message from
+no other call is running it, in a background thread between calls (:mod:`conveyor.sync_loop`).
+Where a transport can publish from another thread (RabbitMQ), ``send_task`` writes the message from
 the calling thread once the loop has declared its route, and the loop only reads the broker's
 confirm (see ``App._send_here``).
 """
@@ -22,18 +22,13 @@ confirm (see ``App._send_here``).
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
-import importlib
 import operator
 import os
-import threading
-import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 from conveyor.config import Settings
@@ -43,7 +38,9 @@ from conveyor.protocol.task_message import TaskMessage, encode_task
 from conveyor.results import ResultBackend, open_backend
 from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
+from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task, current_request
+from conveyor.task_ids import new_task_id
 from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
 
@@ -53,41 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["App", "default_broker_url"]
 
 T = TypeVar("T")
-
-
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
-
-
-class _RandomBytes:
-    """``os.urandom`` read 4 KiB at a time (one system call per 256 task ids); a forked child
-    starts afresh, so it never repeats its parent's ids."""
-
-    def __init__(self) -> None:
-        self._forget()
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._lock = threading.Lock()
-        self._pool = b""
-        self._pos = 0
-
-    def take16(self) -> bytes:
-        with self._lock:
-            pos = self._pos
-            if pos + 16 > len(self._pool):
-                self._pool, pos = os.urandom(4096), 0
-            self._pos = pos + 16
-            return self._pool[pos : pos + 16]
-
-
-_RANDOM = _RandomBytes()
-
-
-def new_task_id() -> str:
-    """A random task id like ``str(uuid.uuid4())`` (version 4, RFC 4122 variant), cheaper."""
-    text = f"{int.from_bytes(_RANDOM.take16()) & _UUID4_CLEAR | _UUID4_SET:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def default_broker_url() -> str:
@@ -114,58 +76,6 @@ def default_backend_url(broker_url: str) -> str:
     if scheme in ("sqlite", "memory"):
         return broker_url.split("?", 1)[0]
     return "rpc://"
-
-
-class _SyncCall(Generic[T]):
-    """One coroutine run on the private loop for a waiting thread.
-
-    Lighter than ``run_coroutine_threadsafe``: the coroutine itself wakes the caller (a bare
-    lock released in its last step) instead of a chain of future callbacks one loop turn later.
-    """
-
-    __slots__ = ("_coro", "_done", "_error", "_task", "_value")
-
-    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
-        self._coro = coro
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._task: asyncio.Task[None] | None = None
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._task = loop.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            self._value = await self._coro
-        except BaseException as exc:  # handed to the waiting thread, which raises it
-            self._error = exc
-        finally:
-            self._done.release()
-
-    def _cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        else:
-            self._coro.close()
-
-    def close(self) -> None:
-        """Never started: close the coroutine (no "never awaited" warning)."""
-        self._coro.close()
-
-    def wait(self, loop: asyncio.AbstractEventLoop) -> T:
-        try:
-            self._done.acquire()
-        except BaseException:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._cancel)
-            raise
-        error = self._error
-        if error is not None:
-            self._error = None  # no reference cycle through the traceback
-            raise error
-        return self._value  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,272 +163,6 @@ async def _confirmed_or_replied(
             confirm.result()
 
 
-_LINGER = 0.05
-"""Seconds the private loop may go unrun between sync calls before the background thread
-takes it over (confirms, replies and heartbeats wait at most this long meanwhile)."""
-
-
-class _Turns:
-    """Who runs one private event loop: a sync call in its own thread, or the background one.
-
-    State under ``cond``: ``runner`` (ident of the thread running the loop, or holding the
-    right to), ``handed`` (threads waiting on work done by whoever runs it), ``claims``
-    (callers waiting for the background thread to give the loop up), ``idle_since`` (when a
-    caller last stopped running it).
-    """
-
-    __slots__ = (
-        "background",
-        "claims",
-        "cond",
-        "handed",
-        "idle_since",
-        "loop",
-        "runner",
-        "stop_asked",
-        "stopping",
-    )
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.cond = threading.Condition(threading.Lock())
-        self.runner: int | None = None
-        self.background = 0
-        self.handed = 0
-        self.claims = 0
-        self.idle_since = 0.0
-        self.stop_asked = False
-        self.stopping = False
-
-    def serve(self, ready: threading.Event) -> None:
-        """The background thread: run the loop whenever no sync call has for _LINGER seconds
-        (at once when a thread waits on it), until a call claims it back or ``stopping``."""
-        loop, cond = self.loop, self.cond
-        with cond:
-            self.background = threading.get_ident()
-            ready.set()
-            while not self.stopping:
-                if self.runner is not None or self.claims:
-                    cond.wait(_LINGER)  # a call runs it; callers notify only when it matters
-                    continue
-                left = self.idle_since + _LINGER - time.monotonic()
-                if not self.handed and left > 0:
-                    cond.wait(left)
-                    continue
-                self.runner = self.background
-                cond.release()
-                try:
-                    loop.run_forever()
-                finally:
-                    cond.acquire()
-                    self.runner = None
-                    self.stop_asked = False
-                    cond.notify_all()
-
-    def take(self) -> bool:
-        """Make this thread the loop's runner if no other call runs it (stopping the background
-        thread if it does); False if another call does (or this thread runs another loop)."""
-        cond = self.cond
-        me = threading.get_ident()
-        with cond:
-            if asyncio._get_running_loop() is not None:
-                return False
-            while self.runner == self.background and not self.stopping:
-                self.claims += 1
-                self.stop_background()
-                cond.wait()
-                self.claims -= 1
-            if self.runner is not None:
-                return False
-            self.runner = me
-            return True
-
-    def stop_background(self) -> None:
-        """Ask the background thread to stop running the loop, if it is (``cond`` held)."""
-        if self.runner == self.background and not self.stop_asked:
-            self.stop_asked = True  # one stop per run: a second would end the next run
-            self.loop.call_soon_threadsafe(self.loop.stop)
-
-    def give_back(self) -> None:
-        with self.cond:
-            self.runner = None
-            self.idle_since = time.monotonic()
-            if self.handed or self.claims or self.stopping:
-                self.cond.notify_all()
-
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        """While another thread's work is awaited: the background thread runs the loop as soon
-        as no call does (it does not wait out _LINGER)."""
-        with self.cond:
-            self.handed += 1
-            if self.runner is None:
-                self.cond.notify_all()
-        try:
-            yield
-        finally:
-            with self.cond:
-                self.handed -= 1
-
-
-class _LoopThread:
-    """The private event loop of the sync API, and the threads that run it.
-
-    A sync call runs the loop itself, in the calling thread, when no other call is running it:
-    its coroutine, the broker's answers and the task's reply all stay in that thread, with no
-    hand-off between threads. Between calls a background thread runs the loop (heartbeats,
-    confirms, replies), taking it over once no call has run it for ``_LINGER`` seconds and
-    giving it back to the next call that wants it. A call that finds another call running the
-    loop hands its coroutine over and waits (:meth:`run`), or blocks until what that thread
-    reads sets its :class:`Wakeup` (:meth:`wait_for`).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._turns: _Turns | None = None
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def _current_turns(self) -> _Turns:
-        with self._lock:
-            turns = self._turns
-            if turns is None or self._pid != os.getpid() or turns.loop.is_closed():
-                loop = asyncio.new_event_loop()
-                turns = _Turns(loop)
-                ready = threading.Event()
-                thread = threading.Thread(
-                    target=turns.serve, args=(ready,), name="conveyor-sync-loop", daemon=True
-                )
-                thread.start()
-                ready.wait()
-                self._turns, self._thread, self._pid = turns, thread, os.getpid()
-            return turns
-
-    def current(self) -> asyncio.AbstractEventLoop | None:
-        """The private loop if it exists in this process, else None (nothing started)."""
-        turns = self._turns
-        return turns.loop if turns is not None and self._pid == os.getpid() else None
-
-    def in_loop_thread(self) -> bool:
-        """True inside the private loop (a coroutine or callback it runs)."""
-        loop = self.current()
-        return loop is not None and asyncio._get_running_loop() is loop
-
-    def _refuse_own_loop(self) -> None:
-        if self.in_loop_thread():
-            raise RuntimeError("conveyor's sync API cannot be called from its own event loop")
-
-    def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run ``make()`` on the private loop and return its result: in this thread when no
-        other call runs the loop, else by handing the coroutine to the thread that does."""
-        self._refuse_own_loop()
-        turns = self._current_turns()
-        loop = turns.loop
-        if turns.take():
-            try:
-                task = loop.create_task(make())  # copies this thread's context
-                try:
-                    return loop.run_until_complete(task)
-                except BaseException:
-                    if not task.done():
-                        task.cancel()  # finished by whoever runs the loop next
-                    raise
-            finally:
-                turns.give_back()
-        with turns.waiting():
-            call = _SyncCall(make())
-            try:
-                # The callback runs in a copy of this thread's context (contextvars travel along).
-                loop.call_soon_threadsafe(call.start, loop)
-            except BaseException:
-                call.close()
-                raise
-            return call.wait(loop)
-
-    def wait_for(self, wakeup: Wakeup, timeout: float | None) -> bool:
-        """Block until ``wakeup`` is set by something the private loop reads (True), or for
-        ``timeout`` seconds (False): running the loop in this thread meanwhile when no other
-        call runs it, else waiting for the thread that does."""
-        if wakeup.is_set():
-            return True
-        self._refuse_own_loop()
-        turns = self._current_turns()
-        if not turns.take():
-            with turns.waiting():
-                return wakeup.wait(timeout)
-        loop = turns.loop
-        try:
-            done = loop.create_future()
-            me = threading.get_ident()
-
-            def resolve() -> None:
-                if not done.done():
-                    done.set_result(None)
-
-            def on_set() -> None:
-                if threading.get_ident() == me:
-                    resolve()  # read by the loop this thread runs
-                else:
-                    loop.call_soon_threadsafe(resolve)
-
-            wakeup.on_set = on_set
-            if wakeup.is_set():
-                return True
-            timer = loop.call_later(timeout, resolve) if timeout is not None else None
-            try:
-                loop.run_until_complete(done)
-            finally:
-                wakeup.on_set = None
-                if timer is not None:
-                    timer.cancel()
-            return wakeup.is_set()
-        finally:
-            turns.give_back()
-
-    def stop(self) -> None:
-        with self._lock:
-            turns, thread = self._turns, self._thread
-            self._turns = self._thread = None
-        if turns is None or thread is None or self._pid != os.getpid():
-            return
-        loop = turns.loop
-        with turns.cond:
-            turns.stopping = True
-            turns.stop_background()
-            turns.cond.notify_all()
-        thread.join(timeout=5)
-        if not thread.is_alive() and turns.runner is None:
-            loop.close()
-
-
-_SYNC = _LoopThread()
-# Resources opened on the private loop, closed at exit even if their App is gone by then.
-_SYNC_RESOURCES: set[_LoopResources] = set()
-
-
-async def _close_resources(resources: list[_LoopResources]) -> None:
-    for res in resources:
-        with contextlib.suppress(Exception):
-            await res.close()
-
-
-def _close_at_exit() -> None:
-    if _SYNC.current() is not None:
-        with contextlib.suppress(Exception):
-            _SYNC.run(lambda: asyncio.wait_for(_close_resources(list(_SYNC_RESOURCES)), 10))
-    _SYNC.stop()
-
-
-# Run before the interpreter shuts thread pools down, so that closing can still use them: the
-# thread pool module registers its own hook on import, and hooks run last-registered first.
-importlib.import_module("concurrent.futures.thread")
-_register_early = getattr(threading, "_register_atexit", None)
-if _register_early is not None:
-    _register_early(_close_at_exit)
-else:
-    atexit.register(_close_at_exit)
-
-
 class _LoopResources:
     """What an App holds for one event loop: its transport, its backend, what it declared."""
 
@@ -534,7 +178,7 @@ class _LoopResources:
         self.reply_from: ResultBackend | None = None
 
     async def close(self) -> None:
-        _SYNC_RESOURCES.discard(self)
+        SYNC_LOOP.forget(self)
         backend, transport = self.backend, self.transport
         self.backend = self.transport = self.reply_from = None
         self.declared.clear()
@@ -631,13 +275,13 @@ class App:
     def _wait_for(self, wakeup: Wakeup, timeout: float | None) -> bool:
         """Block this thread until ``wakeup`` is set by what the private loop reads (True) or
         ``timeout`` seconds pass (False), running that loop here if no other call does."""
-        return _SYNC.wait_for(wakeup, timeout)
+        return SYNC_LOOP.wait_for(wakeup, timeout)
 
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the private event loop and return its result (the sync facade)."""
-        if _SYNC.in_loop_thread():
+        if SYNC_LOOP.in_loop_thread():
             coro.close()  # never run: the call below refuses
-        return _SYNC.run(lambda: coro)
+        return SYNC_LOOP.run(lambda: coro)
 
     def _resources(self, loop: asyncio.AbstractEventLoop | None = None) -> _LoopResources:
         if loop is None:
@@ -648,8 +292,8 @@ class App:
         res = self._loops.get(loop)
         if res is None:
             res = self._loops[loop] = _LoopResources()
-            if loop is _SYNC.current():
-                _SYNC_RESOURCES.add(res)
+            if loop is SYNC_LOOP.current():
+                SYNC_LOOP.close_at_exit(res)
         self._last_resources = (weakref.ref(loop), res)
         return res
 
@@ -697,7 +341,7 @@ class App:
 
     def close(self) -> None:
         """Close what the sync API opened (the private loop's transport and backend)."""
-        if _SYNC.current() is not None and not _SYNC.in_loop_thread():
+        if SYNC_LOOP.current() is not None and not SYNC_LOOP.in_loop_thread():
             self.run_sync(self.aclose())
 
     async def __aenter__(self) -> App:
@@ -952,13 +596,13 @@ class App:
 
         This thread writes the message onto the connection and waits for the broker's confirm
         (or, as :meth:`asend_task` does, the task's reply, whichever comes first), which the
-        loop reads: run here if no other call runs it (see ``_LoopThread``). A connection lost
-        before the confirm sends the message again through the loop, as a publish on the loop
-        would.
+        loop reads: run here if no other call runs it (see :mod:`conveyor.sync_loop`). A
+        connection lost before the confirm sends the message again through the loop, as a
+        publish on the loop would.
         """
-        loop = _SYNC.current()
+        loop = SYNC_LOOP.current()
         res = self._loops.get(loop) if loop is not None else None
-        if res is None or res.transport is None or _SYNC.in_loop_thread():
+        if res is None or res.transport is None or SYNC_LOOP.in_loop_thread():
             return None
         plan = self._plan(name, args, kwargs, **options)
         route = plan.route
