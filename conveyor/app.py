@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 from conveyor.config import Settings
@@ -38,18 +38,19 @@ from conveyor.protocol.task_message import TaskMessage, encode_task
 from conveyor.results import ResultBackend, open_backend
 from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
+from conveyor.routing.router import Route, Router
+from conveyor.routing.settings import ROUTING_SETTING_NAMES
 from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task, current_request
 from conveyor.task_ids import new_task_id
 from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
 
-if TYPE_CHECKING:
-    from conveyor.routing.router import Route, Router
-
 __all__ = ["App", "default_broker_url"]
 
 T = TypeVar("T")
+
+_routing_values = operator.attrgetter(*ROUTING_SETTING_NAMES)
 
 
 def default_broker_url() -> str:
@@ -241,24 +242,11 @@ class App:
     @property
     def router(self) -> Router:
         """The Router for the current settings; rebuilt when a routing setting is reassigned."""
-        conf = self.conf
         # Holding the values (not their ids) means a replaced one is never mistaken for the old.
-        values = (
-            conf.task_routes,
-            conf.task_queues,
-            conf.task_default_queue,
-            conf.task_default_exchange,
-            conf.task_default_exchange_type,
-            conf.task_default_routing_key,
-            conf.task_create_missing_queues,
-            conf.task_queue_max_priority,
-            conf.task_default_priority,
-        )
+        values = _routing_values(self.conf)
         router = self._router
         if router is None or not all(map(operator.is_, values, self._router_values)):
-            from conveyor.routing.router import Router
-
-            router = self._router = Router(conf)
+            router = self._router = Router(self.conf.routing_settings())
             self._router_values = values
         return router
 
