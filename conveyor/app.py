@@ -26,23 +26,22 @@ import operator
 import os
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, Unpack, overload
 from urllib.parse import urlsplit
 
+from conveyor import sending
 from conveyor.config import Settings
 from conveyor.errors import ConfigurationError, Unroutable
+from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskArgs, TaskOptions
 from conveyor.protocol.envelope import Envelope
-from conveyor.protocol.task_message import TaskMessage, encode_task
 from conveyor.results import ResultBackend, open_backend
 from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
 from conveyor.routing.router import Route, Router
 from conveyor.routing.settings import ROUTING_SETTING_NAMES
+from conveyor.sending import Plan
 from conveyor.sync_loop import SYNC_LOOP
-from conveyor.task import Task, current_request
-from conveyor.task_ids import new_task_id
+from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
 
@@ -77,61 +76,6 @@ def default_backend_url(broker_url: str) -> str:
     if scheme in ("sqlite", "memory"):
         return broker_url.split("?", 1)[0]
     return "rpc://"
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """A send worked out before any I/O (:meth:`App._plan`): the route, the times, the options."""
-
-    name: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    route: Route
-    delay: float | None
-    eta: datetime | None
-    expires: datetime | None
-    task_id: str | None
-    headers: Mapping[str, Any] | None
-    ignore_result: bool
-    time_limit: float | None
-    serializer: str
-
-    def message(self, reply_to: str | None) -> tuple[str, Envelope]:
-        """The task id (a new one unless given) and the encoded message; ProtocolError for
-        arguments the serializer cannot hold."""
-        parent = current_request()
-        tid = self.task_id or new_task_id()
-        message = TaskMessage(
-            task=self.name,
-            id=tid,
-            args=self.args,
-            kwargs=self.kwargs,
-            eta=self.eta,
-            expires=self.expires,
-            timelimit=(self.time_limit, None),
-            root_id=(parent.root_id or parent.id) if parent is not None else tid,
-            parent_id=parent.id if parent is not None else None,
-            ignore_result=self.ignore_result,
-            reply_to=reply_to,
-            priority=self.route.priority,
-            headers=dict(self.headers) if self.headers else {},
-        )
-        return tid, encode_task(message, self.serializer)
-
-    def unroutable(self, exc: Unroutable) -> Unroutable:
-        """The sender's error for a message no queue took: which route, decided by what."""
-        route = self.route
-        return Unroutable(
-            f"task {self.name!r} was routed to exchange {route.exchange.name!r} with routing key "
-            f"{route.routing_key!r} ({route.decided_by}) but no queue is bound there"
-            + (
-                "; no worker is consuming that broadcast queue"
-                if isinstance(route.queue, Broadcast)
-                else ""
-            ),
-            exchange=exc.exchange,
-            routing_key=exc.routing_key,
-        )
 
 
 async def _confirmed_or_replied(
@@ -376,54 +320,35 @@ class App:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        exchange: str | None = None,
-        exchange_type: str | None = None,
-        routing_key: str | None = None,
-        priority: int | None = None,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        expires: float | datetime | None = None,
-        task_id: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        ignore_result: bool | None = None,
-        time_limit: float | None = None,
-        serializer: str | None = None,
-        _task: Task | None = None,
+        **options: Unpack[SendArgs],
     ) -> AsyncResult:
         """Send task ``name`` with ``args``/``kwargs``; its code need not exist in this process.
 
-        Routing options (``queue``, ``exchange``, ``exchange_type``, ``routing_key``,
-        ``priority``) override the task's attributes and ``task_routes``. ``countdown`` (seconds)
-        or ``eta`` (a datetime) delay it through the broker's delayed delivery; ``expires``
-        (seconds from now, or a datetime) marks it REVOKED instead of running it late.
-        ``headers`` travel with the message. Declares the exchange and queue the route names
-        (once per connection), then publishes, and returns once the broker has the message:
-        its confirm came, or (``rpc://``, an id made here) the task's reply came first.
+        ``options`` are those of :class:`~conveyor.options.SendOptions`: routing options
+        override the task's attributes and ``task_routes``; ``countdown``/``eta`` delay it,
+        ``expires`` revokes it if it runs late; ``headers`` travel with the message. Declares
+        the exchange and queue the route names (once per connection), then publishes, and
+        returns once the broker has the message: its confirm came, or (``rpc://``, an id made
+        here) the task's reply came first.
 
-        Raises RoutingError for a route that cannot be resolved, Unroutable if no queue takes
-        the message, ProtocolError for arguments JSON cannot hold, BrokerUnavailable.
+        Raises ConfigurationError for an unknown option, RoutingError for a route that cannot
+        be resolved, Unroutable if no queue takes the message, ProtocolError for arguments JSON
+        cannot hold, BrokerUnavailable.
         """
-        plan = self._plan(
-            name,
-            args,
-            kwargs,
-            queue=queue,
-            exchange=exchange,
-            exchange_type=exchange_type,
-            routing_key=routing_key,
-            priority=priority,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            task_id=task_id,
-            headers=headers,
-            ignore_result=ignore_result,
-            time_limit=time_limit,
-            serializer=serializer,
-            _task=_task,
-        )
+        return await self.asend(name, args, kwargs, SendOptions.of(options))
+
+    async def asend(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: SendOptions = NO_OPTIONS,
+        *,
+        task: Task | None = None,
+    ) -> AsyncResult:
+        """:meth:`asend_task` with the options as one record; ``task`` is the registered task
+        when the caller holds it (else looked up by ``name``). Raises as :meth:`asend_task`."""
+        plan = self._plan(name, args, kwargs, options, task)
         loop = asyncio.get_running_loop()
         res = self._resources(loop)
         backend = None
@@ -436,7 +361,7 @@ class App:
         return await self._publish_task(plan, tid, envelope, backend)
 
     async def _publish_task(
-        self, plan: _Plan, tid: str, envelope: Envelope, backend: ResultBackend | None
+        self, plan: Plan, tid: str, envelope: Envelope, backend: ResultBackend | None
     ) -> AsyncResult:
         """Publish a composed task message (declaring its route first, once per connection)
         on the running loop; the second half of :meth:`asend_task`."""
@@ -480,82 +405,17 @@ class App:
         name: str,
         args: Sequence[Any] | None,
         kwargs: Mapping[str, Any] | None,
-        *,
-        queue: str | None = None,
-        exchange: str | None = None,
-        exchange_type: str | None = None,
-        routing_key: str | None = None,
-        priority: int | None = None,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        expires: float | datetime | None = None,
-        task_id: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        ignore_result: bool | None = None,
-        time_limit: float | None = None,
-        serializer: str | None = None,
-        _task: Task | None = None,
-    ) -> _Plan:
-        """Everything about a send that needs no I/O: the route, the times, the options (any
-        thread). Raises as :meth:`asend_task` does for a route that cannot be resolved."""
-        task = _task if _task is not None else self._tasks.get(name)
-        args = tuple(args) if args else ()
-        kwargs = dict(kwargs) if kwargs else {}
-        options: dict[str, Any] | None = None
-        if (
-            queue is not None
-            or exchange is not None
-            or exchange_type is not None
-            or routing_key is not None
-            or priority is not None
-        ):
-            options = {
-                key: value
-                for key, value in (
-                    ("queue", queue),
-                    ("exchange", exchange),
-                    ("exchange_type", exchange_type),
-                    ("routing_key", routing_key),
-                    ("priority", priority),
-                )
-                if value is not None
-            }
-        route = self.router.route(name, args, kwargs, options=options, task=task)
-        delay: float | None = None
-        eta_at: datetime | None = None
-        expires_at: datetime | None = None
-        if countdown is not None or eta is not None or expires is not None:
-            now = datetime.now(UTC)
-            if countdown is not None:
-                delay = float(countdown)
-            elif eta is not None:
-                aware = eta if eta.tzinfo is not None else eta.replace(tzinfo=UTC)
-                delay = (aware - now).total_seconds()
-            if delay is not None and delay <= 0:
-                delay = None
-            if delay is not None:
-                eta_at = now + timedelta(seconds=delay)
-            if isinstance(expires, datetime):
-                expires_at = expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
-            elif expires is not None:
-                expires_at = now + timedelta(seconds=float(expires))
-        if ignore_result is None:
-            ignore_result = task.ignore_result if task is not None else self.conf.task_ignore_result
-        if time_limit is None and task is not None:
-            time_limit = task.time_limit
-        return _Plan(
-            name=name,
-            args=args,
-            kwargs=kwargs,
-            route=route,
-            delay=delay,
-            eta=eta_at,
-            expires=expires_at,
-            task_id=task_id,
-            headers=headers,
-            ignore_result=ignore_result,
-            time_limit=time_limit,
-            serializer=serializer or self.conf.task_serializer,
+        options: SendOptions,
+        task: Task | None,
+    ) -> Plan:
+        return sending.plan(
+            name,
+            args,
+            kwargs,
+            options,
+            task=task if task is not None else self._tasks.get(name),
+            router=self.router,
+            conf=self.conf,
         )
 
     def send_task(
@@ -563,20 +423,33 @@ class App:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        **options: Unpack[SendArgs],
     ) -> AsyncResult:
         """Sync twin of :meth:`asend_task` (same options)."""
-        sent = self._send_here(name, args, kwargs, options)
+        return self.send(name, args, kwargs, SendOptions.of(options))
+
+    def send(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: SendOptions = NO_OPTIONS,
+        *,
+        task: Task | None = None,
+    ) -> AsyncResult:
+        """Sync twin of :meth:`asend`."""
+        sent = self._send_here(name, args, kwargs, options, task)
         if sent is not None:
             return sent
-        return self.run_sync(self.asend_task(name, args, kwargs, **options))
+        return self.run_sync(self.asend(name, args, kwargs, options, task=task))
 
     def _send_here(
         self,
         name: str,
         args: Sequence[Any] | None,
         kwargs: Mapping[str, Any] | None,
-        options: dict[str, Any],
+        options: SendOptions,
+        task: Task | None,
     ) -> AsyncResult | None:
         """:meth:`send_task` without a coroutine, when the transport can publish from a
         thread (RabbitMQ) and the private loop already declared the route and prepared the
@@ -592,7 +465,7 @@ class App:
         res = self._loops.get(loop) if loop is not None else None
         if res is None or res.transport is None or SYNC_LOOP.in_loop_thread():
             return None
-        plan = self._plan(name, args, kwargs, **options)
+        plan = self._plan(name, args, kwargs, options, task)
         route = plan.route
         if plan.delay is not None or res.declared_routes.get(id(route)) is not route:
             return None
@@ -643,82 +516,28 @@ class App:
 
     @overload
     def task(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        exchange: str | None = None,
-        exchange_type: str | None = None,
-        routing_key: str | None = None,
-        priority: int | None = None,
-        ignore_result: bool | None = None,
-        acks_late: bool | None = None,
-        max_retries: int | None = 3,
-        default_retry_delay: float = 180.0,
-        autoretry_for: Sequence[type[BaseException]] = (),
-        retry_backoff: bool | float = False,
-        retry_backoff_max: float = 600.0,
-        time_limit: float | None = None,
-        bind: bool = False,
+        self, fn: None = None, /, **options: Unpack[TaskArgs]
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
     def task(
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        exchange: str | None = None,
-        exchange_type: str | None = None,
-        routing_key: str | None = None,
-        priority: int | None = None,
-        ignore_result: bool | None = None,
-        acks_late: bool | None = None,
-        max_retries: int | None = 3,
-        default_retry_delay: float = 180.0,
-        autoretry_for: Sequence[type[BaseException]] = (),
-        retry_backoff: bool | float = False,
-        retry_backoff_max: float = 600.0,
-        time_limit: float | None = None,
-        bind: bool = False,
+        self, fn: Callable[..., Any] | None = None, /, **options: Unpack[TaskArgs]
     ) -> Task | Callable[[Callable[..., Any]], Task]:
         """Register a function (plain or ``async def``) as a task; usable with or without ().
 
-        ``name`` defaults to ``module.qualname``. Registering a second function under a name
-        already taken raises ConfigurationError. See :class:`Task` for the options.
+        ``options`` are those of :class:`~conveyor.options.TaskOptions`; ``name`` defaults to
+        ``module.qualname``. Raises ConfigurationError for an unknown or invalid option, and
+        for a second function registered under a name already taken.
         """
 
         def register(func: Callable[..., Any]) -> Task:
-            task_name = name or self._task_name(func)
-            existing = self._tasks.get(task_name)
+            defined = TaskOptions.of(options, default_name=self._task_name(func))
+            existing = self._tasks.get(defined.name)
             if existing is not None and existing.fn is not func:
                 raise ConfigurationError(
-                    f"task name {task_name!r} is already registered for {existing.fn!r}; "
+                    f"task name {defined.name!r} is already registered for {existing.fn!r}; "
                     "give one of them another name="
                 )
-            task = Task(
-                self,
-                func,
-                name=task_name,
-                queue=queue,
-                exchange=exchange,
-                exchange_type=exchange_type,
-                routing_key=routing_key,
-                priority=priority,
-                ignore_result=ignore_result,
-                acks_late=acks_late,
-                max_retries=max_retries,
-                default_retry_delay=default_retry_delay,
-                autoretry_for=autoretry_for,
-                retry_backoff=retry_backoff,
-                retry_backoff_max=retry_backoff_max,
-                time_limit=time_limit,
-                bind=bind,
-            )
-            self._tasks[task_name] = task
+            task = self._tasks[defined.name] = Task(self, func, defined)
             return task
 
         if fn is not None:
