@@ -14,9 +14,10 @@ The core is async. An App keeps one connected transport and one result backend p
 that uses it, created on first use. The sync API (``send_task``, ``delay``, ``apply_async``,
 ``AsyncResult.get``...) runs the async one on a private event loop: in the calling thread when
 no other call is running it, in a background thread between calls (:mod:`conveyor.sync_loop`).
-Where a transport can publish from another thread (RabbitMQ), ``send_task`` writes the message from
-the calling thread once the loop has declared its route, and the loop only reads the broker's
-confirm (see ``App._send_here``).
+Where a transport can publish from another thread (RabbitMQ), ``send_task`` writes the message
+from the calling thread once the loop has declared its route, and the loop only reads the
+broker's confirm (see ``App._send_here``). What a send needs before any I/O is planned by
+:func:`conveyor.sending.plan`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
 from conveyor.routing.router import Route, Router
 from conveyor.routing.settings import ROUTING_SETTING_NAMES
-from conveyor.sending import Plan
 from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
@@ -315,13 +315,13 @@ class App:
             res.declared_routes[id(route)] = route
         return transport
 
-    async def asend_task(
+    def asend_task(
         self,
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Unpack[SendArgs],
-    ) -> AsyncResult:
+    ) -> Coroutine[Any, Any, AsyncResult]:
         """Send task ``name`` with ``args``/``kwargs``; its code need not exist in this process.
 
         ``options`` are those of :class:`~conveyor.options.SendOptions`: routing options
@@ -331,11 +331,12 @@ class App:
         returns once the broker has the message: its confirm came, or (``rpc://``, an id made
         here) the task's reply came first.
 
-        Raises ConfigurationError for an unknown option, RoutingError for a route that cannot
-        be resolved, Unroutable if no queue takes the message, ProtocolError for arguments JSON
-        cannot hold, BrokerUnavailable.
+        Raises ConfigurationError for an unknown option (at the call, as a wrong keyword
+        would); when awaited, RoutingError for a route that cannot be resolved, Unroutable if no
+        queue takes the message, ProtocolError for arguments JSON cannot hold, BrokerUnavailable.
         """
-        return await self.asend(name, args, kwargs, SendOptions.of(options))
+        # A plain function returning asend's coroutine: no extra coroutine on the send path.
+        return self.asend(name, args, kwargs, SendOptions.of(options))
 
     async def asend(
         self,
@@ -361,10 +362,10 @@ class App:
         return await self._publish_task(plan, tid, envelope, backend)
 
     async def _publish_task(
-        self, plan: Plan, tid: str, envelope: Envelope, backend: ResultBackend | None
+        self, plan: sending.Plan, tid: str, envelope: Envelope, backend: ResultBackend | None
     ) -> AsyncResult:
         """Publish a composed task message (declaring its route first, once per connection)
-        on the running loop; the second half of :meth:`asend_task`."""
+        on the running loop; the second half of :meth:`asend`."""
         loop = asyncio.get_running_loop()
         res = self._resources(loop)
         route = plan.route
@@ -407,7 +408,7 @@ class App:
         kwargs: Mapping[str, Any] | None,
         options: SendOptions,
         task: Task | None,
-    ) -> Plan:
+    ) -> sending.Plan:
         return sending.plan(
             name,
             args,

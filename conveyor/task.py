@@ -91,23 +91,23 @@ class TaskApp(Protocol):
     def send(
         self,
         name: str,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        options: SendOptions = NO_OPTIONS,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
         *,
-        task: Task | None = None,
+        task: Task,
     ) -> AsyncResult:
-        """Send task ``name`` with ``options``; its AsyncResult."""
+        """Send task ``name`` (this ``task``) with ``options``; its AsyncResult."""
         ...
 
     async def asend(
         self,
         name: str,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        options: SendOptions = NO_OPTIONS,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
         *,
-        task: Task | None = None,
+        task: Task,
     ) -> AsyncResult:
         """Async twin of :meth:`send`."""
         ...

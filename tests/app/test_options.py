@@ -41,6 +41,8 @@ def test_an_unknown_send_option_is_named_with_the_ones_that_exist() -> None:
     app = App("opts", broker="memory://opts", result_backend="memory://opts")
     with pytest.raises(ConfigurationError, match=r"unknown send option 'link'.*countdown, eta"):
         app.send_task("x", link="y")  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match=r"unknown send option 'link'"):
+        app.asend_task("x", link="y")  # type: ignore[call-arg,unused-coroutine]
     with pytest.raises(ConfigurationError, match=r"'queu' \(did you mean 'queue'\?\)"):
         SendOptions.of({"queu": "q"})  # type: ignore[typeddict-unknown-key]
 
