@@ -1,10 +1,15 @@
 """conveyor: a distributed task queue with first-class routing.
 
-The public API is re-exported here; everything else is an implementation detail.
+The public API is re-exported here; everything else is an implementation detail. Names other
+than the errors are imported on first use (PEP 562), so that importing one part
+(``conveyor.routing``) does not load the others.
 """
 
-from conveyor.app import App
-from conveyor.config import Settings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from conveyor.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -24,13 +29,17 @@ from conveyor.errors import (
     TransportError,
     Unroutable,
 )
-from conveyor.protocol.envelope import Envelope
-from conveyor.results import ResultMeta, State
-from conveyor.results.async_result import AsyncResult
-from conveyor.routing.entities import Binding, Broadcast, Exchange, ExchangeType, Queue, binding
-from conveyor.routing.router import Route, Router
-from conveyor.task import Request, Task
-from conveyor.worker import Middleware, Worker
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+    from conveyor.config import Settings
+    from conveyor.protocol.envelope import Envelope
+    from conveyor.results import ResultMeta, State
+    from conveyor.results.async_result import AsyncResult
+    from conveyor.routing.entities import Binding, Broadcast, Exchange, ExchangeType, Queue, binding
+    from conveyor.routing.router import Route, Router
+    from conveyor.task import Request, Task
+    from conveyor.worker import Middleware, Worker
 
 __version__ = "0.1.0"
 
@@ -72,3 +81,39 @@ __all__ = [
     "__version__",
     "binding",
 ]
+
+# The errors are imported above (a small module that imports nothing); the rest on first use.
+_HOME_OF = {
+    "App": "conveyor.app",
+    "AsyncResult": "conveyor.results.async_result",
+    "Binding": "conveyor.routing.entities",
+    "Broadcast": "conveyor.routing.entities",
+    "Envelope": "conveyor.protocol.envelope",
+    "Exchange": "conveyor.routing.entities",
+    "ExchangeType": "conveyor.routing.entities",
+    "Middleware": "conveyor.worker",
+    "Queue": "conveyor.routing.entities",
+    "Request": "conveyor.task",
+    "ResultMeta": "conveyor.results",
+    "Route": "conveyor.routing.router",
+    "Router": "conveyor.routing.router",
+    "Settings": "conveyor.config",
+    "State": "conveyor.results",
+    "Task": "conveyor.task",
+    "Worker": "conveyor.worker",
+    "binding": "conveyor.routing.entities",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use (then it is a plain attribute)."""
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -13,81 +13,43 @@
 The core is async. An App keeps one connected transport and one result backend per event loop
 that uses it, created on first use. The sync API (``send_task``, ``delay``, ``apply_async``,
 ``AsyncResult.get``...) runs the async one on a private event loop: in the calling thread when
-no other call is running it, in a background thread between calls (see ``_LoopThread``). Where
-a transport can publish from another thread (RabbitMQ), ``send_task`` writes the message from
-the calling thread once the loop has declared its route, and the loop only reads the broker's
-confirm (see ``App._send_here``).
+no other call is running it, in a background thread between calls (:mod:`conveyor.sync_loop`).
+Where a transport can publish from another thread (RabbitMQ), ``send_task`` writes the message
+from the calling thread once the loop has declared its route, and the loop only reads the
+broker's confirm (see ``App._send_here``). What a send needs before any I/O is planned by
+:func:`conveyor.sending.plan`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
-import importlib
 import operator
 import os
-import threading
-import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar, Unpack, overload
 from urllib.parse import urlsplit
 
+from conveyor import sending
 from conveyor.config import Settings
 from conveyor.errors import ConfigurationError, Unroutable
+from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskArgs, TaskOptions
 from conveyor.protocol.envelope import Envelope
-from conveyor.protocol.task_message import TaskMessage, encode_task
 from conveyor.results import ResultBackend, open_backend
 from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
-from conveyor.task import Task, current_request
+from conveyor.routing.router import Route, Router
+from conveyor.routing.settings import ROUTING_SETTING_NAMES
+from conveyor.sync_loop import SYNC_LOOP
+from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
-
-if TYPE_CHECKING:
-    from conveyor.routing.router import Route, Router
 
 __all__ = ["App", "default_broker_url"]
 
 T = TypeVar("T")
 
-
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
-
-
-class _RandomBytes:
-    """``os.urandom`` read 4 KiB at a time (one system call per 256 task ids); a forked child
-    starts afresh, so it never repeats its parent's ids."""
-
-    def __init__(self) -> None:
-        self._forget()
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._lock = threading.Lock()
-        self._pool = b""
-        self._pos = 0
-
-    def take16(self) -> bytes:
-        with self._lock:
-            pos = self._pos
-            if pos + 16 > len(self._pool):
-                self._pool, pos = os.urandom(4096), 0
-            self._pos = pos + 16
-            return self._pool[pos : pos + 16]
-
-
-_RANDOM = _RandomBytes()
-
-
-def new_task_id() -> str:
-    """A random task id like ``str(uuid.uuid4())`` (version 4, RFC 4122 variant), cheaper."""
-    text = f"{int.from_bytes(_RANDOM.take16()) & _UUID4_CLEAR | _UUID4_SET:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+_routing_values = operator.attrgetter(*ROUTING_SETTING_NAMES)
 
 
 def default_broker_url() -> str:
@@ -114,113 +76,6 @@ def default_backend_url(broker_url: str) -> str:
     if scheme in ("sqlite", "memory"):
         return broker_url.split("?", 1)[0]
     return "rpc://"
-
-
-class _SyncCall(Generic[T]):
-    """One coroutine run on the private loop for a waiting thread.
-
-    Lighter than ``run_coroutine_threadsafe``: the coroutine itself wakes the caller (a bare
-    lock released in its last step) instead of a chain of future callbacks one loop turn later.
-    """
-
-    __slots__ = ("_coro", "_done", "_error", "_task", "_value")
-
-    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
-        self._coro = coro
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._task: asyncio.Task[None] | None = None
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._task = loop.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            self._value = await self._coro
-        except BaseException as exc:  # handed to the waiting thread, which raises it
-            self._error = exc
-        finally:
-            self._done.release()
-
-    def _cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        else:
-            self._coro.close()
-
-    def close(self) -> None:
-        """Never started: close the coroutine (no "never awaited" warning)."""
-        self._coro.close()
-
-    def wait(self, loop: asyncio.AbstractEventLoop) -> T:
-        try:
-            self._done.acquire()
-        except BaseException:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._cancel)
-            raise
-        error = self._error
-        if error is not None:
-            self._error = None  # no reference cycle through the traceback
-            raise error
-        return self._value  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """A send worked out before any I/O (:meth:`App._plan`): the route, the times, the options."""
-
-    name: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    route: Route
-    delay: float | None
-    eta: datetime | None
-    expires: datetime | None
-    task_id: str | None
-    headers: Mapping[str, Any] | None
-    ignore_result: bool
-    time_limit: float | None
-    serializer: str
-
-    def message(self, reply_to: str | None) -> tuple[str, Envelope]:
-        """The task id (a new one unless given) and the encoded message; ProtocolError for
-        arguments the serializer cannot hold."""
-        parent = current_request()
-        tid = self.task_id or new_task_id()
-        message = TaskMessage(
-            task=self.name,
-            id=tid,
-            args=self.args,
-            kwargs=self.kwargs,
-            eta=self.eta,
-            expires=self.expires,
-            timelimit=(self.time_limit, None),
-            root_id=(parent.root_id or parent.id) if parent is not None else tid,
-            parent_id=parent.id if parent is not None else None,
-            ignore_result=self.ignore_result,
-            reply_to=reply_to,
-            priority=self.route.priority,
-            headers=dict(self.headers) if self.headers else {},
-        )
-        return tid, encode_task(message, self.serializer)
-
-    def unroutable(self, exc: Unroutable) -> Unroutable:
-        """The sender's error for a message no queue took: which route, decided by what."""
-        route = self.route
-        return Unroutable(
-            f"task {self.name!r} was routed to exchange {route.exchange.name!r} with routing key "
-            f"{route.routing_key!r} ({route.decided_by}) but no queue is bound there"
-            + (
-                "; no worker is consuming that broadcast queue"
-                if isinstance(route.queue, Broadcast)
-                else ""
-            ),
-            exchange=exc.exchange,
-            routing_key=exc.routing_key,
-        )
 
 
 async def _confirmed_or_replied(
@@ -253,272 +108,6 @@ async def _confirmed_or_replied(
             confirm.result()
 
 
-_LINGER = 0.05
-"""Seconds the private loop may go unrun between sync calls before the background thread
-takes it over (confirms, replies and heartbeats wait at most this long meanwhile)."""
-
-
-class _Turns:
-    """Who runs one private event loop: a sync call in its own thread, or the background one.
-
-    State under ``cond``: ``runner`` (ident of the thread running the loop, or holding the
-    right to), ``handed`` (threads waiting on work done by whoever runs it), ``claims``
-    (callers waiting for the background thread to give the loop up), ``idle_since`` (when a
-    caller last stopped running it).
-    """
-
-    __slots__ = (
-        "background",
-        "claims",
-        "cond",
-        "handed",
-        "idle_since",
-        "loop",
-        "runner",
-        "stop_asked",
-        "stopping",
-    )
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.cond = threading.Condition(threading.Lock())
-        self.runner: int | None = None
-        self.background = 0
-        self.handed = 0
-        self.claims = 0
-        self.idle_since = 0.0
-        self.stop_asked = False
-        self.stopping = False
-
-    def serve(self, ready: threading.Event) -> None:
-        """The background thread: run the loop whenever no sync call has for _LINGER seconds
-        (at once when a thread waits on it), until a call claims it back or ``stopping``."""
-        loop, cond = self.loop, self.cond
-        with cond:
-            self.background = threading.get_ident()
-            ready.set()
-            while not self.stopping:
-                if self.runner is not None or self.claims:
-                    cond.wait(_LINGER)  # a call runs it; callers notify only when it matters
-                    continue
-                left = self.idle_since + _LINGER - time.monotonic()
-                if not self.handed and left > 0:
-                    cond.wait(left)
-                    continue
-                self.runner = self.background
-                cond.release()
-                try:
-                    loop.run_forever()
-                finally:
-                    cond.acquire()
-                    self.runner = None
-                    self.stop_asked = False
-                    cond.notify_all()
-
-    def take(self) -> bool:
-        """Make this thread the loop's runner if no other call runs it (stopping the background
-        thread if it does); False if another call does (or this thread runs another loop)."""
-        cond = self.cond
-        me = threading.get_ident()
-        with cond:
-            if asyncio._get_running_loop() is not None:
-                return False
-            while self.runner == self.background and not self.stopping:
-                self.claims += 1
-                self.stop_background()
-                cond.wait()
-                self.claims -= 1
-            if self.runner is not None:
-                return False
-            self.runner = me
-            return True
-
-    def stop_background(self) -> None:
-        """Ask the background thread to stop running the loop, if it is (``cond`` held)."""
-        if self.runner == self.background and not self.stop_asked:
-            self.stop_asked = True  # one stop per run: a second would end the next run
-            self.loop.call_soon_threadsafe(self.loop.stop)
-
-    def give_back(self) -> None:
-        with self.cond:
-            self.runner = None
-            self.idle_since = time.monotonic()
-            if self.handed or self.claims or self.stopping:
-                self.cond.notify_all()
-
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        """While another thread's work is awaited: the background thread runs the loop as soon
-        as no call does (it does not wait out _LINGER)."""
-        with self.cond:
-            self.handed += 1
-            if self.runner is None:
-                self.cond.notify_all()
-        try:
-            yield
-        finally:
-            with self.cond:
-                self.handed -= 1
-
-
-class _LoopThread:
-    """The private event loop of the sync API, and the threads that run it.
-
-    A sync call runs the loop itself, in the calling thread, when no other call is running it:
-    its coroutine, the broker's answers and the task's reply all stay in that thread, with no
-    hand-off between threads. Between calls a background thread runs the loop (heartbeats,
-    confirms, replies), taking it over once no call has run it for ``_LINGER`` seconds and
-    giving it back to the next call that wants it. A call that finds another call running the
-    loop hands its coroutine over and waits (:meth:`run`), or blocks until what that thread
-    reads sets its :class:`Wakeup` (:meth:`wait_for`).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._turns: _Turns | None = None
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def _current_turns(self) -> _Turns:
-        with self._lock:
-            turns = self._turns
-            if turns is None or self._pid != os.getpid() or turns.loop.is_closed():
-                loop = asyncio.new_event_loop()
-                turns = _Turns(loop)
-                ready = threading.Event()
-                thread = threading.Thread(
-                    target=turns.serve, args=(ready,), name="conveyor-sync-loop", daemon=True
-                )
-                thread.start()
-                ready.wait()
-                self._turns, self._thread, self._pid = turns, thread, os.getpid()
-            return turns
-
-    def current(self) -> asyncio.AbstractEventLoop | None:
-        """The private loop if it exists in this process, else None (nothing started)."""
-        turns = self._turns
-        return turns.loop if turns is not None and self._pid == os.getpid() else None
-
-    def in_loop_thread(self) -> bool:
-        """True inside the private loop (a coroutine or callback it runs)."""
-        loop = self.current()
-        return loop is not None and asyncio._get_running_loop() is loop
-
-    def _refuse_own_loop(self) -> None:
-        if self.in_loop_thread():
-            raise RuntimeError("conveyor's sync API cannot be called from its own event loop")
-
-    def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run ``make()`` on the private loop and return its result: in this thread when no
-        other call runs the loop, else by handing the coroutine to the thread that does."""
-        self._refuse_own_loop()
-        turns = self._current_turns()
-        loop = turns.loop
-        if turns.take():
-            try:
-                task = loop.create_task(make())  # copies this thread's context
-                try:
-                    return loop.run_until_complete(task)
-                except BaseException:
-                    if not task.done():
-                        task.cancel()  # finished by whoever runs the loop next
-                    raise
-            finally:
-                turns.give_back()
-        with turns.waiting():
-            call = _SyncCall(make())
-            try:
-                # The callback runs in a copy of this thread's context (contextvars travel along).
-                loop.call_soon_threadsafe(call.start, loop)
-            except BaseException:
-                call.close()
-                raise
-            return call.wait(loop)
-
-    def wait_for(self, wakeup: Wakeup, timeout: float | None) -> bool:
-        """Block until ``wakeup`` is set by something the private loop reads (True), or for
-        ``timeout`` seconds (False): running the loop in this thread meanwhile when no other
-        call runs it, else waiting for the thread that does."""
-        if wakeup.is_set():
-            return True
-        self._refuse_own_loop()
-        turns = self._current_turns()
-        if not turns.take():
-            with turns.waiting():
-                return wakeup.wait(timeout)
-        loop = turns.loop
-        try:
-            done = loop.create_future()
-            me = threading.get_ident()
-
-            def resolve() -> None:
-                if not done.done():
-                    done.set_result(None)
-
-            def on_set() -> None:
-                if threading.get_ident() == me:
-                    resolve()  # read by the loop this thread runs
-                else:
-                    loop.call_soon_threadsafe(resolve)
-
-            wakeup.on_set = on_set
-            if wakeup.is_set():
-                return True
-            timer = loop.call_later(timeout, resolve) if timeout is not None else None
-            try:
-                loop.run_until_complete(done)
-            finally:
-                wakeup.on_set = None
-                if timer is not None:
-                    timer.cancel()
-            return wakeup.is_set()
-        finally:
-            turns.give_back()
-
-    def stop(self) -> None:
-        with self._lock:
-            turns, thread = self._turns, self._thread
-            self._turns = self._thread = None
-        if turns is None or thread is None or self._pid != os.getpid():
-            return
-        loop = turns.loop
-        with turns.cond:
-            turns.stopping = True
-            turns.stop_background()
-            turns.cond.notify_all()
-        thread.join(timeout=5)
-        if not thread.is_alive() and turns.runner is None:
-            loop.close()
-
-
-_SYNC = _LoopThread()
-# Resources opened on the private loop, closed at exit even if their App is gone by then.
-_SYNC_RESOURCES: set[_LoopResources] = set()
-
-
-async def _close_resources(resources: list[_LoopResources]) -> None:
-    for res in resources:
-        with contextlib.suppress(Exception):
-            await res.close()
-
-
-def _close_at_exit() -> None:
-    if _SYNC.current() is not None:
-        with contextlib.suppress(Exception):
-            _SYNC.run(lambda: asyncio.wait_for(_close_resources(list(_SYNC_RESOURCES)), 10))
-    _SYNC.stop()
-
-
-# Run before the interpreter shuts thread pools down, so that closing can still use them: the
-# thread pool module registers its own hook on import, and hooks run last-registered first.
-importlib.import_module("concurrent.futures.thread")
-_register_early = getattr(threading, "_register_atexit", None)
-if _register_early is not None:
-    _register_early(_close_at_exit)
-else:
-    atexit.register(_close_at_exit)
-
-
 class _LoopResources:
     """What an App holds for one event loop: its transport, its backend, what it declared."""
 
@@ -534,7 +123,7 @@ class _LoopResources:
         self.reply_from: ResultBackend | None = None
 
     async def close(self) -> None:
-        _SYNC_RESOURCES.discard(self)
+        SYNC_LOOP.forget(self)
         backend, transport = self.backend, self.transport
         self.backend = self.transport = self.reply_from = None
         self.declared.clear()
@@ -597,24 +186,11 @@ class App:
     @property
     def router(self) -> Router:
         """The Router for the current settings; rebuilt when a routing setting is reassigned."""
-        conf = self.conf
         # Holding the values (not their ids) means a replaced one is never mistaken for the old.
-        values = (
-            conf.task_routes,
-            conf.task_queues,
-            conf.task_default_queue,
-            conf.task_default_exchange,
-            conf.task_default_exchange_type,
-            conf.task_default_routing_key,
-            conf.task_create_missing_queues,
-            conf.task_queue_max_priority,
-            conf.task_default_priority,
-        )
+        values = _routing_values(self.conf)
         router = self._router
         if router is None or not all(map(operator.is_, values, self._router_values)):
-            from conveyor.routing.router import Router
-
-            router = self._router = Router(conf)
+            router = self._router = Router(self.conf.routing_settings())
             self._router_values = values
         return router
 
@@ -631,13 +207,13 @@ class App:
     def _wait_for(self, wakeup: Wakeup, timeout: float | None) -> bool:
         """Block this thread until ``wakeup`` is set by what the private loop reads (True) or
         ``timeout`` seconds pass (False), running that loop here if no other call does."""
-        return _SYNC.wait_for(wakeup, timeout)
+        return SYNC_LOOP.wait_for(wakeup, timeout)
 
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the private event loop and return its result (the sync facade)."""
-        if _SYNC.in_loop_thread():
+        if SYNC_LOOP.in_loop_thread():
             coro.close()  # never run: the call below refuses
-        return _SYNC.run(lambda: coro)
+        return SYNC_LOOP.run(lambda: coro)
 
     def _resources(self, loop: asyncio.AbstractEventLoop | None = None) -> _LoopResources:
         if loop is None:
@@ -648,8 +224,8 @@ class App:
         res = self._loops.get(loop)
         if res is None:
             res = self._loops[loop] = _LoopResources()
-            if loop is _SYNC.current():
-                _SYNC_RESOURCES.add(res)
+            if loop is SYNC_LOOP.current():
+                SYNC_LOOP.close_at_exit(res)
         self._last_resources = (weakref.ref(loop), res)
         return res
 
@@ -697,7 +273,7 @@ class App:
 
     def close(self) -> None:
         """Close what the sync API opened (the private loop's transport and backend)."""
-        if _SYNC.current() is not None and not _SYNC.in_loop_thread():
+        if SYNC_LOOP.current() is not None and not SYNC_LOOP.in_loop_thread():
             self.run_sync(self.aclose())
 
     async def __aenter__(self) -> App:
@@ -739,59 +315,41 @@ class App:
             res.declared_routes[id(route)] = route
         return transport
 
-    async def asend_task(
+    def asend_task(
         self,
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        exchange: str | None = None,
-        exchange_type: str | None = None,
-        routing_key: str | None = None,
-        priority: int | None = None,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        expires: float | datetime | None = None,
-        task_id: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        ignore_result: bool | None = None,
-        time_limit: float | None = None,
-        serializer: str | None = None,
-        _task: Task | None = None,
-    ) -> AsyncResult:
+        **options: Unpack[SendArgs],
+    ) -> Coroutine[Any, Any, AsyncResult]:
         """Send task ``name`` with ``args``/``kwargs``; its code need not exist in this process.
 
-        Routing options (``queue``, ``exchange``, ``exchange_type``, ``routing_key``,
-        ``priority``) override the task's attributes and ``task_routes``. ``countdown`` (seconds)
-        or ``eta`` (a datetime) delay it through the broker's delayed delivery; ``expires``
-        (seconds from now, or a datetime) marks it REVOKED instead of running it late.
-        ``headers`` travel with the message. Declares the exchange and queue the route names
-        (once per connection), then publishes, and returns once the broker has the message:
-        its confirm came, or (``rpc://``, an id made here) the task's reply came first.
+        ``options`` are those of :class:`~conveyor.options.SendOptions`: routing options
+        override the task's attributes and ``task_routes``; ``countdown``/``eta`` delay it,
+        ``expires`` revokes it if it runs late; ``headers`` travel with the message. Declares
+        the exchange and queue the route names (once per connection), then publishes, and
+        returns once the broker has the message: its confirm came, or (``rpc://``, an id made
+        here) the task's reply came first.
 
-        Raises RoutingError for a route that cannot be resolved, Unroutable if no queue takes
-        the message, ProtocolError for arguments JSON cannot hold, BrokerUnavailable.
+        Raises ConfigurationError for an unknown option (at the call, as a wrong keyword
+        would); when awaited, RoutingError for a route that cannot be resolved, Unroutable if no
+        queue takes the message, ProtocolError for arguments JSON cannot hold, BrokerUnavailable.
         """
-        plan = self._plan(
-            name,
-            args,
-            kwargs,
-            queue=queue,
-            exchange=exchange,
-            exchange_type=exchange_type,
-            routing_key=routing_key,
-            priority=priority,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            task_id=task_id,
-            headers=headers,
-            ignore_result=ignore_result,
-            time_limit=time_limit,
-            serializer=serializer,
-            _task=_task,
-        )
+        # A plain function returning asend's coroutine: no extra coroutine on the send path.
+        return self.asend(name, args, kwargs, SendOptions.of(options))
+
+    async def asend(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: SendOptions = NO_OPTIONS,
+        *,
+        task: Task | None = None,
+    ) -> AsyncResult:
+        """:meth:`asend_task` with the options as one record; ``task`` is the registered task
+        when the caller holds it (else looked up by ``name``). Raises as :meth:`asend_task`."""
+        plan = self._plan(name, args, kwargs, options, task)
         loop = asyncio.get_running_loop()
         res = self._resources(loop)
         backend = None
@@ -804,10 +362,10 @@ class App:
         return await self._publish_task(plan, tid, envelope, backend)
 
     async def _publish_task(
-        self, plan: _Plan, tid: str, envelope: Envelope, backend: ResultBackend | None
+        self, plan: sending.Plan, tid: str, envelope: Envelope, backend: ResultBackend | None
     ) -> AsyncResult:
         """Publish a composed task message (declaring its route first, once per connection)
-        on the running loop; the second half of :meth:`asend_task`."""
+        on the running loop; the second half of :meth:`asend`."""
         loop = asyncio.get_running_loop()
         res = self._resources(loop)
         route = plan.route
@@ -848,82 +406,17 @@ class App:
         name: str,
         args: Sequence[Any] | None,
         kwargs: Mapping[str, Any] | None,
-        *,
-        queue: str | None = None,
-        exchange: str | None = None,
-        exchange_type: str | None = None,
-        routing_key: str | None = None,
-        priority: int | None = None,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        expires: float | datetime | None = None,
-        task_id: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        ignore_result: bool | None = None,
-        time_limit: float | None = None,
-        serializer: str | None = None,
-        _task: Task | None = None,
-    ) -> _Plan:
-        """Everything about a send that needs no I/O: the route, the times, the options (any
-        thread). Raises as :meth:`asend_task` does for a route that cannot be resolved."""
-        task = _task if _task is not None else self._tasks.get(name)
-        args = tuple(args) if args else ()
-        kwargs = dict(kwargs) if kwargs else {}
-        options: dict[str, Any] | None = None
-        if (
-            queue is not None
-            or exchange is not None
-            or exchange_type is not None
-            or routing_key is not None
-            or priority is not None
-        ):
-            options = {
-                key: value
-                for key, value in (
-                    ("queue", queue),
-                    ("exchange", exchange),
-                    ("exchange_type", exchange_type),
-                    ("routing_key", routing_key),
-                    ("priority", priority),
-                )
-                if value is not None
-            }
-        route = self.router.route(name, args, kwargs, options=options, task=task)
-        delay: float | None = None
-        eta_at: datetime | None = None
-        expires_at: datetime | None = None
-        if countdown is not None or eta is not None or expires is not None:
-            now = datetime.now(UTC)
-            if countdown is not None:
-                delay = float(countdown)
-            elif eta is not None:
-                aware = eta if eta.tzinfo is not None else eta.replace(tzinfo=UTC)
-                delay = (aware - now).total_seconds()
-            if delay is not None and delay <= 0:
-                delay = None
-            if delay is not None:
-                eta_at = now + timedelta(seconds=delay)
-            if isinstance(expires, datetime):
-                expires_at = expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
-            elif expires is not None:
-                expires_at = now + timedelta(seconds=float(expires))
-        if ignore_result is None:
-            ignore_result = task.ignore_result if task is not None else self.conf.task_ignore_result
-        if time_limit is None and task is not None:
-            time_limit = task.time_limit
-        return _Plan(
-            name=name,
-            args=args,
-            kwargs=kwargs,
-            route=route,
-            delay=delay,
-            eta=eta_at,
-            expires=expires_at,
-            task_id=task_id,
-            headers=headers,
-            ignore_result=ignore_result,
-            time_limit=time_limit,
-            serializer=serializer or self.conf.task_serializer,
+        options: SendOptions,
+        task: Task | None,
+    ) -> sending.Plan:
+        return sending.plan(
+            name,
+            args,
+            kwargs,
+            options,
+            task=task if task is not None else self._tasks.get(name),
+            router=self.router,
+            conf=self.conf,
         )
 
     def send_task(
@@ -931,20 +424,33 @@ class App:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        **options: Unpack[SendArgs],
     ) -> AsyncResult:
         """Sync twin of :meth:`asend_task` (same options)."""
-        sent = self._send_here(name, args, kwargs, options)
+        return self.send(name, args, kwargs, SendOptions.of(options))
+
+    def send(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: SendOptions = NO_OPTIONS,
+        *,
+        task: Task | None = None,
+    ) -> AsyncResult:
+        """Sync twin of :meth:`asend`."""
+        sent = self._send_here(name, args, kwargs, options, task)
         if sent is not None:
             return sent
-        return self.run_sync(self.asend_task(name, args, kwargs, **options))
+        return self.run_sync(self.asend(name, args, kwargs, options, task=task))
 
     def _send_here(
         self,
         name: str,
         args: Sequence[Any] | None,
         kwargs: Mapping[str, Any] | None,
-        options: dict[str, Any],
+        options: SendOptions,
+        task: Task | None,
     ) -> AsyncResult | None:
         """:meth:`send_task` without a coroutine, when the transport can publish from a
         thread (RabbitMQ) and the private loop already declared the route and prepared the
@@ -952,15 +458,15 @@ class App:
 
         This thread writes the message onto the connection and waits for the broker's confirm
         (or, as :meth:`asend_task` does, the task's reply, whichever comes first), which the
-        loop reads: run here if no other call runs it (see ``_LoopThread``). A connection lost
-        before the confirm sends the message again through the loop, as a publish on the loop
-        would.
+        loop reads: run here if no other call runs it (see :mod:`conveyor.sync_loop`). A
+        connection lost before the confirm sends the message again through the loop, as a
+        publish on the loop would.
         """
-        loop = _SYNC.current()
+        loop = SYNC_LOOP.current()
         res = self._loops.get(loop) if loop is not None else None
-        if res is None or res.transport is None or _SYNC.in_loop_thread():
+        if res is None or res.transport is None or SYNC_LOOP.in_loop_thread():
             return None
-        plan = self._plan(name, args, kwargs, **options)
+        plan = self._plan(name, args, kwargs, options, task)
         route = plan.route
         if plan.delay is not None or res.declared_routes.get(id(route)) is not route:
             return None
@@ -1011,82 +517,28 @@ class App:
 
     @overload
     def task(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        exchange: str | None = None,
-        exchange_type: str | None = None,
-        routing_key: str | None = None,
-        priority: int | None = None,
-        ignore_result: bool | None = None,
-        acks_late: bool | None = None,
-        max_retries: int | None = 3,
-        default_retry_delay: float = 180.0,
-        autoretry_for: Sequence[type[BaseException]] = (),
-        retry_backoff: bool | float = False,
-        retry_backoff_max: float = 600.0,
-        time_limit: float | None = None,
-        bind: bool = False,
+        self, fn: None = None, /, **options: Unpack[TaskArgs]
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
     def task(
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        exchange: str | None = None,
-        exchange_type: str | None = None,
-        routing_key: str | None = None,
-        priority: int | None = None,
-        ignore_result: bool | None = None,
-        acks_late: bool | None = None,
-        max_retries: int | None = 3,
-        default_retry_delay: float = 180.0,
-        autoretry_for: Sequence[type[BaseException]] = (),
-        retry_backoff: bool | float = False,
-        retry_backoff_max: float = 600.0,
-        time_limit: float | None = None,
-        bind: bool = False,
+        self, fn: Callable[..., Any] | None = None, /, **options: Unpack[TaskArgs]
     ) -> Task | Callable[[Callable[..., Any]], Task]:
         """Register a function (plain or ``async def``) as a task; usable with or without ().
 
-        ``name`` defaults to ``module.qualname``. Registering a second function under a name
-        already taken raises ConfigurationError. See :class:`Task` for the options.
+        ``options`` are those of :class:`~conveyor.options.TaskOptions`; ``name`` defaults to
+        ``module.qualname``. Raises ConfigurationError for an unknown or invalid option, and
+        for a second function registered under a name already taken.
         """
 
         def register(func: Callable[..., Any]) -> Task:
-            task_name = name or self._task_name(func)
-            existing = self._tasks.get(task_name)
+            defined = TaskOptions.of(options, default_name=self._task_name(func))
+            existing = self._tasks.get(defined.name)
             if existing is not None and existing.fn is not func:
                 raise ConfigurationError(
-                    f"task name {task_name!r} is already registered for {existing.fn!r}; "
+                    f"task name {defined.name!r} is already registered for {existing.fn!r}; "
                     "give one of them another name="
                 )
-            task = Task(
-                self,
-                func,
-                name=task_name,
-                queue=queue,
-                exchange=exchange,
-                exchange_type=exchange_type,
-                routing_key=routing_key,
-                priority=priority,
-                ignore_result=ignore_result,
-                acks_late=acks_late,
-                max_retries=max_retries,
-                default_retry_delay=default_retry_delay,
-                autoretry_for=autoretry_for,
-                retry_backoff=retry_backoff,
-                retry_backoff_max=retry_backoff_max,
-                time_limit=time_limit,
-                bind=bind,
-            )
-            self._tasks[task_name] = task
+            task = self._tasks[defined.name] = Task(self, func, defined)
             return task
 
         if fn is not None:

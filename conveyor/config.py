@@ -15,6 +15,7 @@ from typing import Any
 
 from conveyor.errors import ConfigurationError
 from conveyor.routing.entities import Broadcast, Queue
+from conveyor.routing.settings import RoutingSettings
 
 __all__ = ["Settings"]
 
@@ -49,6 +50,20 @@ class Settings:
     worker_concurrency: int | None = None
     worker_pool: str = "asyncio"
     worker_shutdown_grace: float = 30.0
+
+    def routing_settings(self) -> RoutingSettings:
+        """A frozen snapshot of the settings that route (what a Router is built from)."""
+        return RoutingSettings(
+            task_routes=self.task_routes,
+            task_queues=self.task_queues,
+            task_default_queue=self.task_default_queue,
+            task_default_exchange=self.task_default_exchange,
+            task_default_exchange_type=self.task_default_exchange_type,
+            task_default_routing_key=self.task_default_routing_key,
+            task_create_missing_queues=self.task_create_missing_queues,
+            task_queue_max_priority=self.task_queue_max_priority,
+            task_default_priority=self.task_default_priority,
+        )
 
     @classmethod
     def names(cls) -> frozenset[str]:

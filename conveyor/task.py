@@ -12,16 +12,17 @@ import contextvars
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 from conveyor._frozen import fast_init
 from conveyor.errors import ConfigurationError, Retry, TaskError
+from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskOptions
 
 if TYPE_CHECKING:
-    from conveyor.app import App
+    from conveyor.config import Settings
     from conveyor.results.async_result import AsyncResult
 
-__all__ = ["Request", "Task", "current_request", "running"]
+__all__ = ["Request", "Task", "TaskApp", "current_request", "running"]
 
 
 @fast_init
@@ -79,69 +80,72 @@ class running:
 _UNSET: Any = object()
 
 
+class TaskApp(Protocol):
+    """What a Task uses of the App that registered it: its settings and its sending."""
+
+    @property
+    def conf(self) -> Settings:
+        """The application's settings (the fallbacks of a task's execution options)."""
+        ...
+
+    def send(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
+        *,
+        task: Task,
+    ) -> AsyncResult:
+        """Send task ``name`` (this ``task``) with ``options``; its AsyncResult."""
+        ...
+
+    async def asend(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
+        *,
+        task: Task,
+    ) -> AsyncResult:
+        """Async twin of :meth:`send`."""
+        ...
+
+
 class Task:
     """A function registered with an App, with the options that route and run it.
 
-    The routing attributes (``name``, ``queue``, ``exchange``, ``exchange_type``,
-    ``routing_key``, ``priority``) are what the Router reads; ``None`` means "not set here".
-    Execution options: ``ignore_result``, ``acks_late`` (ack after the run, the default),
-    ``max_retries``, ``default_retry_delay`` (seconds), ``autoretry_for`` (exception types that
-    retry automatically), ``retry_backoff`` (True or a base in seconds: exponential delays),
-    ``retry_backoff_max``, ``time_limit`` (seconds) and ``bind``.
+    Created by ``@app.task(...)`` from a :class:`~conveyor.options.TaskOptions`, whose options
+    become its attributes. The routing attributes (``name``, ``queue``, ``exchange``,
+    ``exchange_type``, ``routing_key``, ``priority``) are what the Router reads; ``None`` means
+    "not set here". ``ignore_result``, ``acks_late`` and ``time_limit`` fall back to the
+    settings.
     """
 
-    def __init__(
-        self,
-        app: App,
-        fn: Callable[..., Any],
-        *,
-        name: str,
-        queue: str | None = None,
-        exchange: str | None = None,
-        exchange_type: str | None = None,
-        routing_key: str | None = None,
-        priority: int | None = None,
-        ignore_result: bool | None = None,
-        acks_late: bool | None = None,
-        max_retries: int | None = 3,
-        default_retry_delay: float = 180.0,
-        autoretry_for: Sequence[type[BaseException]] = (),
-        retry_backoff: bool | float = False,
-        retry_backoff_max: float = 600.0,
-        time_limit: float | None = None,
-        bind: bool = False,
-    ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"a task name must be a non-empty string, got {name!r}")
+    def __init__(self, app: TaskApp, fn: Callable[..., Any], options: TaskOptions) -> None:
         if not callable(fn):
-            raise ConfigurationError(f"task {name!r}: {fn!r} is not callable")
-        for exc_type in autoretry_for:
-            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
-                raise ConfigurationError(
-                    f"task {name!r}: autoretry_for must list exception types, got {exc_type!r}"
-                )
-        if time_limit is not None and time_limit <= 0:
-            raise ConfigurationError(f"task {name!r}: time_limit must be positive seconds")
+            raise ConfigurationError(f"task {options.name!r}: {fn!r} is not callable")
         self.app = app
         self.fn = fn
-        self.name = name
-        self.queue = queue
-        self.exchange = exchange
-        self.exchange_type = exchange_type
-        self.routing_key = routing_key
-        self.priority = priority
-        self._ignore_result = ignore_result
-        self._acks_late = acks_late
-        self.max_retries = max_retries
-        self.default_retry_delay = default_retry_delay
-        self.autoretry_for = tuple(autoretry_for)
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
-        self._time_limit = time_limit
-        self.bind = bind
+        self.name = options.name
+        self.bind = options.bind
+        self.queue = options.queue
+        self.exchange = options.exchange
+        self.exchange_type = options.exchange_type
+        self.routing_key = options.routing_key
+        self.priority = options.priority
+        self._ignore_result = options.ignore_result
+        self._acks_late = options.acks_late
+        self._time_limit = options.time_limit
+        self.max_retries = options.max_retries
+        self.default_retry_delay = options.default_retry_delay
+        self.autoretry_for = options.autoretry_for
+        self.retry_backoff = options.retry_backoff
+        self.retry_backoff_max = options.retry_backoff_max
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", name)
+        self.__name__ = getattr(fn, "__name__", options.name)
         self.__wrapped__ = fn
 
     def __repr__(self) -> str:
@@ -184,29 +188,29 @@ class Task:
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Send the task with these arguments and default options; return its AsyncResult."""
-        return self.apply_async(args, kwargs)
+        return self.app.send(self.name, args, kwargs, NO_OPTIONS, task=self)
 
     async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Async twin of :meth:`delay`."""
-        return await self.aapply_async(args, kwargs)
+        return await self.app.asend(self.name, args, kwargs, NO_OPTIONS, task=self)
 
     def apply_async(
         self,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        **options: Unpack[SendArgs],
     ) -> AsyncResult:
         """Send the task; ``options`` as for :meth:`App.asend_task`. Returns its AsyncResult."""
-        return self.app.send_task(self.name, args, kwargs, _task=self, **options)
+        return self.app.send(self.name, args, kwargs, SendOptions.of(options), task=self)
 
     async def aapply_async(
         self,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        **options: Unpack[SendArgs],
     ) -> AsyncResult:
         """Async twin of :meth:`apply_async`."""
-        return await self.app.asend_task(self.name, args, kwargs, _task=self, **options)
+        return await self.app.asend(self.name, args, kwargs, SendOptions.of(options), task=self)
 
     def retry_delay(self, retries: int) -> float:
         """Seconds to wait before attempt ``retries + 1``: fixed, or exponential with backoff."""

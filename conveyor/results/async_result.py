@@ -1,9 +1,10 @@
 """``AsyncResult``: the caller's handle on a task that was sent.
 
 Every method has an async twin (``aget``, ``astate``, ``acollect``, ``aforget``...); the sync
-ones run the async ones on the App's private event loop. A result remembers the backend (and its
-event loop) that sent it, which matters for ``rpc://``: replies come back only to the reply queue
-of the loop that sent the task.
+ones run the async ones on the sync API's private event loop (:mod:`conveyor.sync_loop`). A
+result remembers the backend (and its event loop) that sent it, which matters for ``rpc://``:
+replies come back only to the reply queue of the loop that sent the task; a result made without
+one reads from its ``app``'s backend.
 """
 
 from __future__ import annotations
@@ -11,17 +12,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from conveyor.results.base import ResultBackend
 from conveyor.results.meta import ResultMeta, State
+from conveyor.sync_loop import SYNC_LOOP
 
-if TYPE_CHECKING:
-    from conveyor.app import App
-
-__all__ = ["AsyncResult"]
+__all__ = ["AsyncResult", "ResultSource"]
 
 T = TypeVar("T")
+
+
+class ResultSource(Protocol):
+    """Where a result is read when its sender's backend is not at hand (an App)."""
+
+    async def abackend(self) -> ResultBackend:
+        """The connected result backend for the running event loop."""
+        ...
 
 
 class AsyncResult:
@@ -34,7 +41,7 @@ class AsyncResult:
         self,
         id: str,
         *,
-        app: App,
+        app: ResultSource,
         task_name: str | None = None,
         backend: ResultBackend | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -80,7 +87,7 @@ class AsyncResult:
 
     def _sync(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         self._check_sync()
-        return self.app.run_sync(make())
+        return SYNC_LOOP.run(make)
 
     async def ameta(self) -> ResultMeta | None:
         """The latest stored state document, or None while nothing is known."""
@@ -141,7 +148,7 @@ class AsyncResult:
             # A result that comes here unasked (rpc:// replies, redis:// announcements) is
             # waited for without a coroutine: see ResultBackend.wait_here.
             started = time.monotonic()
-            self._meta = backend.wait_here(self.id, timeout, self.app._wait_for)
+            self._meta = backend.wait_here(self.id, timeout, SYNC_LOOP.wait_for)
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - started))
         if self._meta is not None:

@@ -13,6 +13,7 @@ from conveyor.routing.entities import (
 from conveyor.routing.explain import Explanation, Finding, check, explain
 from conveyor.routing.matching import destinations, headers_match, route_through, topic_matches
 from conveyor.routing.router import RoutableTask, Route, Router
+from conveyor.routing.settings import HasRoutingSettings, RoutingSettings
 from conveyor.routing.topology import BoundBinding, Topology
 
 __all__ = [
@@ -25,10 +26,12 @@ __all__ = [
     "Explanation",
     "Finding",
     "FrozenMapping",
+    "HasRoutingSettings",
     "Queue",
     "RoutableTask",
     "Route",
     "Router",
+    "RoutingSettings",
     "Topology",
     "binding",
     "check",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conveyor.errors import TopologyError
 from conveyor.routing.entities import (
@@ -38,10 +38,8 @@ from conveyor.routing.entities import (
     check_priority,
     check_routing_key,
 )
+from conveyor.routing.settings import HasRoutingSettings, RoutingSettings, routing_settings
 from conveyor.routing.topology import BoundBinding, Topology
-
-if TYPE_CHECKING:
-    from conveyor.config import Settings
 
 __all__ = ["Declarations", "bound_bindings", "declare", "settings_topology"]
 
@@ -55,7 +53,7 @@ def _with_max_priority(arguments: Mapping[str, Any], max_priority: int | None) -
 
 @dataclass(frozen=True, slots=True)
 class Declarations:
-    """The resolved declarations of one Settings snapshot (see the module docstring).
+    """The resolved declarations of one RoutingSettings snapshot (see the module docstring).
 
     Every binding of every queue in ``queues`` has an :class:`Exchange` (never a name), and
     ``exchanges`` holds each exchange those bindings and the broadcasts use.
@@ -141,7 +139,7 @@ class _Resolver:
         }
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> _Resolver:
+    def from_settings(cls, settings: RoutingSettings) -> _Resolver:
         default_queue = settings.task_default_queue
         if not isinstance(default_queue, str) or not default_queue:
             raise TopologyError(f"task_default_queue must be a queue name, got {default_queue!r}")
@@ -253,13 +251,14 @@ def _entries(task_queues: Any) -> list[Queue | Broadcast]:
     return entries
 
 
-def declare(settings: Settings) -> Declarations:
+def declare(settings: RoutingSettings | HasRoutingSettings) -> Declarations:
     """Resolve the queues and exchanges ``settings`` declare.
 
     Raises TopologyError for an invalid default setting, an entry of ``task_queues`` that is
     not a Queue or Broadcast, a name declared twice with different definitions, a binding to an
     exchange that is declared nowhere, and an invalid headers binding.
     """
+    settings = routing_settings(settings)
     resolver = _Resolver.from_settings(settings)
     entries = _entries(settings.task_queues)
     if not entries:
@@ -305,7 +304,7 @@ def declare(settings: Settings) -> Declarations:
     )
 
 
-def settings_topology(settings: Settings) -> Topology:
+def settings_topology(settings: RoutingSettings | HasRoutingSettings) -> Topology:
     """The exchanges, queues and bindings ``settings`` declare (what a worker declares).
 
     Raises TopologyError as :func:`declare` does.

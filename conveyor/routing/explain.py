@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from conveyor.errors import ConveyorError
 from conveyor.routing.declarations import bound_bindings
@@ -16,10 +16,8 @@ from conveyor.routing.entities import DEFAULT_EXCHANGE, Broadcast, Queue
 from conveyor.routing.matching import route_through
 from conveyor.routing.router import TASK_ATTRIBUTE, RoutableTask, Route, Router
 from conveyor.routing.rules import PatternRule
+from conveyor.routing.settings import HasRoutingSettings, RoutingSettings
 from conveyor.routing.topology import Topology
-
-if TYPE_CHECKING:
-    from conveyor.config import Settings
 
 __all__ = ["Explanation", "Finding", "check", "explain", "topology_for"]
 
@@ -262,7 +260,8 @@ class _Checker:
 
 
 def check(
-    settings: Settings, tasks: Mapping[str, RoutableTask | None] | Iterable[str] = ()
+    settings: RoutingSettings | HasRoutingSettings,
+    tasks: Mapping[str, RoutableTask | None] | Iterable[str] = (),
 ) -> list[Finding]:
     """Lint the routing settings against the registered ``tasks`` (names, or name -> task).
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from conveyor.errors import ConveyorError, RoutingError
 from conveyor.routing.declarations import Declarations, declare
@@ -41,10 +41,8 @@ from conveyor.routing.rules import (
     parse_task_routes,
     route_options,
 )
+from conveyor.routing.settings import HasRoutingSettings, RoutingSettings, routing_settings
 from conveyor.routing.topology import Topology
-
-if TYPE_CHECKING:
-    from conveyor.config import Settings
 
 __all__ = ["EXPLICIT", "TASK_ATTRIBUTE", "RoutableTask", "Route", "Router"]
 
@@ -123,14 +121,16 @@ def _task_options(task: RoutableTask | None) -> dict[str, Any]:
 
 
 class Router:
-    """Routes task messages by the routing settings of one :class:`Settings` snapshot.
+    """Routes task messages by one snapshot of the routing settings (a RoutingSettings, or
+    the one an application's Settings gives).
 
     The settings are read once, at construction: build a new Router after changing them.
     Raises TopologyError (bad ``task_queues`` or defaults) or RoutingError (bad
     ``task_routes``) at construction, so a wrong configuration fails before any message is sent.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: RoutingSettings | HasRoutingSettings) -> None:
+        settings = routing_settings(settings)
         self._declarations = declare(settings)
         self._rules = parse_task_routes(settings.task_routes)
         default_priority = settings.task_default_priority

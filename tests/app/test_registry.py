@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 
-from conveyor.app import App, new_task_id
+from conveyor.app import App
 from conveyor.errors import ConfigurationError
+from conveyor.task_ids import new_task_id
 
 
 def test_config_from_dict_object_and_module() -> None:

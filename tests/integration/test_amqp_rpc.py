@@ -180,7 +180,7 @@ async def test_sync_calls_run_in_the_calling_thread_or_send_from_it(
         assert on_loop == [name]
         assert len(from_threads) == 9
         assert None not in from_threads
-        assert read_in.count(name) >= 8  # unless the machine stalled a call past _LINGER
+        assert read_in.count(name) >= 8  # unless the machine stalled a call past sync_loop._LINGER
         # While one call runs the loop (waiting on a nap), other callers send from their own
         # threads, and the loop the first one runs reads their confirms and replies.
         napping = asyncio.ensure_future(

@@ -1,0 +1,159 @@
+"""Planning a send: the route, the times and the message of one task send, before any I/O.
+
+:func:`plan` is a pure function of the task's name, arguments, :class:`SendOptions`, the task
+(if registered here), the Router and the settings; the App then declares the route and
+publishes the :class:`Plan`'s message (see ``App.asend``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from conveyor._frozen import fast_init
+from conveyor.errors import Unroutable
+from conveyor.protocol.envelope import Envelope
+from conveyor.protocol.task_message import TaskMessage, encode_task
+from conveyor.routing.entities import Broadcast
+from conveyor.task import current_request
+from conveyor.task_ids import new_task_id
+
+if TYPE_CHECKING:
+    from conveyor.config import Settings
+    from conveyor.options import SendOptions
+    from conveyor.routing.router import Route, Router
+    from conveyor.task import Task
+
+__all__ = ["Plan", "plan"]
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A send worked out before any I/O (:func:`plan`): the route, the times, the options."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    route: Route
+    delay: float | None
+    eta: datetime | None
+    expires: datetime | None
+    task_id: str | None
+    headers: Mapping[str, Any] | None
+    ignore_result: bool
+    time_limit: float | None
+    serializer: str
+
+    def message(self, reply_to: str | None) -> tuple[str, Envelope]:
+        """The task id (a new one unless given) and the encoded message; ProtocolError for
+        arguments the serializer cannot hold."""
+        parent = current_request()
+        tid = self.task_id or new_task_id()
+        message = TaskMessage(
+            task=self.name,
+            id=tid,
+            args=self.args,
+            kwargs=self.kwargs,
+            eta=self.eta,
+            expires=self.expires,
+            timelimit=(self.time_limit, None),
+            root_id=(parent.root_id or parent.id) if parent is not None else tid,
+            parent_id=parent.id if parent is not None else None,
+            ignore_result=self.ignore_result,
+            reply_to=reply_to,
+            priority=self.route.priority,
+            headers=dict(self.headers) if self.headers else {},
+        )
+        return tid, encode_task(message, self.serializer)
+
+    def unroutable(self, exc: Unroutable) -> Unroutable:
+        """The sender's error for a message no queue took: which route, decided by what."""
+        route = self.route
+        return Unroutable(
+            f"task {self.name!r} was routed to exchange {route.exchange.name!r} with routing key "
+            f"{route.routing_key!r} ({route.decided_by}) but no queue is bound there"
+            + (
+                "; no worker is consuming that broadcast queue"
+                if isinstance(route.queue, Broadcast)
+                else ""
+            ),
+            exchange=exc.exchange,
+            routing_key=exc.routing_key,
+        )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def plan(
+    name: str,
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    options: SendOptions,
+    *,
+    task: Task | None,
+    router: Router,
+    conf: Settings,
+    clock: Callable[[], datetime] = _utc_now,
+) -> Plan:
+    """Everything about sending task ``name`` that needs no I/O (any thread): the route from
+    ``router`` (``options`` over the ``task``'s attributes over ``task_routes``), the delay and
+    the times on the message (``clock`` is read only when ``options`` sets one), and the
+    options that fall back to the task's and then to ``conf``'s.
+
+    Raises RoutingError for a route that cannot be resolved.
+    """
+    args = tuple(args) if args else ()
+    kwargs = dict(kwargs) if kwargs else {}
+    route = router.route(name, args, kwargs, options=options.route_options(), task=task)
+    delay: float | None = None
+    eta: datetime | None = None
+    expires: datetime | None = None
+    if options.countdown is not None or options.eta is not None or options.expires is not None:
+        delay, eta, expires = _times(options, clock())
+    ignore_result = options.ignore_result
+    if ignore_result is None:
+        ignore_result = task.ignore_result if task is not None else conf.task_ignore_result
+    time_limit = options.time_limit
+    if time_limit is None and task is not None:
+        time_limit = task.time_limit
+    return Plan(
+        name,
+        args,
+        kwargs,
+        route,
+        delay,
+        eta,
+        expires,
+        options.task_id,
+        options.headers,
+        ignore_result,
+        time_limit,
+        options.serializer or conf.task_serializer,
+    )
+
+
+def _times(
+    options: SendOptions, now: datetime
+) -> tuple[float | None, datetime | None, datetime | None]:
+    """The delay in seconds (None: send now), the ETA it means, and the expiry time."""
+    delay: float | None = None
+    if options.countdown is not None:
+        delay = float(options.countdown)
+    elif options.eta is not None:
+        eta = options.eta
+        delay = ((eta if eta.tzinfo is not None else eta.replace(tzinfo=UTC)) - now).total_seconds()
+    if delay is not None and delay <= 0:
+        delay = None
+    eta_at = now + timedelta(seconds=delay) if delay is not None else None
+    expires = options.expires
+    expires_at: datetime | None = None
+    if isinstance(expires, datetime):
+        expires_at = expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
+    elif expires is not None:
+        expires_at = now + timedelta(seconds=float(expires))
+    return delay, eta_at, expires_at
