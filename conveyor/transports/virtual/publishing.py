@@ -52,7 +52,8 @@ def route_outgoing(topology: Topology, messages: Sequence[Outgoing], now: float)
 
 
 class Publisher:
-    """Stores the copies of publishes and dead letters for ``connection``.
+    """Stores the copies of publishes (routed by :func:`route_outgoing`) and dead letters for
+    ``connection``.
 
     Routes over the cached topology and writes with its version; when storage says the
     topology changed (or a negative answer from the cache is found stale), routes again over
@@ -71,33 +72,13 @@ class Publisher:
         self._connection = connection
         self._on_expiring = on_expiring
 
-    async def publish(self, messages: Sequence[Outgoing]) -> list[int]:
-        """Route and store ``messages`` in one storage write; return each one's queue count.
-
-        On the first message that cannot be published the messages before it are stored and
-        its error (NotFound, Unroutable) is raised. Heads pushed out of full queues are
-        dead-lettered. BrokerUnavailable if the topology keeps changing under the publish.
-        """
-        routed, overflow = await self._store(
-            route_outgoing,
-            messages,
-            (),
-            iter(range(_MAX_ROUTE_ATTEMPTS)),
-            "the topology kept changing while publishing; retry the publish",
-        )
-        if overflow:
-            await self.dead_letter([(o, "maxlen") for o in overflow])
-        if routed.failure is not None:
-            raise routed.failure
-        return routed.counts
-
     async def dead_letter(self, dead: Sequence[DeadLetter]) -> None:
         """Settle leased ``dead``: move each to its queue's dead-letter exchange (or drop it
         when the queue has none), atomically with removing the original; the heads this
         pushes out of full queues die in turn (reason ``maxlen``)."""
         tries = iter(range(_MAX_ROUTE_ATTEMPTS * 4))  # shared by the rounds of overflow
         while dead:
-            _, overflow = await self._store(
+            _, overflow = await self.store(
                 route_dead_letters,
                 dead,
                 [m.tag for m, _ in dead],
@@ -106,17 +87,22 @@ class Publisher:
             )
             dead = [(o, "maxlen") for o in overflow]
 
-    async def _store(
+    async def store(
         self,
         route: Callable[[Topology, _Items, float], Routed],
         items: _Items,
-        settle: Sequence[DeliveryTag],
-        tries: Iterator[int],
-        giving_up: str,
+        settle: Sequence[DeliveryTag] = (),
+        tries: Iterator[int] | None = None,
+        giving_up: str = "the topology kept changing while publishing; retry the publish",
     ) -> tuple[Routed, list[StoredMessage]]:
-        """Route ``items`` and store the copies while settling ``settle``, in one write
-        against the routing topology's version; return the routing and the overflow."""
-        for _ in tries:
+        """Route ``items`` with ``route`` and store the copies while settling ``settle``, in
+        one write against the routing topology's version; return the routing and the heads
+        pushed out of full queues (leased to the connection, for :meth:`dead_letter`).
+
+        Routes again on a fresh topology when it changed, taking turns from ``tries`` (20 by
+        default); BrokerUnavailable(``giving_up``) when they run out.
+        """
+        for _ in tries or range(_MAX_ROUTE_ATTEMPTS):
             now = time.time()
             validated = self._topology.snapshot is None
             snap = await self._topology.get()

@@ -23,7 +23,7 @@ from conveyor.errors import (
 )
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import Exchange, Queue, check_routing_key
-from conveyor.routing.topology import BoundBinding
+from conveyor.routing.topology import BoundBinding, Topology
 from conveyor.transports.base import (
     Capabilities,
     Consumer,
@@ -43,7 +43,7 @@ from conveyor.transports.virtual.declarations import (
     check_queue_equivalent,
 )
 from conveyor.transports.virtual.housekeeping import Housekeeper
-from conveyor.transports.virtual.publishing import Publisher
+from conveyor.transports.virtual.publishing import Publisher, route_outgoing
 from conveyor.transports.virtual.topology_cache import TopologyCache
 
 __all__ = ["VirtualTransport", "virtual_capabilities"]
@@ -58,6 +58,26 @@ def virtual_capabilities(*, shared: bool) -> Capabilities:
         direct_reply_to=False,
         shared=shared,
     )
+
+
+def _deliverable(
+    messages: list[StoredMessage], topology: Topology, now: float
+) -> tuple[list[StoredMessage], list[DeadLetter]]:
+    """Split leased ``messages`` into those to deliver and those dead of TTL or of too many
+    deliveries (their queue's ``x-delivery-limit``)."""
+    good: list[StoredMessage] = []
+    dead: list[DeadLetter] = []
+    for m in messages:
+        if m.expires_at is not None and m.expires_at <= now:
+            dead.append((m, "expired"))
+            continue
+        queue = topology.queues.get(m.queue)
+        limit_arg = queue.arguments.get("x-delivery-limit") if queue else None
+        if limit_arg is not None and m.delivery_count - 1 > limit_arg:
+            dead.append((m, "delivery_limit"))
+            continue
+        good.append(m)
+    return good, dead
 
 
 class VirtualTransport(Transport):
@@ -356,7 +376,12 @@ class VirtualTransport(Transport):
                 raise ProtocolError(f"delay must be zero or more seconds, got {m.delay!r}")
         if not messages:
             return []
-        return await self._publisher.publish(messages)
+        routed, overflow = await self._publisher.store(route_outgoing, messages)
+        if overflow:
+            await self._publisher.dead_letter([(o, "maxlen") for o in overflow])
+        if routed.failure is not None:
+            raise routed.failure
+        return routed.counts
 
     # consuming
 
@@ -382,34 +407,15 @@ class VirtualTransport(Transport):
             drained = len(messages) < limit
             if not messages:
                 return [], True
-            good, dead = await self._deliverable(messages)
+            now = time.time()
+            snap = await self._topology.get()
+            if any(m.queue not in snap.topology.queues for m in messages):
+                snap = await self._topology.fresh()
+            good, dead = _deliverable(messages, snap.topology, now)
             if dead:
                 await self._publisher.dead_letter(dead)
             if good:
                 return good, drained
-
-    async def _deliverable(
-        self, messages: list[StoredMessage]
-    ) -> tuple[list[StoredMessage], list[DeadLetter]]:
-        """Split leased ``messages`` into those to deliver and those dead of TTL or of too many
-        deliveries (``x-delivery-limit``)."""
-        now = time.time()
-        snap = await self._topology.get()
-        if any(m.queue not in snap.topology.queues for m in messages):
-            snap = await self._topology.fresh()
-        good: list[StoredMessage] = []
-        dead: list[DeadLetter] = []
-        for m in messages:
-            if m.expires_at is not None and m.expires_at <= now:
-                dead.append((m, "expired"))
-                continue
-            queue = snap.topology.queues.get(m.queue)
-            limit_arg = queue.arguments.get("x-delivery-limit") if queue else None
-            if limit_arg is not None and m.delivery_count - 1 > limit_arg:
-                dead.append((m, "delivery_limit"))
-                continue
-            good.append(m)
-        return good, dead
 
     async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
         self._check_open()
