@@ -222,7 +222,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def remove_queue(self, name: str) -> int:
-        """Remove a queue, its bindings, consumers and messages; return how many messages.
+        """Remove a queue, its bindings, consumers and messages; return how many messages
+        were ready (delayed ones included; leased ones go too, uncounted, as RabbitMQ counts).
 
         Removing a missing queue returns 0.
         """
