@@ -4,6 +4,7 @@ The public API is re-exported here; everything else is an implementation detail.
 """
 
 from conveyor.app import App
+from conveyor.beat.schedules import crontab
 from conveyor.config import Settings
 from conveyor.errors import (
     BrokerUnavailable,
@@ -71,4 +72,5 @@ __all__ = [
     "Worker",
     "__version__",
     "binding",
+    "crontab",
 ]

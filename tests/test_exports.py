@@ -39,6 +39,7 @@ EXPECTED = {
     "Unroutable",
     "__version__",
     "binding",
+    "crontab",
 }
 
 

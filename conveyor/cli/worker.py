@@ -52,6 +52,7 @@ def configure_logging(level: str) -> None:
     type=click.FloatRange(min=0),
     help="Seconds running tasks get to finish after SIGTERM.",
 )
+@click.option("-B", "--beat", "with_beat", is_flag=True, help="Also run the beat scheduler.")
 @click.option(
     "-l",
     "--loglevel",
@@ -68,6 +69,7 @@ def worker(
     pool: str | None,
     prefetch_multiplier: int | None,
     shutdown_grace: float | None,
+    with_beat: bool,
     loglevel: str,
 ) -> None:
     """Consume QUEUES and run the app's tasks until SIGTERM (twice: at once)."""
@@ -87,4 +89,9 @@ def worker(
         shutdown_grace=shutdown_grace,
         app_spec=ref.spec if ref is not None else None,
     )
+    if with_beat:
+        from conveyor.beat.service import Beat, serve_beside
+
+        asyncio.run(serve_beside(service.serve(), Beat(app)))
+        return
     asyncio.run(service.serve())
