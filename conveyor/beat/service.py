@@ -81,6 +81,7 @@ class Beat:
         # Per entry with overlap "skip": the task id last sent, and its result handle if sent here.
         self._previous: dict[str, tuple[str, AsyncResult | None]] = {}
         self._stopping = asyncio.Event()
+        self._opened = False
 
     @property
     def store(self) -> BeatStore:
@@ -90,7 +91,6 @@ class Beat:
 
     async def serve(self) -> None:
         """Run rounds until :meth:`stop`; give the lease up on the way out."""
-        await self.store.open()
         log.info(
             "beat %r (%s) started with %d entries, lease %g s",
             self.name,
@@ -114,6 +114,7 @@ class Beat:
                     await self.store.release(self.holder)
                     log.info("beat %r: %s gave up the lease", self.name, self.holder)
             self.leading = False
+            self._opened = False
             await self.store.close()
 
     def stop(self) -> None:
@@ -124,6 +125,9 @@ class Beat:
         """One round: renew or take the lease; if leading, send what is due. Returns the
         seconds until the next round is needed."""
         store = self.store
+        if not self._opened:
+            await store.open()
+            self._opened = True
         poll = min(1.0, self.lease / 5)
         held = await store.hold(self.holder)
         if not held:

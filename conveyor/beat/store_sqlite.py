@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -43,8 +43,17 @@ CREATE TABLE IF NOT EXISTS beat_controls (
 class SQLiteBeatStore(BeatStore):
     """Lease and states in the broker file that ``url`` names."""
 
-    def __init__(self, url: str, beat: str, *, lease: float, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        beat: str,
+        *,
+        lease: float,
+        prepare: Callable[[], Awaitable[object]] | None = None,
+        busy_timeout: float = 30.0,
+    ) -> None:
         self.beat = beat
+        self._prepare = prepare
         self.lease = lease
         self.path = database_path(url)
         self._busy_timeout = busy_timeout
@@ -52,7 +61,11 @@ class SQLiteBeatStore(BeatStore):
         self._thread: ThreadPoolExecutor | None = None
 
     async def open(self) -> None:
+        """Open the file; ``prepare`` (the app's transport) first makes it a conveyor broker,
+        so a file of another application is refused before anything is written to it."""
         if self._db is None:
+            if self._prepare is not None:
+                await self._prepare()
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="conveyor-beat-sqlite")
             self._db = await self._run(self._connect)
 

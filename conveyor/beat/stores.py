@@ -30,7 +30,7 @@ def open_store(app: App, beat: str, *, lease: float) -> BeatStore:
     if scheme == "sqlite":
         from conveyor.beat.store_sqlite import SQLiteBeatStore
 
-        return SQLiteBeatStore(url, beat, lease=lease)
+        return SQLiteBeatStore(url, beat, lease=lease, prepare=app.atransport)
     if scheme in ("redis", "rediss"):
         from conveyor.beat.store_redis import RedisBeatStore
 
