@@ -33,6 +33,11 @@ __all__ = [
 
 # The uuid5 namespace of beat task ids (uuid5(NAMESPACE_URL, "conveyor:beat")).
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "conveyor:beat")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
+# uuid5 by hand (as uuid.uuid5 computes it, without building UUID objects): version 5 and the
+# RFC 4122 variant set in the SHA-1 digest's first 16 bytes.
+_UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID5_SET = (0x5000 << 64) | (0x8000 << 48)
 
 SEND_OPTIONS = frozenset(
     {
@@ -100,13 +105,13 @@ class Entry:
     catchup_window: timedelta = timedelta(hours=1)
     overlap: Overlap = Overlap.ALLOW
     jitter: float = 0.0
+    signature: str = field(init=False)
+    """A digest of what decides when the entry is due: when it changes, the entry's stored
+    state no longer applies (its next due time is counted from the change)."""
 
-    @property
-    def signature(self) -> str:
-        """A digest of what decides when the entry is due: when it changes, the entry's stored
-        state no longer applies (its next due time is counted from the change)."""
+    def __post_init__(self) -> None:
         text = f"{self.schedule!r}|{self.zone}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        object.__setattr__(self, "signature", hashlib.sha256(text.encode()).hexdigest()[:16])
 
 
 def fire_key(beat: str, entry: str, due: datetime) -> str:
@@ -115,8 +120,10 @@ def fire_key(beat: str, entry: str, due: datetime) -> str:
 
 
 def task_id_for(beat: str, entry: str, due: datetime) -> str:
-    """The task id of that fire: a uuid5 of its key, the same in every beat process."""
-    return str(uuid.uuid5(_NAMESPACE, fire_key(beat, entry, due)))
+    """The task id of that fire: ``uuid5`` of its key, the same in every beat process."""
+    digest = hashlib.sha1(_NAMESPACE_BYTES + fire_key(beat, entry, due).encode()).digest()
+    text = f"{int.from_bytes(digest[:16]) & _UUID5_CLEAR | _UUID5_SET:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _choice(enum_type: type[Catchup] | type[Overlap], value: object, what: str) -> Any:

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -82,6 +83,7 @@ class Beat:
         self._previous: dict[str, tuple[str, AsyncResult | None]] = {}
         self._stopping = asyncio.Event()
         self._opened = False
+        self._renewed = 0.0
 
     @property
     def store(self) -> BeatStore:
@@ -130,6 +132,7 @@ class Beat:
             self._opened = True
         poll = min(1.0, self.lease / 5)
         held = await store.hold(self.holder)
+        self._renewed = time.monotonic()
         if not held:
             self._step_down("another beat holds the lease")
             return poll
@@ -155,6 +158,23 @@ class Beat:
             return min(renew, (self._heap[0][0] - self.clock()).total_seconds())
         return renew
 
+    def _log_fire(self, level: int, what: str, fire: Fire, *args: object) -> None:
+        """Log ``what`` about ``fire``; ``what`` names the entry, due time and task id with
+        ``{fire}`` and may take more %-arguments."""
+        detail = f"{fire.entry} due {fire.due.isoformat()} (task {fire.task_id})"
+        log.log(level, f"beat %r: {what.replace('{fire}', '%s')}", self.name, detail, *args)
+
+    async def _renew(self) -> bool:
+        """Renew the lease if a third of it has passed since (a long round must not let it
+        lapse); False, having stepped down, if it is lost."""
+        if time.monotonic() - self._renewed < self.lease / 3:
+            return True
+        held = await self.store.hold(self.holder)
+        self._renewed = time.monotonic()
+        if not held:
+            self._step_down("another beat took the lease")
+        return held
+
     def _step_down(self, why: str) -> None:
         if self.leading:
             log.warning("beat %r: %s is no longer the leader (%s)", self.name, self.holder, why)
@@ -177,6 +197,8 @@ class Beat:
                 first = entry.schedule.next_after(state.last_due, entry.zone)
             heapq.heappush(self._heap, (first, entry.name))
         for fire in doubtful:
+            if not await self._renew():
+                return
             await self._resolve(fire)
 
     async def _load_states(self) -> list[Fire]:
@@ -208,22 +230,14 @@ class Beat:
     async def _resolve(self, fire: Fire) -> None:
         """Confirm a doubtful fire a worker already received; else send it again, same id."""
         if await self._was_received(fire.task_id):
-            log.info(
-                "beat %r: %s due %s (task %s) was received before the last leader died",
-                self.name,
-                fire.entry,
-                fire.due.isoformat(),
-                fire.task_id,
-            )
+            self._log_fire(logging.INFO, "{fire} was received before the last leader died", fire)
             await self.store.confirm(self.holder, [fire])
             return
-        log.warning(
-            "beat %r: the last leader claimed %s due %s but did not confirm it; "
-            "sending it again with the same task id %s",
-            self.name,
-            fire.entry,
-            fire.due.isoformat(),
-            fire.task_id,
+        self._log_fire(
+            logging.WARNING,
+            "the last leader claimed {fire} but did not confirm it: sending it again with the "
+            "same task id",
+            fire,
         )
         self._retry.append(fire)
 
@@ -272,6 +286,8 @@ class Beat:
                     rest.append(fire)
                 else:
                     layer[fire.entry] = fire
+            if not await self._renew():
+                return False
             if not await self._fire_layer([await self._overlap(f) for f in layer.values()]):
                 return False
             fires = rest
@@ -283,6 +299,8 @@ class Beat:
             return False
         sent: list[Fire] = []
         for start in range(0, len(fires), _SEND_BATCH):
+            if not await self._renew():
+                return False  # the claims stay unconfirmed: the successor resolves them
             batch = fires[start : start + _SEND_BATCH]
             results = await asyncio.gather(*(self._send(f) for f in batch))
             sent.extend(f for f, ok in zip(batch, results, strict=True) if ok)
@@ -299,13 +317,8 @@ class Beat:
         finished = previous is None or await self._finished(*previous)
         if not skip_for_overlap(entry, finished):
             return fire
-        log.info(
-            "beat %r: skipping %s due %s: its previous task %s has not finished",
-            self.name,
-            fire.entry,
-            fire.due.isoformat(),
-            previous[0] if previous else None,
-        )
+        running = previous[0] if previous else None
+        self._log_fire(logging.INFO, "skipping {fire}: task %s has not finished", fire, running)
         return Fire(fire.entry, fire.due, fire.task_id, fire.signature, sent=False)
 
     async def _finished(self, task_id: str, result: AsyncResult | None) -> bool:
@@ -333,35 +346,15 @@ class Beat:
                 entry.task, entry.args, entry.kwargs, task_id=fire.task_id, **options
             )
         except _RETRYABLE as exc:
-            log.warning(
-                "beat %r: sending %s due %s (task %s) failed (%s); retrying",
-                self.name,
-                fire.entry,
-                fire.due.isoformat(),
-                fire.task_id,
-                exc,
-            )
+            self._log_fire(logging.WARNING, "sending {fire} failed (%s); retrying", fire, exc)
             self._retry.append(fire)
             return False
         except ConveyorError as exc:
-            log.error(
-                "beat %r: %s due %s (task %s) cannot be sent: %s",
-                self.name,
-                fire.entry,
-                fire.due.isoformat(),
-                fire.task_id,
-                exc,
-            )
+            self._log_fire(logging.ERROR, "{fire} cannot be sent: %s", fire, exc)
             return True
         if entry.overlap is Overlap.SKIP:
             self._previous[fire.entry] = (fire.task_id, result)
-        log.info(
-            "beat %r: sent %s due %s as task %s",
-            self.name,
-            fire.entry,
-            fire.due.isoformat(),
-            fire.task_id,
-        )
+        self._log_fire(logging.INFO, "sent {fire}", fire)
         return True
 
 

@@ -16,6 +16,7 @@ snapshot for ``conveyor beat --list``, which must not take records from the stat
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ __all__ = ["AmqpBeatStore"]
 
 _COMPACT_AFTER = 256
 _VIEW_EVERY = 2.0
+_SETTLE = 0.5
 
 
 def _order(state: EntryState) -> tuple[float, bool]:
@@ -152,6 +154,10 @@ class AmqpBeatStore(BeatStore):
     async def load(self) -> dict[str, EntryState]:
         if not self._holding:
             return await self._read_view()
+        await self._drain()
+        # RabbitMQ requeues a dead connection's unacked records and deletes its exclusive queue
+        # in no set order: let the last leader's records come back before trusting the view.
+        await asyncio.sleep(_SETTLE)
         await self._drain()
         return dict(self._states)
 

@@ -19,6 +19,7 @@ from conveyor.beat import Beat
 from conveyor.beat.service import serve_until_signalled
 from conveyor.beat.store import EntryState
 from conveyor.cli.loading import app_from_context
+from conveyor.cli.options import loglevel_option
 from conveyor.cli.worker import configure_logging
 from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.routing.entities import Broadcast
@@ -134,13 +135,7 @@ async def _control(service: Beat, entry: str, action: str) -> None:
 @click.option("--pause", metavar="ENTRY", help="Pause ENTRY (its due times pass unsent).")
 @click.option("--resume", metavar="ENTRY", help="Resume a paused ENTRY.")
 @click.option("--trigger", metavar="ENTRY", help="Have the leader send ENTRY once, now.")
-@click.option(
-    "-l",
-    "--loglevel",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
-)
+@loglevel_option
 @click.pass_context
 def beat(
     ctx: click.Context,

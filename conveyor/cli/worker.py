@@ -9,6 +9,7 @@ import sys
 import click
 
 from conveyor.cli.loading import AppRef, app_from_context
+from conveyor.cli.options import loglevel_option
 from conveyor.worker import Worker
 
 __all__ = ["worker"]
@@ -53,13 +54,7 @@ def configure_logging(level: str) -> None:
     help="Seconds running tasks get to finish after SIGTERM.",
 )
 @click.option("-B", "--beat", "with_beat", is_flag=True, help="Also run the beat scheduler.")
-@click.option(
-    "-l",
-    "--loglevel",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
-)
+@loglevel_option
 @click.pass_context
 def worker(
     ctx: click.Context,

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from conveyor.cli.main import main
+from tests.beat import proc_app
 from tests.beat.test_processes import Processes
 
 
@@ -18,7 +19,6 @@ from tests.beat.test_processes import Processes
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     broker = f"sqlite://{tmp_path}/broker.db"
     monkeypatch.setenv("CONVEYOR_BROKER_URL", broker)
-    monkeypatch.setenv("BEAT_TEST_NAME", "cli")
     return broker
 
 
@@ -40,7 +40,8 @@ def test_schedule_lists_entries_with_their_destinations(env: str) -> None:
     destination = seed["destination"]
     assert isinstance(destination, dict)
     assert destination["exchange_type"] == "fanout"
-    assert destination["received_by"] == "every worker consuming broadcast 'broadcast_tasks-cli'"
+    broadcast = f"broadcast_tasks-{proc_app.NAME}"  # the app is imported once per process
+    assert destination["received_by"] == f"every worker consuming broadcast {broadcast!r}"
     assert seed["last_due"] is None
     assert str(seed["next_due"]).endswith(":00:00+00:00")
     assert "test-task" in run("beat", "--list")

@@ -24,6 +24,7 @@ import pytest
 
 from conveyor import App
 from conveyor.beat import Beat, task_id_for
+from tests.beat.proc_app import make_app
 from tests.conftest import redis_namespace
 from tests.worker.helpers import ROOT, wait_consuming
 
@@ -174,13 +175,7 @@ async def test_the_seeds_broadcast_entry_runs_once_per_worker_per_due_time(
         for worker in ("a", "b"):
             queues = f"beatq-{name},broadcast_tasks-{name}"
             processes.start(worker, "worker", "-Q", queues, "--hostname", f"{worker}@test")
-        sys.path.insert(0, str(ROOT))
-        os.environ["BEAT_TEST_NAME"] = name
-        try:
-            from tests.beat import proc_app
-        finally:
-            os.environ.pop("BEAT_TEST_NAME")
-        app = proc_app.app
+        app = make_app(name)
         app.conf.broker_url = broker
         app.conf.beat_schedule = {"test-task": app.conf.beat_schedule["test-task"]}
         await wait_consuming(app, f"beatq-{name}", count=2)
