@@ -32,6 +32,7 @@ from conveyor.errors import (
 
 if TYPE_CHECKING:
     from conveyor.app import App
+    from conveyor.beat.schedules import crontab
     from conveyor.config import Settings
     from conveyor.protocol.envelope import Envelope
     from conveyor.results import ResultMeta, State
@@ -80,6 +81,7 @@ __all__ = [
     "Worker",
     "__version__",
     "binding",
+    "crontab",
 ]
 
 # The errors are imported above (a small module that imports nothing); the rest on first use.
@@ -102,6 +104,7 @@ _HOME_OF = {
     "Task": "conveyor.task",
     "Worker": "conveyor.worker",
     "binding": "conveyor.routing.entities",
+    "crontab": "conveyor.beat.schedules",
 }
 
 

@@ -51,6 +51,12 @@ class Settings:
     worker_pool: str = "asyncio"
     worker_shutdown_grace: float = 30.0
 
+    timezone: str = "UTC"
+    beat_schedule: Mapping[str, Any] = field(default_factory=dict)
+    beat_name: str | None = None  # the lease and states' name in the broker (default: App.main)
+    beat_lease: float = 5.0  # seconds a dead leader's lease outlives it
+    beat_grace: float = 2.0  # seconds late a due time may be and still count as on time
+
     def routing_settings(self) -> RoutingSettings:
         """A frozen snapshot of the settings that route (what a Router is built from)."""
         return RoutingSettings(

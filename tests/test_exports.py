@@ -42,6 +42,7 @@ EXPECTED = {
     "Unroutable",
     "__version__",
     "binding",
+    "crontab",
 }
 
 

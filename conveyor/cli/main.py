@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from conveyor import __version__
+from conveyor.cli.beat import beat, schedule
 from conveyor.cli.call import call
 from conveyor.cli.demo import demo
 from conveyor.cli.loading import AppRef
@@ -52,3 +53,5 @@ main.add_command(routes)
 main.add_command(worker)
 main.add_command(call)
 main.add_command(demo)
+main.add_command(beat)
+main.add_command(schedule)

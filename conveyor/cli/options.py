@@ -7,7 +7,16 @@ from typing import Any
 
 import click
 
-__all__ = ["parse_json"]
+__all__ = ["loglevel_option", "parse_json"]
+
+loglevel_option = click.option(
+    "-l",
+    "--loglevel",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+)
+"""``-l/--loglevel``, for the commands that run a service."""
 
 
 def parse_json(value: str | None, kind: type, option: str) -> Any:

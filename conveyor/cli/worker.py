@@ -9,6 +9,7 @@ import sys
 import click
 
 from conveyor.cli.loading import AppRef, app_from_context
+from conveyor.cli.options import loglevel_option
 from conveyor.worker import Worker
 
 __all__ = ["worker"]
@@ -52,13 +53,8 @@ def configure_logging(level: str) -> None:
     type=click.FloatRange(min=0),
     help="Seconds running tasks get to finish after SIGTERM.",
 )
-@click.option(
-    "-l",
-    "--loglevel",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
-)
+@click.option("-B", "--beat", "with_beat", is_flag=True, help="Also run the beat scheduler.")
+@loglevel_option
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -68,6 +64,7 @@ def worker(
     pool: str | None,
     prefetch_multiplier: int | None,
     shutdown_grace: float | None,
+    with_beat: bool,
     loglevel: str,
 ) -> None:
     """Consume QUEUES and run the app's tasks until SIGTERM (twice: at once)."""
@@ -87,4 +84,9 @@ def worker(
         shutdown_grace=shutdown_grace,
         app_spec=ref.spec if ref is not None else None,
     )
+    if with_beat:
+        from conveyor.beat.service import Beat, serve_beside
+
+        asyncio.run(serve_beside(service.serve(), Beat(app)))
+        return
     asyncio.run(service.serve())
