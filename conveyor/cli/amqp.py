@@ -1,0 +1,64 @@
+"""``conveyor amqp``: the admin shell speaking the AMQP verbs, interactive or one verb at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import click
+
+from conveyor.cli.amqp_shell import AMQPShell
+from conveyor.cli.amqp_terminal import read_lines, run_interactive
+from conveyor.cli.broker import broker_option, choose_broker
+from conveyor.routing.declarations import settings_topology
+from conveyor.transports import open_transport
+from conveyor.urls import redacted
+
+__all__ = ["amqp"]
+
+
+@click.command("amqp")
+@click.argument("words", nargs=-1)
+@broker_option
+@click.option("--json", "as_json", is_flag=True, help="Answer in JSON, one object per verb.")
+@click.pass_context
+def amqp(ctx: click.Context, words: tuple[str, ...], broker: str | None, as_json: bool) -> None:
+    """Speak the AMQP verbs to the broker: `conveyor amqp` opens a shell (type help), and
+    `conveyor amqp VERB ARGS...` runs one verb, e.g. `conveyor amqp queue.declare testqueue`.
+
+    Works the same on sqlite://, redis:// and amqp:// brokers. Exit status of a one-shot verb:
+    0 done, 1 the broker refused it, 2 wrong arguments (its usage is printed). Put `--` before
+    a message body that starts with a dash.
+    """
+    choice = choose_broker(ctx, broker)
+    topology = settings_topology(choice.app.conf) if choice.app is not None else None
+    interactive = not words and sys.stdin.isatty()
+
+    async def session() -> int:
+        if interactive:
+            click.echo(f"-> connecting to {redacted(choice.url)}.")
+        transport = open_transport(choice.url, choice.options)
+        await transport.connect()
+        if interactive:
+            click.echo("-> connected.")
+        shell = AMQPShell(
+            transport,
+            known_queues=topology.queues if topology else (),
+            known_exchanges=topology.exchanges if topology else (),
+        )
+        try:
+            if words:
+                answer = await shell.run_words(list(words))
+                if as_json:
+                    click.echo(json.dumps(answer.as_json(), default=repr))
+                else:
+                    click.echo(answer.text, err=not answer.ok)
+                return answer.status
+            if interactive:
+                return await run_interactive(shell, as_json=as_json)
+            return await read_lines(shell, as_json=as_json)
+        finally:
+            await transport.close()
+
+    ctx.exit(asyncio.run(session()))
