@@ -8,14 +8,34 @@ import sys
 
 import click
 
-from conveyor.cli.amqp_shell import AMQPShell
-from conveyor.cli.amqp_terminal import read_lines, run_interactive
+from conveyor.cli.amqp_shell import AMQPShell, Answer
 from conveyor.cli.broker import broker_option, choose_broker
 from conveyor.routing.declarations import settings_topology
 from conveyor.transports import open_transport
 from conveyor.urls import redacted
 
 __all__ = ["amqp"]
+
+
+def _print(answer: Answer, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(answer.as_json(), default=repr))
+    else:
+        click.echo(answer.text, err=not answer.ok)
+
+
+async def read_lines(shell: AMQPShell, *, as_json: bool = False) -> int:
+    """Run each line of standard input (no prompt); return the highest status of the answers."""
+    worst = 0
+    # Read in a thread: the transport's heartbeats go on while a slow pipe has nothing yet.
+    while line := await asyncio.to_thread(sys.stdin.readline):
+        if line.strip() in ("exit", "quit"):
+            break
+        answer = await shell.run_line(line)
+        if answer is not None:
+            _print(answer, as_json)
+            worst = max(worst, answer.status)
+    return worst
 
 
 @click.command("amqp")
@@ -50,12 +70,12 @@ def amqp(ctx: click.Context, words: tuple[str, ...], broker: str | None, as_json
         try:
             if words:
                 answer = await shell.run_words(list(words))
-                if as_json:
-                    click.echo(json.dumps(answer.as_json(), default=repr))
-                else:
-                    click.echo(answer.text, err=not answer.ok)
+                _print(answer, as_json)
                 return answer.status
             if interactive:
+                # prompt_toolkit loads only for a terminal session, not for every command.
+                from conveyor.cli.amqp_terminal import run_interactive
+
                 return await run_interactive(shell, as_json=as_json)
             return await read_lines(shell, as_json=as_json)
         finally:

@@ -59,11 +59,8 @@ class Answer:
         return self.status == OK
 
     def as_json(self) -> dict[str, Any]:
-        """The answer for ``--json``: ``ok``, the data, and ``error`` when it failed."""
-        result: dict[str, Any] = {"ok": self.ok, **self.data}
-        if not self.ok:
-            result["error"] = self.text
-        return result
+        """The answer for ``--json``: ``ok`` and the data (with ``error`` when it failed)."""
+        return {"ok": self.ok, **self.data}
 
 
 def _body_text(body: bytes) -> str | bytes:
@@ -111,6 +108,15 @@ def _envelope(call: Call) -> Envelope:
     return Envelope(call.words["BODY"].encode("utf-8"), headers=headers, **properties)
 
 
+def _usage(message: str, verb: str | None) -> Answer:
+    data: dict[str, Any] = {"verb": verb, "error": message, "error_kind": "usage"}
+    lines = [f"error: {message}"]
+    if verb is not None and verb in VERBS:
+        data["usage"] = VERBS[verb].usage
+        lines.append(f"usage: {data['usage']}")
+    return Answer("\n".join(lines), data, USAGE)
+
+
 class AMQPShell:
     """One shell session on a connected ``transport``; :meth:`run_line` runs each line.
 
@@ -151,7 +157,7 @@ class AMQPShell:
         try:
             words = split_line(line)
         except UsageError as exc:
-            return Answer(f"error: {exc}", {"error_kind": "usage"}, USAGE)
+            return _usage(str(exc), None)
         return await self.run_words(words) if words else None
 
     async def run_words(self, words: list[str]) -> Answer:
@@ -160,18 +166,12 @@ class AMQPShell:
             call = parse_words(words)
             return await self._handlers[call.verb.name](call)
         except UsageError as exc:
-            return self._usage(str(exc), exc.verb.name if exc.verb else None)
+            return _usage(str(exc), exc.verb.name if exc.verb else None)
         except (ConfigurationError, ProtocolError) as exc:
-            return self._usage(str(exc), words[0])
+            return _usage(str(exc), words[0])
         except TransportError as exc:
-            kind = type(exc).__name__
-            return Answer(f"error: {exc}", {"verb": words[0], "error_kind": kind}, REFUSED)
-
-    def _usage(self, message: str, verb: str | None) -> Answer:
-        lines = [f"error: {message}"]
-        if verb is not None and verb in VERBS:
-            lines.append(f"usage: {VERBS[verb].usage}")
-        return Answer("\n".join(lines), {"verb": verb, "error_kind": "usage"}, USAGE)
+            data = {"verb": words[0], "error": str(exc), "error_kind": type(exc).__name__}
+            return Answer(f"error: {exc}", data, REFUSED)
 
     def _ok(self, call: Call, text: str = "ok.", **data: Any) -> Answer:
         return Answer(text, {"verb": call.verb.name, **data})

@@ -1,16 +1,13 @@
 """The admin shell at a terminal: a numbered prompt with completion, a usage hint and history.
 
 The line editing, completion menu and history file are prompt_toolkit's; the verbs and their
-answers are :class:`~conveyor.cli.amqp_shell.AMQPShell`'s. When standard input is not a
-terminal the lines are read from it one by one, without a prompt (``conveyor amqp < script``).
+answers are :class:`~conveyor.cli.amqp_shell.AMQPShell`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from conveyor.cli.amqp_shell import AMQPShell, Answer
 from conveyor.cli.amqp_verbs import VERBS, UsageError, split_line
 
-__all__ = ["VerbCompleter", "history_path", "read_lines", "run_interactive"]
+__all__ = ["VerbCompleter", "history_path", "run_interactive", "show"]
 
 _LEAVE = frozenset({"exit", "quit"})
 _QUEUE_WORDS = frozenset({"QUEUE"})
@@ -99,7 +96,8 @@ def _hint(session: PromptSession[str]) -> str:
     return "help lists the verbs; Tab completes; Ctrl-D or exit leaves"
 
 
-def _show(answer: Answer, as_json: bool, echo: Callable[[str], None]) -> None:
+def show(answer: Answer, as_json: bool, echo: Callable[[str], None]) -> None:
+    """Print ``answer`` as text, or as one line of JSON."""
     echo(json.dumps(answer.as_json(), default=repr) if as_json else answer.text)
 
 
@@ -125,18 +123,4 @@ async def run_interactive(shell: AMQPShell, *, as_json: bool = False) -> int:
         if answer is None:
             continue
         number += 1
-        _show(answer, as_json, print)
-
-
-async def read_lines(shell: AMQPShell, *, as_json: bool = False) -> int:
-    """Run each line of standard input; return the highest status of their answers."""
-    worst = 0
-    # Read in a thread: the transport's heartbeats go on while a slow pipe has nothing yet.
-    while line := await asyncio.to_thread(sys.stdin.readline):
-        if line.strip() in _LEAVE:
-            break
-        answer = await shell.run_line(line)
-        if answer is not None:
-            _show(answer, as_json, print)
-            worst = max(worst, answer.status)
-    return worst
+        show(answer, as_json, print)
