@@ -17,11 +17,12 @@ from conveyor.urls import redacted
 __all__ = ["amqp"]
 
 
-def _print(answer: Answer, as_json: bool) -> None:
+def _print(answer: Answer, as_json: bool, *, errors_apart: bool = False) -> None:
+    """Print ``answer`` as text or JSON; ``errors_apart``: a failure's text goes to stderr."""
     if as_json:
         click.echo(json.dumps(answer.as_json(), default=repr))
     else:
-        click.echo(answer.text, err=not answer.ok)
+        click.echo(answer.text, err=errors_apart and not answer.ok)
 
 
 async def read_lines(shell: AMQPShell, *, as_json: bool = False) -> int:
@@ -70,7 +71,7 @@ def amqp(ctx: click.Context, words: tuple[str, ...], broker: str | None, as_json
         try:
             if words:
                 answer = await shell.run_words(list(words))
-                _print(answer, as_json)
+                _print(answer, as_json, errors_apart=True)
                 return answer.status
             if interactive:
                 # prompt_toolkit loads only for a terminal session, not for every command.
