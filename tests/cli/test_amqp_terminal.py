@@ -214,7 +214,10 @@ def test_lines_piped_in_and_the_broker_option(broker_url: str, tmp_path: Path) -
         "ok. 1 messages deleted.",
     ]
     assert (tmp_path / "other.db").exists()
-    unreachable = conveyor("amqp", "--broker", "redis://127.0.0.1:1/0", "help", env=cli_env(other))
+    nobody = "amqp://guest:guest@127.0.0.1:1/"
+    unreachable = conveyor("amqp", "--broker", nobody, "help", env=cli_env(other))
     assert unreachable.returncode == 1
-    assert unreachable.stderr.startswith("Error: ")
+    assert unreachable.stderr.startswith(
+        "Error: cannot reach RabbitMQ at amqp://guest@127.0.0.1:1/"
+    )
     assert "Traceback" not in unreachable.stderr
