@@ -1,6 +1,6 @@
 """Reading a dead-letter queue without losing it: take its messages, settle some, return the rest.
 
-A :class:`DeadLetterScan` takes (``get`` without ack) every message that was ready when it
+A scan (:func:`scanning`) takes (``get`` without ack) every message that was ready when it
 began, so messages dead-lettered meanwhile are left alone, and gives back (nack with requeue)
 every one it did not settle when it ends, error or not; both the virtual brokers and RabbitMQ
 put a requeued message back at its old place, so the queue's order survives. Each scan counts as
@@ -14,11 +14,11 @@ confirmed that publish: a message that reaches no queue stays where it is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import orjson
 
@@ -27,7 +27,7 @@ from conveyor.routing.entities import FrozenMapping
 from conveyor.transports.base import Delivery, Transport
 from conveyor.worker import DEAD_LETTER_HEADERS
 
-__all__ = ["DeadLetter", "DeadLetterScan", "replayed_envelope"]
+__all__ = ["DeadLetter", "DeadLetterScan", "replayed_envelope", "scanning"]
 
 _ORIGINAL_EXCHANGE = "x-conveyor-original-exchange"
 _ORIGINAL_ROUTING_KEY = "x-conveyor-original-routing-key"
@@ -150,42 +150,23 @@ def replayed_envelope(envelope: Envelope) -> Envelope:
 
 
 class DeadLetterScan:
-    """``async with DeadLetterScan(transport, queue) as scan:`` takes the queue's ready messages
-    into ``scan.letters``; :meth:`replay` and :meth:`drop` settle some; the rest go back on exit.
+    """The messages of one scan of dead-letter queue ``queue`` (``letters``), from
+    :func:`scanning`; :meth:`replay` and :meth:`drop` settle some, the rest go back at its end."""
 
-    NotFound if the queue does not exist.
-    """
-
-    def __init__(self, transport: Transport, queue: str, *, limit: int | None = None) -> None:
+    def __init__(self, transport: Transport, queue: str) -> None:
         self.transport = transport
         self.queue = queue
-        self.limit = limit
         self.letters: list[DeadLetter] = []
         self._held: dict[int, Delivery] = {}
 
-    async def __aenter__(self) -> Self:
+    async def _take(self, limit: int | None) -> None:
         ready = (await self.transport.queue_stats(self.queue)).ready
-        if self.limit is not None:
-            ready = min(ready, self.limit)
-        try:
-            for _ in range(ready):
-                delivery = await self.transport.get(self.queue)
-                if delivery is None:
-                    break
-                self._held[id(delivery)] = delivery
-                self.letters.append(DeadLetter.from_delivery(delivery))
-        except BaseException:
-            await self._give_back()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._give_back()
+        for _ in range(ready if limit is None else min(ready, limit)):
+            delivery = await self.transport.get(self.queue)
+            if delivery is None:
+                break
+            self._held[id(delivery)] = delivery
+            self.letters.append(DeadLetter.from_delivery(delivery))
 
     async def _give_back(self) -> None:
         held = list(self._held.values())
@@ -222,3 +203,17 @@ class DeadLetterScan:
         delivery = self._held.pop(id(letter.delivery), None)
         if delivery is not None:
             await self.transport.ack(delivery)
+
+
+@contextlib.asynccontextmanager
+async def scanning(
+    transport: Transport, queue: str, *, limit: int | None = None
+) -> AsyncIterator[DeadLetterScan]:
+    """Scan dead-letter queue ``queue``: take (up to ``limit`` of) the messages ready now, yield
+    the scan, and give back every one not settled, whatever happens. NotFound if no such queue."""
+    scan = DeadLetterScan(transport, queue)
+    try:
+        await scan._take(limit)
+        yield scan
+    finally:
+        await scan._give_back()

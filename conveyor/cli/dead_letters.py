@@ -17,7 +17,7 @@ from rich import box
 from rich.table import Table
 
 from conveyor.cli.broker import broker_option, choose_broker
-from conveyor.cli.dead_letter_queue import DeadLetter, DeadLetterScan
+from conveyor.cli.dead_letter_queue import DeadLetter, DeadLetterScan, scanning
 from conveyor.cli.output import table_console
 from conveyor.errors import TransportError
 from conveyor.transports import open_transport
@@ -54,7 +54,7 @@ def _scan(
         transport = open_transport(choice.url, choice.options)
         await transport.connect()
         try:
-            async with DeadLetterScan(transport, queue, limit=limit) as scan:
+            async with scanning(transport, queue, limit=limit) as scan:
                 return await work(scan)
         finally:
             await transport.close()

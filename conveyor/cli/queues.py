@@ -34,8 +34,10 @@ __all__ = ["QueueRow", "queue_rows", "queues"]
 @dataclass(frozen=True, slots=True)
 class QueueRow:
     """One queue as ``conveyor queues`` shows it; counts are None where the broker can't say
-    (the queue does not exist yet, or RabbitMQ's unacked count, see :func:`queue_rows`)."""
+    (the queue does not exist yet, a broadcast's queues are the workers' own, or RabbitMQ's
+    unacked count, see :func:`queue_rows`). ``kind`` is ``queue`` or ``broadcast``."""
 
+    kind: str
     name: str
     exists: bool
     ready: int | None
@@ -69,12 +71,20 @@ async def queue_rows(
         except NotFound:
             rows.append(
                 QueueRow(
-                    queue.name, False, None, None, None, _bindings(queue), dict(queue.arguments)
+                    "queue",
+                    queue.name,
+                    False,
+                    None,
+                    None,
+                    None,
+                    _bindings(queue),
+                    dict(queue.arguments),
                 )
             )
             continue
         rows.append(
             QueueRow(
+                "queue",
                 queue.name,
                 True,
                 stats.ready,
@@ -87,7 +97,7 @@ async def queue_rows(
     for name in broadcasts:
         rows.append(
             QueueRow(
-                f"{name} (broadcast)", True, None, None, None, [f"{name} (fanout), per worker"], {}
+                "broadcast", name, True, None, None, None, [f"{name} (fanout), per worker"], {}
             )
         )
     return rows
@@ -108,8 +118,9 @@ def _table(url: str, rows: Sequence[QueueRow]) -> Table:
     table.add_column("arguments", overflow="fold")
     notes = []
     for row in rows:
+        name = f"{row.name} (broadcast)" if row.kind == "broadcast" else row.name
         table.add_row(
-            row.name if row.exists else f"{row.name} *",
+            name if row.exists else f"{name} *",
             _count(row, row.ready),
             _count(row, row.unacked),
             _count(row, row.consumers),

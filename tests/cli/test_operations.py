@@ -94,6 +94,7 @@ async def test_queues_shows_counts_bindings_and_arguments(ops: Ops) -> None:
     rows = {row["name"]: row for row in json.loads(out.stdout)}
     unacked = None if ops.transport.capabilities.native_exchanges else 1
     assert rows[ops.orders] == {
+        "kind": "queue",
         "name": ops.orders,
         "exists": True,
         "ready": 2,
