@@ -1,11 +1,11 @@
 """Reading a dead-letter queue without losing it: take its messages, settle some, return the rest.
 
-A scan (:func:`scanning`) takes (``get`` without ack) every message that was ready when it
-began, so messages dead-lettered meanwhile are left alone, and gives back (nack with requeue)
-every one it did not settle when it ends, error or not; both the virtual brokers and RabbitMQ
-put a requeued message back at its old place, so the queue's order survives. Each scan counts as
-one more delivery of every message it took (``redelivered`` becomes true, the delivery count
-grows by one), which matters only for a queue with ``x-delivery-limit``.
+A scan (:func:`scanning`) takes (``get`` without ack) every ready message, or the first
+``limit``, and gives back (nack with requeue) every one it did not settle when it ends, error
+or not; both the virtual brokers and RabbitMQ put a requeued message back at its old place, so
+the queue's order survives. Each scan counts as one more delivery of every message it took
+(``redelivered`` becomes true, the delivery count grows by one), which matters only for a queue
+with ``x-delivery-limit``.
 
 A replay publishes the message, its dead-letter headers removed, to the exchange and routing key
 it was first sent with, as ``mandatory``, and acks the dead letter only after the broker has
@@ -160,11 +160,13 @@ class DeadLetterScan:
         self._held: dict[int, Delivery] = {}
 
     async def _take(self, limit: int | None) -> None:
-        ready = (await self.transport.queue_stats(self.queue)).ready
-        for _ in range(ready if limit is None else min(ready, limit)):
+        # Until the queue runs dry, not up to a count read first: on RabbitMQ a count read on
+        # the command channel may not yet see messages just given back on the get channel.
+        await self.transport.queue_stats(self.queue)  # NotFound before anything is taken
+        while limit is None or len(self.letters) < limit:
             delivery = await self.transport.get(self.queue)
             if delivery is None:
-                break
+                return
             self._held[id(delivery)] = delivery
             self.letters.append(DeadLetter.from_delivery(delivery))
 
