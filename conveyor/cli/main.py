@@ -11,10 +11,14 @@ from typing import Any
 import click
 
 from conveyor import __version__
+from conveyor.cli.amqp import amqp
 from conveyor.cli.beat import beat, schedule
 from conveyor.cli.call import call
+from conveyor.cli.dead_letters import dead_letters
 from conveyor.cli.demo import demo
 from conveyor.cli.loading import AppRef
+from conveyor.cli.purge import purge
+from conveyor.cli.queues import queues
 from conveyor.cli.routes import routes
 from conveyor.cli.worker import worker
 from conveyor.errors import ConfigurationError, ConveyorError
@@ -55,3 +59,7 @@ main.add_command(call)
 main.add_command(demo)
 main.add_command(beat)
 main.add_command(schedule)
+main.add_command(amqp)
+main.add_command(queues)
+main.add_command(purge)
+main.add_command(dead_letters)
