@@ -16,7 +16,7 @@ that uses it, created on first use. The sync API (``send_task``, ``delay``, ``ap
 no other call is running it, in a background thread between calls (:mod:`conveyor.sync_loop`).
 Where a transport can publish from another thread (RabbitMQ), ``send_task`` writes the message
 from the calling thread once the loop has declared its route, and the loop only reads the
-broker's confirm (see ``App._send_here``). What a send needs before any I/O is planned by
+broker's confirm (see ``App._send_from_thread``). What a send needs before any I/O is planned by
 :func:`conveyor.sending.plan`.
 """
 
@@ -439,12 +439,12 @@ class App:
         task: Task | None = None,
     ) -> AsyncResult:
         """Sync twin of :meth:`asend`."""
-        sent = self._send_here(name, args, kwargs, options, task)
+        sent = self._send_from_thread(name, args, kwargs, options, task)
         if sent is not None:
             return sent
         return self.run_sync(self.asend(name, args, kwargs, options, task=task))
 
-    def _send_here(
+    def _send_from_thread(
         self,
         name: str,
         args: Sequence[Any] | None,
@@ -481,7 +481,9 @@ class App:
         tid, envelope = plan.message(reply_to)
         wakeup = Wakeup()
         watching = (
-            backend is not None and plan.task_id is None and backend.watch_replies_here(tid, wakeup)
+            backend is not None
+            and plan.task_id is None
+            and backend.watch_replies_from_thread(tid, wakeup)
         )
         try:
             published = transport.publish_from_thread(
@@ -502,7 +504,7 @@ class App:
         finally:
             if watching:
                 assert backend is not None
-                backend.unwatch_replies_here(tid, wakeup)
+                backend.unwatch_replies_from_thread(tid, wakeup)
         # Not written, or the connection went before RabbitMQ answered: through the loop.
         return self.run_sync(self._publish_task(plan, tid, envelope, backend))
 

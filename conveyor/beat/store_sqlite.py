@@ -38,7 +38,6 @@ CREATE TABLE IF NOT EXISTS beat_controls (
 """
 
 
-
 def _create_tables(db: sqlite3.Connection) -> None:
     # statement by statement: executescript would commit the surrounding transaction
     for statement in _SCHEMA.split(";"):

@@ -22,19 +22,20 @@ from typing import Any
 
 import orjson
 
+from conveyor.protocol.dead_letters import (
+    DEAD_LETTER_HEADERS,
+    DEAD_LETTERED_AT,
+    ORIGINAL_EXCHANGE,
+    ORIGINAL_ROUTING_KEY,
+)
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import FrozenMapping
 from conveyor.transports.base import Delivery, Transport
-from conveyor.worker import DEAD_LETTER_HEADERS
 
 __all__ = ["DeadLetter", "DeadLetterScan", "replayed_envelope", "scanning"]
 
-_ORIGINAL_EXCHANGE = "x-conveyor-original-exchange"
-_ORIGINAL_ROUTING_KEY = "x-conveyor-original-routing-key"
-# Not written by the worker yet: read when present (see the module's report to the integrator).
-_DEAD_LETTERED_AT = "x-conveyor-dead-lettered-at"
 _REMOVED_ON_REPLAY = frozenset(
-    (*DEAD_LETTER_HEADERS, _ORIGINAL_EXCHANGE, _ORIGINAL_ROUTING_KEY, _DEAD_LETTERED_AT, "x-death")
+    (*DEAD_LETTER_HEADERS, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, DEAD_LETTERED_AT, "x-death")
 )
 _REMOVED_PREFIXES = ("x-first-death-", "x-last-death-")
 
@@ -95,17 +96,17 @@ class DeadLetter:
         oldest = deaths[-1] if deaths else {}
         keys = oldest.get("routing-keys")
         first_key = keys[0] if isinstance(keys, list) and keys else None
-        exchange = _text(headers.get(_ORIGINAL_EXCHANGE))
+        exchange = _text(headers.get(ORIGINAL_EXCHANGE))
         if exchange is None:
             exchange = _text(oldest.get("exchange"))
-        routing_key = _text(headers.get(_ORIGINAL_ROUTING_KEY)) or _text(first_key)
+        routing_key = _text(headers.get(ORIGINAL_ROUTING_KEY)) or _text(first_key)
         return cls(
             id=_letter_id(delivery),
             task=_text(headers.get("task")),
             queue=_text(headers.get(queue_header)) or _text(newest.get("queue")),
             reason=_text(headers.get(reason_header)) or _text(newest.get("reason")),
             worker=_text(headers.get(worker_header)),
-            time=_time(headers.get(_DEAD_LETTERED_AT)) or _time(newest.get("time")),
+            time=_time(headers.get(DEAD_LETTERED_AT)) or _time(newest.get("time")),
             exchange=exchange if exchange is not None else "",
             routing_key=routing_key if routing_key is not None else "",
             delivery=delivery,

@@ -146,9 +146,9 @@ class AsyncResult:
         backend = self._backend
         if self._meta is None and backend is not None:
             # A result that comes here unasked (rpc:// replies, redis:// announcements) is
-            # waited for without a coroutine: see ResultBackend.wait_here.
+            # waited for without a coroutine: see ResultBackend.wait_from_thread.
             started = time.monotonic()
-            self._meta = backend.wait_here(self.id, timeout, SYNC_LOOP.wait_for)
+            self._meta = backend.wait_from_thread(self.id, timeout, SYNC_LOOP.wait_for)
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - started))
         if self._meta is not None:

@@ -155,16 +155,16 @@ class ResultBackend(abc.ABC):
     def unwatch_replies(self, task_id: str, watch: asyncio.Future[None]) -> None:  # noqa: B027
         """Forget a future from :meth:`watch_replies`; idempotent (nothing to forget here)."""
 
-    def watch_replies_here(self, task_id: str, wakeup: Wakeup) -> bool:
+    def watch_replies_from_thread(self, task_id: str, wakeup: Wakeup) -> bool:
         """:meth:`watch_replies` for a thread: set ``wakeup`` when anything about ``task_id``
         reaches this process unasked; False if this backend cannot tell (the default). Any
-        thread; pair with :meth:`unwatch_replies_here`."""
+        thread; pair with :meth:`unwatch_replies_from_thread`."""
         return False
 
-    def unwatch_replies_here(self, task_id: str, wakeup: Wakeup) -> None:  # noqa: B027
-        """Forget ``wakeup`` from :meth:`watch_replies_here`; idempotent. Any thread."""
+    def unwatch_replies_from_thread(self, task_id: str, wakeup: Wakeup) -> None:  # noqa: B027
+        """Forget ``wakeup`` from :meth:`watch_replies_from_thread`; idempotent. Any thread."""
 
-    def wait_here(
+    def wait_from_thread(
         self, task_id: str, timeout: float | None, block: Block = Wakeup.wait
     ) -> ResultMeta | None:
         """Block the calling thread (never the backend's event loop) until a ready result for

@@ -125,7 +125,7 @@ class RedisBackend(ResultBackend):
         self._reply_channel: str | None = None
         self._reply_waiters: dict[str, list[asyncio.Future[ResultMeta]]] = {}
         self._replies: OrderedDict[str, ResultMeta] = OrderedDict()
-        self._threads = Waiters()  # sync callers in wait_here (thread waiters only)
+        self._threads = Waiters()  # sync callers in wait_from_thread (thread waiters only)
         self._closed = False
 
     @classmethod
@@ -319,7 +319,7 @@ class RedisBackend(ResultBackend):
         """A ready result already heard on this backend's reply channel (no I/O, any thread)."""
         return self._replies.get(task_id)
 
-    def wait_here(
+    def wait_from_thread(
         self, task_id: str, timeout: float | None, block: Block = Wakeup.wait
     ) -> ResultMeta | None:
         """Wait in this thread, up to ``_REPLY_GRACE`` seconds, for the result to be announced

@@ -14,7 +14,7 @@ straight to its connection.
 Results live only as long as the caller's connection, and only the App (and event loop) that
 sent a task can read its result. Nothing is stored on the broker; ``cleanup`` has nothing to do.
 
-Because replies arrive unasked, a sync ``get`` waits in its own thread (``wait_here``: the
+Because replies arrive unasked, a sync ``get`` waits in its own thread (``wait_from_thread``: the
 reader releases it when it files the reply), and a send may end at its reply rather than at the
 broker's confirm (``watch_replies``, see ``App.asend_task``).
 """
@@ -193,14 +193,14 @@ class RPCBackend(ResultBackend):
     def unwatch_replies(self, task_id: str, watch: asyncio.Future[None]) -> None:
         self._waiters.unwatch(task_id, watch)
 
-    def watch_replies_here(self, task_id: str, wakeup: Wakeup) -> bool:
+    def watch_replies_from_thread(self, task_id: str, wakeup: Wakeup) -> bool:
         self._waiters.watch_thread(task_id, wakeup)
         return True
 
-    def unwatch_replies_here(self, task_id: str, wakeup: Wakeup) -> None:
+    def unwatch_replies_from_thread(self, task_id: str, wakeup: Wakeup) -> None:
         self._waiters.unwatch_thread(task_id, wakeup)
 
-    def wait_here(
+    def wait_from_thread(
         self, task_id: str, timeout: float | None, block: Block = Wakeup.wait
     ) -> ResultMeta:
         """Block this (non-loop) thread until the reader files a ready reply for ``task_id``."""

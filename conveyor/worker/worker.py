@@ -47,6 +47,7 @@ from conveyor.errors import (
     TaskRevoked,
     Unroutable,
 )
+from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS, dead_letter_headers
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
 from conveyor.results.base import ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State
@@ -63,11 +64,6 @@ __all__ = ["DEAD_LETTER_HEADERS", "Worker"]
 
 log = logging.getLogger("conveyor.worker")
 
-DEAD_LETTER_HEADERS = (
-    "x-conveyor-dead-letter-reason",
-    "x-conveyor-worker",
-    "x-conveyor-queue",
-)
 # An eta this close to now is due: clocks of processes on one machine agree, delays are rounded.
 _ETA_SLACK = 0.05
 
@@ -319,11 +315,14 @@ class Worker:
         transport = self._transport
         assert transport is not None
         envelope = delivery.envelope.replace_headers(
-            **dict(zip(DEAD_LETTER_HEADERS, (reason, self.hostname, delivery.queue), strict=True)),
-            **{
-                "x-conveyor-original-exchange": delivery.exchange,
-                "x-conveyor-original-routing-key": delivery.routing_key,
-            },
+            **dead_letter_headers(
+                reason=reason,
+                worker=self.hostname,
+                queue=delivery.queue,
+                exchange=delivery.exchange,
+                routing_key=delivery.routing_key,
+                at=time.time(),
+            )
         )
         queue = self.consumed_queues.get(delivery.queue)
         dlx = queue.dead_letter_exchange if queue is not None else None

@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,7 @@ async def _dead_letter_two(ops: Ops, broker_url: str) -> list[str]:
 async def test_dead_letters_listed_shown_dropped_and_replayed_to_a_worker_that_knows_the_task(
     ops: Ops, broker_url: str
 ) -> None:
+    before = time.time()
     first, second = await _dead_letter_two(ops, broker_url)
     listed = await ops.run("dead-letters", "list", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -209,6 +212,7 @@ async def test_dead_letters_listed_shown_dropped_and_replayed_to_a_worker_that_k
         assert letter["reason"] == "unknown task 'remote.transcode': not registered on this worker"
         assert letter["worker"] == "unaware@test"
         assert letter["routing_key"] == ops.orders
+        assert before <= datetime.fromisoformat(letter["time"]).timestamp() <= time.time()
     table = await ops.run("dead-letters", "list")
     assert f"{first}  remote.transcode  {ops.orders}" in " ".join(table.stdout.split("  "))
     assert "2 dead letter(s)" in table.stdout

@@ -179,11 +179,11 @@ async def test_a_thread_hears_an_announced_result_and_gives_up_soon_on_others(
 ) -> None:
     caller, worker = await _open(url, backends), await _open(url, backends)
     # Before the caller announced a reply channel, nothing can come unasked.
-    assert await asyncio.to_thread(caller.wait_here, "any", 5) is None
+    assert await asyncio.to_thread(caller.wait_from_thread, "any", 5) is None
     reply_to = await caller.prepare_reply()
     monkeypatch.setattr("conveyor.results.redis._REPLY_GRACE", 5.0)
     # Announced on the reply channel while the thread waits: it wakes with the result.
-    waiting = asyncio.ensure_future(asyncio.to_thread(caller.wait_here, "mine", 10))
+    waiting = asyncio.ensure_future(asyncio.to_thread(caller.wait_from_thread, "mine", 10))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     meta = ResultMeta.success("mine", "heard", worker="w@h", task="t")
@@ -196,7 +196,7 @@ async def test_a_thread_hears_an_announced_result_and_gives_up_soon_on_others(
     # grace, and the subscribed wait finds it.
     monkeypatch.setattr("conveyor.results.redis._REPLY_GRACE", 0.05)
     await worker.store(ok("theirs", "stored only"))
-    assert await asyncio.to_thread(caller.wait_here, "theirs", 10) is None
+    assert await asyncio.to_thread(caller.wait_from_thread, "theirs", 10) is None
     assert (await caller.wait("theirs", timeout=5)).result == "stored only"
 
 

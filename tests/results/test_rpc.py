@@ -100,8 +100,8 @@ async def test_a_thread_waits_for_a_reply_without_the_event_loop(apps: tuple[App
     mine, theirs = await caller.abackend(), await worker.abackend()
     reply_to = await mine.prepare_reply()
     assert reply_to is not None
-    # The reply lands while the thread is already blocked in wait_here.
-    waiting = asyncio.ensure_future(asyncio.to_thread(mine.wait_here, "w", 5))
+    # The reply lands while the thread is already blocked in wait_from_thread.
+    waiting = asyncio.ensure_future(asyncio.to_thread(mine.wait_from_thread, "w", 5))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     await theirs.store(reply("w", "woken", reply_to))
@@ -110,16 +110,16 @@ async def test_a_thread_waits_for_a_reply_without_the_event_loop(apps: tuple[App
     # A reply that arrived before anyone asked is there too; none in time is a ResultTimeout.
     await theirs.store(reply("early", 3, reply_to))
     await asyncio.sleep(0.05)
-    assert (await asyncio.to_thread(mine.wait_here, "early", 5)).result == 3
+    assert (await asyncio.to_thread(mine.wait_from_thread, "early", 5)).result == 3
     with pytest.raises(ResultTimeout, match="never"):
-        await asyncio.to_thread(mine.wait_here, "never", 0.05)
+        await asyncio.to_thread(mine.wait_from_thread, "never", 0.05)
 
 
 async def test_closing_the_backend_wakes_a_waiting_thread(apps: tuple[App, App]) -> None:
     caller, _ = apps
     mine = await caller.abackend()
     await mine.prepare_reply()
-    waiting = asyncio.ensure_future(asyncio.to_thread(mine.wait_here, "w", None))
+    waiting = asyncio.ensure_future(asyncio.to_thread(mine.wait_from_thread, "w", None))
     await asyncio.sleep(0.05)
     await mine.close()
     with pytest.raises(ResultTimeout, match="no reply"):
