@@ -250,6 +250,9 @@ class Storage(abc.ABC):
         """Store every message and remove the ``settle`` messages leased to ``connection``,
         all in one atomic step, then wake listeners of the queues that got messages.
 
+        A storage may skip the wake-up for a queue that already had ready messages: a
+        listener waits only on queues it found empty, so nobody is waiting there.
+
         Raises StaleTopology (having changed nothing) if the topology version is no longer
         ``topology_version``. A queue with ``x-max-length`` N keeps at most N ready, due
         messages: those pushed out of its head are leased to ``connection`` and returned, for

@@ -683,31 +683,6 @@ async def test_a_listener_keeps_a_wake_up_that_arrives_while_nobody_waits(
         await listener.close()
 
 
-async def test_enqueue_wakes_listeners_of_every_queue_that_got_messages(
-    make_storage: MakeStorage, transport_id: str, request: pytest.FixtureRequest
-) -> None:
-    """``enqueue``: "then wake listeners of the queues that got messages" - a queue that
-    already had ready messages included."""
-    request.applymarker(
-        pytest.mark.xfail(
-            transport_id == "redis",
-            reason="Redis wakes only the queues that had no ready message before the enqueue "
-            "(ENQUEUE in redis_scripts.py): reported, the contract or the script to be settled",
-            strict=True,
-        )
-    )
-    storage, producer = await make_storage(), await make_storage()
-    await declare(storage, "q")
-    await put(producer, new("q", "a"))
-    listener = await storage.listen(["q"])
-    try:
-        await listener.wait(0.05)  # drop any wake-up from before
-        await put(producer, new("q", "b"))
-        assert await asyncio.wait_for(listener.wait(2), 3) is True
-    finally:
-        await listener.close()
-
-
 async def test_listeners_wake_when_a_message_becomes_ready_or_the_queue_goes(
     make_storage: MakeStorage,
 ) -> None:
