@@ -53,8 +53,10 @@ _routing_values = operator.attrgetter(*ROUTING_SETTING_NAMES)
 
 
 def default_broker_url() -> str:
-    """``CONVEYOR_BROKER_URL`` if set, else the embedded broker's SQLite file in the working
-    directory (an absolute URL, so every process started here agrees on it).
+    """``CONVEYOR_BROKER_URL`` if set, else the embedded broker's SQLite file in the user's
+    state directory (``CONVEYOR_STATE_DIR``, else a per-user directory such as
+    ``~/.local/state/conveyor``), so that every process of a user on one machine meets on it
+    whatever folder it was started from.
     """
     env = os.environ.get("CONVEYOR_BROKER_URL")
     if env:
