@@ -29,6 +29,7 @@ EXPECTED = {
     "Queue",
     "RemoteTaskError",
     "ResultTimeout",
+    "ResultUnavailable",
     "Retry",
     "Route",
     "Router",
