@@ -44,6 +44,7 @@ EXPECTED = {
     "__version__",
     "binding",
     "crontab",
+    "get_task_logger",
 }
 
 
