@@ -19,6 +19,7 @@ from conveyor.errors import (
     RoutingError,
     TopologyError,
 )
+from conveyor.routing.entities import Queue
 from conveyor.seconds import seconds
 
 SEND_OPTIONS = (
@@ -105,10 +106,10 @@ async def test_aget_on_a_task_sent_with_ignore_result_fails_at_once(app: App) ->
 
 BAD_SETTINGS: list[tuple[dict[str, Any], type[ConfigurationError], str]] = [
     (
-        {"task_routes": {"web.*": {"queue": "web_queue"}}, "task_create_missing_queues": False},
+        {"task_queues": [Queue("web_queue")], "task_create_missing_queues": False},
         RoutingError,
-        "task_routes['web.*']: queue 'web_queue' is not declared in task_queues and "
-        "task_create_missing_queues is off: add Queue('web_queue', ...) to task_queues, or set "
+        "default: queue 'default' is not declared in task_queues and "
+        "task_create_missing_queues is off: add Queue('default', ...) to task_queues, or set "
         "task_create_missing_queues = True",
     ),
     (
@@ -163,8 +164,8 @@ BAD_SETTINGS: list[tuple[dict[str, Any], type[ConfigurationError], str]] = [
     (
         {"timezone": "Europe/Atlantis"},
         ConfigurationError,
-        "timezone 'Europe/Atlantis' is not a time zone: use an IANA name such as 'UTC' or "
-        "'Europe/Paris'",
+        "timezone: unknown time zone 'Europe/Atlantis': use an IANA name such as 'UTC' or "
+        "'Europe/Berlin'",
     ),
 ]
 
