@@ -57,7 +57,8 @@ def _queue_lines(entity: Queue | Broadcast, width: int) -> list[str]:
     lead = f"  .> {entity.name:<{width}}  "
     if isinstance(entity, Broadcast):
         exchange = entity.exchange
-        return [f"{lead}exchange={exchange.name}({exchange.type.value}) broadcast: every worker"]
+        kind = exchange.type.value
+        return [f"{lead}exchange={exchange.name}({kind}) broadcast: a copy to each worker"]
     extra = f" max_priority={entity.max_priority}" if entity.max_priority else ""
     bindings = entity.all_bindings or ()
     if not bindings:
@@ -94,9 +95,29 @@ def differing_settings(conf: Settings) -> list[tuple[str, str]]:
     return out
 
 
+def _entity(value: Any) -> str:
+    """A declared queue as one would write it: ``Queue('orders', max_priority=10)``."""
+    if isinstance(value, Broadcast):
+        return f"Broadcast({value.name!r})"
+    if not isinstance(value, Queue):
+        return repr(value)
+    shown = [repr(value.name)]
+    for option in ("exchange", "routing_key", "max_priority", "message_ttl", "expires"):
+        given = getattr(value, option)
+        if isinstance(given, Exchange):
+            given = given.name
+        if given is not None:
+            shown.append(f"{option}={given!r}")
+    if value.bindings:
+        shown.append(f"bindings={[_binding(b) for b in value.bindings]!r}")
+    return f"Queue({', '.join(shown)})"
+
+
 def _shown(name: str, value: Any) -> str:
     if name in _URL_SETTINGS and isinstance(value, str):
         return redacted(value)
+    if name == "task_queues":
+        return f"[{', '.join(_entity(entity) for entity in value)}]"
     if isinstance(value, dict):
         return repr(
             {
