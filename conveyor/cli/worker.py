@@ -14,11 +14,6 @@ from conveyor.worker import Worker
 __all__ = ["worker"]
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level`` (DEBUG, INFO, WARNING, ERROR, CRITICAL; any case)."""
-    setup_logging(level, None, "text")
-
-
 @click.command("worker")
 @click.option(
     "-Q",

@@ -125,3 +125,24 @@ def test_the_banner_says_what_the_worker_serves(tmp_path: Path) -> None:
         "[settings that differ from the defaults]",
         "  task_routes = {'logs.*': {'queue': 'logs_queue'}}",
     ]
+
+
+def test_a_log_file_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    where = tmp_path / "no" / "such" / "dir" / "worker.log"
+    for command in ("worker", "beat"):
+        out = subprocess.run(
+            [sys.executable, "-m", "conveyor", "-A", APP, command, "--logfile", str(where)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (out.returncode, out.stdout) == (2, "")
+        assert out.stderr == (
+            f"Error: cannot open --logfile {where}: No such file or directory; give a file in a "
+            "directory you can write\n"
+        )
