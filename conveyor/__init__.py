@@ -20,6 +20,7 @@ from conveyor.errors import (
     ProtocolError,
     RemoteTaskError,
     ResultTimeout,
+    ResultUnavailable,
     Retry,
     RoutingError,
     TaskError,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.beat.schedules import crontab
     from conveyor.config import Settings
+    from conveyor.logs import get_task_logger
     from conveyor.protocol.envelope import Envelope
     from conveyor.results import ResultMeta, State
     from conveyor.results.async_result import AsyncResult
@@ -65,6 +67,7 @@ __all__ = [
     "Request",
     "ResultMeta",
     "ResultTimeout",
+    "ResultUnavailable",
     "Retry",
     "Route",
     "Router",
@@ -82,6 +85,7 @@ __all__ = [
     "__version__",
     "binding",
     "crontab",
+    "get_task_logger",
 ]
 
 # The errors are imported above (a small module that imports nothing); the rest on first use.
@@ -105,6 +109,7 @@ _HOME_OF = {
     "Worker": "conveyor.worker",
     "binding": "conveyor.routing.entities",
     "crontab": "conveyor.beat.schedules",
+    "get_task_logger": "conveyor.logs",
 }
 
 

@@ -40,6 +40,7 @@ from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
 from conveyor.routing.router import Route, Router
 from conveyor.routing.settings import ROUTING_SETTING_NAMES
+from conveyor.settings_check import check_settings
 from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
@@ -53,8 +54,10 @@ _routing_values = operator.attrgetter(*ROUTING_SETTING_NAMES)
 
 
 def default_broker_url() -> str:
-    """``CONVEYOR_BROKER_URL`` if set, else the embedded broker's SQLite file in the working
-    directory (an absolute URL, so every process started here agrees on it).
+    """``CONVEYOR_BROKER_URL`` if set, else the embedded broker's SQLite file in the user's
+    state directory (``CONVEYOR_STATE_DIR``, else a per-user directory such as
+    ``~/.local/state/conveyor``), so that every process of a user on one machine meets on it
+    whatever folder it was started from.
     """
     env = os.environ.get("CONVEYOR_BROKER_URL")
     if env:
@@ -141,7 +144,8 @@ class App:
 
     ``broker`` and ``result_backend`` are URLs (they override ``broker_url`` / ``result_backend``
     in ``config``); ``config`` is a dict, an object or a module whose setting names are loaded
-    into :attr:`conf`. Raises ConfigurationError for an unknown setting name.
+    into :attr:`conf`. Raises ConfigurationError for an unknown setting name, and for a wrong
+    value (see :func:`conveyor.settings_check.check_settings`): here, not at the first send.
     """
 
     def __init__(
@@ -170,13 +174,21 @@ class App:
         self._last_resources: (
             tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopResources] | None
         ) = None
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Raise ConfigurationError for a wrong setting now; keep the Router it builds."""
+        self._router = check_settings(self.conf, host=self)
+        self._router_values = _routing_values(self.conf)
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}>"
 
     def config_from_object(self, source: Mapping[str, Any] | object) -> None:
-        """Load settings from a dict, an object or a module (see :meth:`Settings.update_from`)."""
+        """Load settings from a dict, an object or a module (see :meth:`Settings.update_from`);
+        raises ConfigurationError for an unknown name or a wrong value, as :class:`App` does."""
         self.conf.update_from(source)
+        self._check_settings()
 
     @property
     def tasks(self) -> Mapping[str, Task]:
@@ -399,7 +411,7 @@ class App:
             if replied is not None:
                 assert backend is not None
                 backend.unwatch_replies(tid, replied)
-        return AsyncResult(tid, app=self, task_name=plan.name, backend=backend, loop=loop)
+        return plan.result(tid, self, backend, loop)
 
     def _plan(
         self,
@@ -498,7 +510,7 @@ class App:
                     raise published.expire()
                 # Not done: the task's reply came first, which proves a worker has it.
                 if not published.done or published.result() is not None:
-                    return AsyncResult(tid, app=self, task_name=name, backend=backend, loop=loop)
+                    return plan.result(tid, self, backend, loop)
         except Unroutable as exc:
             raise plan.unroutable(exc) from exc
         finally:

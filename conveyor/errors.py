@@ -13,6 +13,7 @@
     └── TaskError                   raised about a task or its result
         ├── NotRegistered           no task of that name is known here
         ├── ResultTimeout           a result did not arrive in time
+        ├── ResultUnavailable       get() has no one result to wait for (ignore_result, broadcast)
         ├── TaskRevoked             the task was revoked or expired before it ran
         ├── TimeLimitExceeded       the task ran past its time limit
         ├── Retry                   control flow: a bound task asked to be retried
@@ -35,6 +36,7 @@ __all__ = [
     "ProtocolError",
     "RemoteTaskError",
     "ResultTimeout",
+    "ResultUnavailable",
     "Retry",
     "RoutingError",
     "TaskError",
@@ -101,6 +103,12 @@ class NotRegistered(TaskError):
 
 class ResultTimeout(TaskError):
     """The result did not arrive within the timeout given to ``get``."""
+
+
+class ResultUnavailable(TaskError):
+    """``get`` was asked for a result that will never be one: the task was sent with
+    ``ignore_result`` (no worker stores it), or to a broadcast queue (each worker stores its
+    own: ``collect`` them)."""
 
 
 class TaskRevoked(TaskError):

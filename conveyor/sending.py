@@ -7,6 +7,7 @@ publishes the :class:`Plan`'s message (see ``App.asend``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from conveyor._frozen import fast_init
 from conveyor.errors import Unroutable
 from conveyor.protocol.envelope import Envelope
 from conveyor.protocol.task_message import TaskMessage, encode_task
+from conveyor.results.async_result import AsyncResult, ResultSource
 from conveyor.routing.entities import Broadcast
 from conveyor.task import current_request
 from conveyor.task_ids import new_task_id
@@ -23,6 +25,7 @@ from conveyor.task_ids import new_task_id
 if TYPE_CHECKING:
     from conveyor.config import Settings
     from conveyor.options import SendOptions
+    from conveyor.results.base import ResultBackend
     from conveyor.routing.router import Route, Router
     from conveyor.task import Task
 
@@ -68,6 +71,26 @@ class Plan:
             headers=dict(self.headers) if self.headers else {},
         )
         return tid, encode_task(message, self.serializer)
+
+    def result(
+        self,
+        tid: str,
+        app: ResultSource,
+        backend: ResultBackend | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> AsyncResult:
+        """The caller's AsyncResult for this send as task ``tid``: it knows when ``get`` has
+        nothing to wait for (``ignore_result``) or more than one result (a broadcast)."""
+        queue = self.route.queue
+        return AsyncResult(
+            tid,
+            app=app,
+            task_name=self.name,
+            backend=backend,
+            loop=loop,
+            ignored=self.ignore_result,
+            broadcast=queue.name if isinstance(queue, Broadcast) else None,
+        )
 
     def unroutable(self, exc: Unroutable) -> Unroutable:
         """The sender's error for a message no queue took: which route, decided by what."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Unpack
 from conveyor._frozen import fast_init
 from conveyor.errors import ConfigurationError, Retry, TaskError
 from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskOptions
+from conveyor.seconds import seconds
 
 if TYPE_CHECKING:
     from conveyor.config import Settings
@@ -239,4 +240,4 @@ class Task:
                 raise exc
             raise TaskError(f"task {self.name!r} gave up after max_retries={limit} retries")
         delay = countdown if countdown is not None else self.retry_delay(req.retries)
-        raise Retry(f"retry of {self.name!r} in {delay}s", countdown=delay, exc=exc)
+        raise Retry(f"retry of {self.name!r} in {seconds(delay)}", countdown=delay, exc=exc)

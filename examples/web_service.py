@@ -5,7 +5,8 @@ sends them to ``remote_queue``, which only the remote worker consumes. Run its w
 
     conveyor -A web_service worker -Q web_queue,broadcast --hostname web@%h
 
-The broker comes from ``CONVEYOR_BROKER_URL`` (default: the SQLite file in the working directory).
+The broker comes from ``CONVEYOR_BROKER_URL`` (default: the SQLite file in the user's state
+directory, which every service of that user on the machine shares).
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ skips a broker test silently.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -17,6 +19,18 @@ import redis
 
 RABBITMQ_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the whole run a state directory of its own (the default broker lives there), so
+    that tests and the processes they start never touch the user's real one."""
+    os.environ["CONVEYOR_STATE_DIR"] = tempfile.mkdtemp(prefix="conveyor-test-state-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = os.environ.pop("CONVEYOR_STATE_DIR", None)
+    if state and os.path.basename(state).startswith("conveyor-test-state-"):
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _reachable(host: str, port: int) -> bool:

@@ -29,6 +29,7 @@ EXPECTED = {
     "Queue",
     "RemoteTaskError",
     "ResultTimeout",
+    "ResultUnavailable",
     "Retry",
     "Route",
     "Router",
@@ -43,6 +44,7 @@ EXPECTED = {
     "__version__",
     "binding",
     "crontab",
+    "get_task_logger",
 }
 
 

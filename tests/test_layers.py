@@ -14,7 +14,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "conveyor"
 
 # Bottom to top. A module belongs to the first prefix it starts with.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("conveyor.errors", "conveyor._frozen", "conveyor.urls", "conveyor.task_ids")),
+    (
+        "foundation",
+        (
+            "conveyor.errors",
+            "conveyor._frozen",
+            "conveyor.urls",
+            "conveyor.task_ids",
+            "conveyor.seconds",
+        ),
+    ),
     ("routing", ("conveyor.routing",)),
     ("protocol", ("conveyor.protocol",)),
     ("transports", ("conveyor.transports",)),
@@ -32,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "conveyor.results",
             "conveyor.testing",
             "conveyor.logs",
+            "conveyor.settings_check",
         ),
     ),
     ("services", ("conveyor.worker", "conveyor.beat")),

@@ -19,8 +19,7 @@ from conveyor.beat import Beat
 from conveyor.beat.service import serve_until_signalled
 from conveyor.beat.store import EntryState
 from conveyor.cli.loading import app_from_context
-from conveyor.cli.options import loglevel_option
-from conveyor.cli.worker import configure_logging
+from conveyor.cli.log_options import log_options, setup_logging
 from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.routing.entities import Broadcast
 from conveyor.routing.explain import explain
@@ -135,7 +134,7 @@ async def _control(service: Beat, entry: str, action: str) -> None:
 @click.option("--pause", metavar="ENTRY", help="Pause ENTRY (its due times pass unsent).")
 @click.option("--resume", metavar="ENTRY", help="Resume a paused ENTRY.")
 @click.option("--trigger", metavar="ENTRY", help="Have the leader send ENTRY once, now.")
-@loglevel_option
+@log_options
 @click.pass_context
 def beat(
     ctx: click.Context,
@@ -145,13 +144,15 @@ def beat(
     resume: str | None,
     trigger: str | None,
     loglevel: str,
+    logfile: str | None,
+    log_format: str,
 ) -> None:
     """Send the app's beat_schedule entries on their schedules until SIGTERM.
 
     Any number of beats may run against one broker: one leads (a lease in the broker) and each
     due time is sent once.
     """
-    configure_logging(loglevel)
+    setup_logging(loglevel, logfile, log_format)
     actions = [(a, v) for a, v in (("pause", pause), ("resume", resume), ("trigger", trigger)) if v]
     if len(actions) > 1 or (actions and as_list):
         raise click.UsageError("give one of --list, --pause, --resume, --trigger")

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 
 import click
 
+from conveyor.cli.banner import worker_banner
 from conveyor.cli.loading import AppRef, app_from_context
-from conveyor.cli.options import loglevel_option
+from conveyor.cli.log_options import log_options, setup_logging
 from conveyor.worker import Worker
 
 __all__ = ["worker"]
-
-LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level`` (DEBUG, INFO, WARNING, ERROR, CRITICAL; any case)."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
 
 
 @click.command("worker")
@@ -54,7 +46,7 @@ def configure_logging(level: str) -> None:
     help="Seconds running tasks get to finish after SIGTERM.",
 )
 @click.option("-B", "--beat", "with_beat", is_flag=True, help="Also run the beat scheduler.")
-@loglevel_option
+@log_options
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -66,9 +58,11 @@ def worker(
     shutdown_grace: float | None,
     with_beat: bool,
     loglevel: str,
+    logfile: str | None,
+    log_format: str,
 ) -> None:
     """Consume QUEUES and run the app's tasks until SIGTERM (twice: at once)."""
-    configure_logging(loglevel)
+    setup_logging(loglevel, logfile, log_format)
     app = app_from_context(ctx)
     ref = ctx.find_object(AppRef)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
@@ -84,6 +78,8 @@ def worker(
         shutdown_grace=shutdown_grace,
         app_spec=ref.spec if ref is not None else None,
     )
+    spec = ref.spec if ref is not None else None
+    click.echo(worker_banner(service, app_spec=spec, settings=loglevel.upper() == "DEBUG"))
     if with_beat:
         from conveyor.beat.service import Beat, serve_beside
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
+from conveyor.errors import ResultUnavailable
 from conveyor.results.base import ResultBackend
 from conveyor.results.meta import ResultMeta, State
 from conveyor.sync_loop import SYNC_LOOP
@@ -35,6 +36,8 @@ class AsyncResult:
     """The result of task ``id``: its ``state``, its value (``get``), its error, its traceback.
 
     For a broadcast task, ``collect`` returns every worker's result by worker hostname.
+    A result from a send knows whether results were off for it (``ignored``) and the broadcast
+    queue it went to (``broadcast``): ``get`` then raises ResultUnavailable at once.
     """
 
     def __init__(
@@ -45,8 +48,12 @@ class AsyncResult:
         task_name: str | None = None,
         backend: ResultBackend | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        ignored: bool = False,
+        broadcast: str | None = None,
     ) -> None:
         self.id = id
+        self.ignored = ignored
+        self.broadcast = broadcast
         self.app = app
         self.task_name = task_name
         self._backend = backend
@@ -83,6 +90,22 @@ class AsyncResult:
             raise RuntimeError(
                 "a sync AsyncResult method was called inside the event loop that sent the task; "
                 "use the async twin (await result.aget(), .astate(), ...)"
+            )
+
+    def _check_single(self) -> None:
+        """Refuse to wait for a result that will never be one (see ResultUnavailable)."""
+        what = f"task {self.task_name!r} [{self.id}]" if self.task_name else f"task {self.id}"
+        if self.ignored:
+            raise ResultUnavailable(
+                f"results are off for {what}: it was sent with ignore_result, so no worker "
+                "stores one and get() would only wait out its timeout; send it with "
+                "ignore_result=False (or set the task's ignore_result=False) to get its result"
+            )
+        if self.broadcast is not None:
+            raise ResultUnavailable(
+                f"{what} went to broadcast queue {self.broadcast!r}: every worker consuming it "
+                "runs it and stores a result of its own, so there is no one result to get(); "
+                "use collect(timeout=..., expected=...) for each worker's result by hostname"
             )
 
     def _sync(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -132,8 +155,11 @@ class AsyncResult:
         On FAILURE raise the task's error (its own type when it can be rebuilt here, else
         RemoteTaskError), with the worker's traceback text attached; on REVOKED raise
         TaskRevoked. With ``propagate=False`` return that error instead of raising it.
-        Raises ResultTimeout if nothing final arrives within ``timeout`` seconds.
+        Raises ResultTimeout if nothing final arrives within ``timeout`` seconds, and
+        ResultUnavailable at once for a task sent with ``ignore_result`` or to a broadcast
+        queue.
         """
+        self._check_single()
         meta = self._meta
         if meta is None:
             meta = await self._call(lambda b: b.wait(self.id, timeout=timeout))
@@ -143,6 +169,7 @@ class AsyncResult:
     def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
         """Sync twin of :meth:`aget`."""
         self._check_sync()
+        self._check_single()
         backend = self._backend
         if self._meta is None and backend is not None:
             # A result that comes here unasked (rpc:// replies, redis:// announcements) is

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Protocol, Self
 
 from conveyor.errors import ResultTimeout
 from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.seconds import seconds
 from conveyor.transports.base import Wakeup
 
 if TYPE_CHECKING:
@@ -228,10 +229,10 @@ class ResultBackend(abc.ABC):
 
     def _timeout_error(self, task_id: str, timeout: float | None) -> ResultTimeout:
         """The ResultTimeout every wait for ``task_id`` raises (in time, or closed)."""
-        if self._closed:
+        if self._closed or timeout is None:
             why = ": the result backend closed"
         else:
-            why = f" within {timeout} s; is a worker consuming its queue?"
+            why = f" within {seconds(timeout)}; is a worker consuming its queue?"
         return ResultTimeout(f"no {self._awaited} for task {task_id}{why}{self._timeout_hint}")
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:

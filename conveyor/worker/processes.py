@@ -22,6 +22,7 @@ from multiprocessing.context import SpawnProcess
 from typing import Any
 
 from conveyor.errors import ConfigurationError, TaskError
+from conveyor.logs import LogSetup, configure_logging, current_setup
 from conveyor.results.meta import State
 from conveyor.task import Request, Task, running
 from conveyor.worker.outcome import (
@@ -61,6 +62,18 @@ def load_app_spec(spec: str) -> Any:
     return target
 
 
+def _child_log_setup() -> LogSetup | None:
+    """How a child logs: as this process was set up by ``conveyor worker``; else (a worker
+    built by hand) at the root logger's level, if this process logs anywhere at all."""
+    setup = current_setup()
+    if setup is not None:
+        return setup
+    root = logging.getLogger()
+    if not root.handlers:
+        return None
+    return LogSetup(level=logging.getLevelName(root.getEffectiveLevel()))
+
+
 def _picklable(exc: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
@@ -70,8 +83,10 @@ def _picklable(exc: BaseException) -> BaseException:
     return exc
 
 
-def _child_main(conn: Connection, spec: str, path: list[str]) -> None:
+def _child_main(conn: Connection, spec: str, path: list[str], logs: LogSetup | None) -> None:
     sys.path[:] = path
+    if logs is not None:
+        configure_logging(logs)  # -l, --logfile and --log-format reach the children
     try:
         app = load_app_spec(spec)
     except Exception as exc:
@@ -112,7 +127,7 @@ class _Child:
         self.conn, child_conn = _CTX.Pipe()
         self.process: SpawnProcess = _CTX.Process(
             target=_child_main,
-            args=(child_conn, spec, list(sys.path)),
+            args=(child_conn, spec, list(sys.path), _child_log_setup()),
             name="conveyor-pool",
             daemon=True,
         )

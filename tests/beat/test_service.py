@@ -195,6 +195,5 @@ def test_bad_entries_are_configuration_errors(entry: dict[str, Any], message: st
 
 
 def test_unknown_zone_is_a_configuration_error() -> None:
-    app = App("x", broker="memory://x", config={"timezone": "Nowhere/Land"})
     with pytest.raises(ConfigurationError, match="unknown time zone"):
-        Beat(app)
+        App("x", broker="memory://x", config={"timezone": "Nowhere/Land"})

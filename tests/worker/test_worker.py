@@ -14,7 +14,7 @@ from conveyor.app import App
 from conveyor.errors import (
     NotFound,
     RemoteTaskError,
-    ResultTimeout,
+    ResultUnavailable,
     TaskRevoked,
     TimeLimitExceeded,
 )
@@ -194,7 +194,7 @@ async def test_ignore_result_stores_nothing(app: App, start_worker: StartWorker)
     assert await asyncio.to_thread(ran.wait, 5)
     await asyncio.sleep(0.05)
     assert await result.astate() is State.PENDING
-    with pytest.raises(ResultTimeout):
+    with pytest.raises(ResultUnavailable, match="results are off"):
         await result.aget(timeout=0.1)
 
 

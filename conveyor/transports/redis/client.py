@@ -201,7 +201,7 @@ async def run(
                 async with asyncio.timeout(timeout):
                     return await call()
             except TimeoutError as exc:
-                raise rexc.TimeoutError(f"no answer within {timeout} s") from exc
+                raise rexc.TimeoutError(f"no answer within {timeout:g} s") from exc
         except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
             raise map_error(exc, url, doing) from exc
         except LOST as exc:

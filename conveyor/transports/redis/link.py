@@ -117,7 +117,7 @@ class RedisLink:
             async with asyncio.timeout(self._timeout):
                 return await fut
         except TimeoutError:
-            error = rexc.TimeoutError(f"no reply from Redis within {self._timeout} s")
+            error = rexc.TimeoutError(f"no reply from Redis within {self._timeout:g} s")
             self._drop(conn, waiters, error)
             raise error from None
 

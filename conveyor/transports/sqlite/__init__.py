@@ -20,7 +20,9 @@ should a wake-up be lost.
 URL forms: ``sqlite:///absolute/path/broker.db``, ``sqlite://relative/path/broker.db``; options
 as query parameters or ``broker_transport_options``: ``lease``, ``poll_interval``,
 ``busy_timeout`` (seconds to wait for the write lock, default 30) and ``synchronous``
-(``normal`` or ``full``). :func:`default_broker_url` names the default file.
+(``normal`` or ``full``). :func:`default_broker_url` names the default file: one per user and
+machine, in :func:`state_directory`, so every process of that user meets on it whatever its
+working directory.
 
 The package: :mod:`.schema` (the tables and how a file is known as conveyor's), :mod:`.codec`
 (entities and messages in rows), :mod:`.database`, :mod:`.wakeup`, :mod:`.storage` (the
@@ -35,6 +37,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 from urllib.parse import unquote, urlsplit
 
+import platformdirs
+
 from conveyor.errors import ConfigurationError
 from conveyor.transports.base import Capabilities
 from conveyor.transports.sqlite.schema import SCHEMA_VERSION
@@ -45,18 +49,44 @@ from conveyor.urls import parse_options
 __all__ = [
     "DEFAULT_DATABASE_NAME",
     "SCHEMA_VERSION",
+    "STATE_DIR_ENV",
     "SQLiteStorage",
     "SQLiteTransport",
     "database_path",
     "default_broker_url",
+    "state_directory",
 ]
 
 DEFAULT_DATABASE_NAME = "conveyor-broker.db"
+STATE_DIR_ENV = "CONVEYOR_STATE_DIR"
+
+
+def state_directory() -> Path:
+    """Where conveyor keeps this user's state on this machine (the default broker's file):
+    ``$CONVEYOR_STATE_DIR`` if set, else the platform's per-user state directory
+    (``$XDG_STATE_HOME/conveyor``, by default ``~/.local/state/conveyor``, on Linux;
+    ``~/Library/Application Support/conveyor`` on macOS; ``%LOCALAPPDATA%\\conveyor`` on
+    Windows). Created (only the owner may enter it) if missing; ConfigurationError if it
+    cannot be.
+    """
+    given = os.environ.get(STATE_DIR_ENV)
+    path = Path(given) if given else Path(platformdirs.user_state_dir("conveyor", False))
+    path = path.expanduser().absolute()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create conveyor's state directory {path} ({exc.strerror}): set "
+            f"{STATE_DIR_ENV} to a directory you can write, or give a broker URL "
+            "(CONVEYOR_BROKER_URL or the broker_url setting)"
+        ) from exc
+    return path
 
 
 def default_broker_url(directory: str | os.PathLike[str] | None = None) -> str:
-    """The broker URL used when none is configured: a file in ``directory`` (default: cwd)."""
-    base = Path(directory) if directory is not None else Path.cwd()
+    """The broker URL used when none is configured: ``conveyor-broker.db`` in ``directory``,
+    by default the user's :func:`state_directory` (created if missing)."""
+    base = Path(directory) if directory is not None else state_directory()
     return f"sqlite://{(base / DEFAULT_DATABASE_NAME).absolute()}"
 
 

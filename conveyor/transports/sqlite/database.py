@@ -168,7 +168,7 @@ class Database:
     def _unavailable(self, exc: sqlite3.Error) -> BrokerUnavailable:
         if is_busy(exc):
             return BrokerUnavailable(
-                f"the {self.what} {self.path} stayed locked for over {self._busy_timeout}s "
+                f"the {self.what} {self.path} stayed locked for over {self._busy_timeout:g} s "
                 "(another process holds it): retry, or raise busy_timeout"
             )
         return BrokerUnavailable(f"the {self.what} {self.path} failed: {exc}")

@@ -65,10 +65,33 @@ def test_malformed_urls_are_configuration_errors(url: str) -> None:
         open_transport(url)
 
 
-def test_default_url_is_a_file_in_the_working_directory(tmp_path: Path) -> None:
+def test_default_url_is_a_file_in_the_users_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = default_broker_url(tmp_path)
     assert database_path(url) == tmp_path / DEFAULT_DATABASE_NAME
-    assert database_path(default_broker_url()) == Path.cwd() / DEFAULT_DATABASE_NAME
+    state = tmp_path / "state" / "made"
+    monkeypatch.setenv("CONVEYOR_STATE_DIR", str(state))
+    assert database_path(default_broker_url()) == state / DEFAULT_DATABASE_NAME
+    assert state.is_dir()
+    assert (state.stat().st_mode & 0o777) == 0o700
+    monkeypatch.chdir(tmp_path)
+    assert database_path(default_broker_url()) == state / DEFAULT_DATABASE_NAME
+
+
+def test_an_unusable_state_directory_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CONVEYOR_STATE_DIR", str(blocker / "state"))
+    with pytest.raises(ConfigurationError) as caught:
+        default_broker_url()
+    assert str(caught.value) == (
+        f"cannot create conveyor's state directory {blocker / 'state'} (Not a directory): set "
+        "CONVEYOR_STATE_DIR to a directory you can write, or give a broker URL "
+        "(CONVEYOR_BROKER_URL or the broker_url setting)"
+    )
 
 
 async def test_unusable_paths_are_clear_errors(tmp_path: Path) -> None:
