@@ -34,7 +34,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,6 +59,7 @@ from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
 from conveyor.worker.outcome import NotStarted, OnValue, Outcome
 from conveyor.worker.pools import POOLS, Pool
+from conveyor.worker.refusal import named_task, refusal_reason, unsettled_reason
 
 __all__ = ["DEAD_LETTER_HEADERS", "Worker"]
 
@@ -365,13 +366,8 @@ class Worker:
     async def _handle(self, delivery: Delivery) -> None:
         try:
             message = decode_task(delivery.envelope, self.app.conf.accept_content)
-        except ProtocolError as exc:
-            header = delivery.envelope.headers.get("task")
-            await self.dead_letter(
-                delivery,
-                f"undecodable message: {exc}",
-                header if isinstance(header, str) else None,
-            )
+        except Exception as exc:  # whatever decoding raises, the message must not stay unacked
+            await self.dead_letter(delivery, refusal_reason(exc), named_task(delivery.envelope))
             return
         task = self.app.tasks.get(message.task)
         if task is None:
@@ -433,10 +429,11 @@ class Worker:
         store = not (task.ignore_result or message.ignore_result)
         now = time.time()
         if _expired(message, now):
-            await self._revoke_expired(delivery, message, task, request, store)
+            step = self._revoke_expired(delivery, message, task, request, store)
+            await self._settle_unrun(delivery, message, step)
             return
         if _not_due(message, now):
-            await self._postpone(delivery, message, now)
+            await self._settle_unrun(delivery, message, self._postpone(delivery, message, now))
             return
         if not task.acks_late:
             await self._ack(delivery)
@@ -476,6 +473,19 @@ class Worker:
             await self._store(request, self._failure(message, task, outcome), delivery)
         await self._ack(delivery)
         self._hook("after_task", request, outcome, reverse=True)
+
+    async def _settle_unrun(
+        self, delivery: Delivery, message: TaskMessage, step: Coroutine[Any, Any, None]
+    ) -> None:
+        """Await ``step``, which settles a message without running it (revoke, postpone); if it
+        fails for a reason other than a lost broker (which gives the message back anyway), the
+        message is dead-lettered with that reason instead of staying unacked."""
+        try:
+            await step
+        except BrokerUnavailable:
+            raise
+        except Exception as exc:
+            await self.dead_letter(delivery, unsettled_reason(exc), message.task)
 
     async def _postpone(self, delivery: Delivery, message: TaskMessage, now: float) -> None:
         """Not due yet (a client without delayed delivery sent it): re-published with the
