@@ -80,6 +80,17 @@ async def client(broker: str) -> AsyncIterator[App]:
     await app.aclose()
 
 
+@pytest.fixture
+async def names(client: App) -> AsyncIterator[tuple[str, str]]:
+    """A queue and a dead-letter queue of this test's own, deleted afterwards."""
+    suffix = uuid.uuid4().hex[:8]
+    queue, dead = f"poison-{suffix}", f"poison-dead-{suffix}"
+    yield queue, dead
+    transport = await client.atransport()
+    for name in (queue, dead):
+        await transport.delete_queue(name)
+
+
 @contextmanager
 def worker_process(tmp: Path, broker: str, queue: str, dead: str) -> Iterator[WorkerProcess]:
     """``conveyor worker -c 1`` on ``queue`` in a child process, stopped afterwards."""
@@ -112,10 +123,9 @@ async def _drain(transport: Transport, queue: str, want: int, timeout: float) ->
 
 
 async def test_poison_messages_are_dead_lettered_and_the_good_ones_run(
-    broker: str, client: App, tmp_path: Path
+    broker: str, client: App, names: tuple[str, str], tmp_path: Path
 ) -> None:
-    suffix = uuid.uuid4().hex[:8]
-    queue, dead = f"poison-{suffix}", f"poison-dead-{suffix}"
+    queue, dead = names
     transport = await client.atransport()
     await transport.declare_queue(Queue(queue))
     await transport.declare_queue(Queue(dead))
@@ -167,3 +177,70 @@ async def test_poison_messages_are_dead_lettered_and_the_good_ones_run(
         assert reasons[task_id].startswith("undecodable message: ")
     stats = await transport.queue_stats(queue)
     assert (stats.ready, stats.unacked) == (0, 0)
+
+
+async def test_a_decoder_defect_dead_letters_naming_the_exception(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Not a ProtocolError (a defect in a decoder): still dead-lettered, never left unacked."""
+    import conveyor.worker.worker as worker_module
+
+    def broken(envelope: Envelope, accept: object) -> object:
+        raise OverflowError("an overflow nobody foresaw")
+
+    monkeypatch.setattr(worker_module, "decode_task", broken)
+    broker = f"memory://poison-{uuid.uuid4().hex}"
+    app = App("poison", broker=broker, result_backend="memory://")
+    transport = await app.atransport()
+    await transport.declare_queue(Queue("defect"))
+    await transport.declare_queue(Queue("dead_letter"))
+    for n in range(6):
+        await transport.publish(_v2(f"defect-{n}"), routing_key="defect")
+    worker = Worker(app, queues=["defect"], concurrency=1, shutdown_grace=1.0)
+    await worker.start()
+    try:
+        letters = await _drain(transport, "dead_letter", 6, timeout=10)
+    finally:
+        await worker.stop()
+        await app.aclose()
+    assert len(letters) == 6
+    reason = letters[0].headers["x-conveyor-dead-letter-reason"]
+    assert reason == "undecodable message: OverflowError: an overflow nobody foresaw"
+
+
+async def test_an_eta_beyond_rabbitmq_delays_is_dead_lettered(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    """A Celery client's eta 1000 years ahead: the worker cannot postpone it on RabbitMQ (delays
+    reach about 49.7 days), so it dead-letters it saying so, and goes on with the next."""
+    app = App("poison-client", broker=rabbitmq_url, result_backend="memory://")
+    suffix = uuid.uuid4().hex[:8]
+    queue, dead = f"poison-{suffix}", f"poison-dead-{suffix}"
+    transport = await app.atransport()
+    await transport.declare_queue(Queue(queue))
+    await transport.declare_queue(Queue(dead))
+    try:
+        for n in range(5):
+            await transport.publish(
+                _v2(f"far-{n}", eta="3026-01-01T00:00:00+00:00"), routing_key=queue
+            )
+        log = tmp_path / "ran.log"
+        good = Envelope(
+            body=orjson.dumps([["good", str(log)], {}, _NO_EMBED]),
+            headers={"task": "poison.record", "id": "good"},
+        )
+        await transport.publish(good, routing_key=queue)
+        with worker_process(tmp_path, rabbitmq_url, queue, dead) as process:
+            letters = await _drain(transport, dead, 5, timeout=30)
+            deadline = time.monotonic() + 20
+            while not log.exists():
+                assert time.monotonic() < deadline, process.output()
+                await asyncio.sleep(0.05)
+        assert len(letters) == 5, process.output()
+        reason = str(letters[0].headers["x-conveyor-dead-letter-reason"])
+        assert reason.startswith("could not postpone or revoke the task: a delay of"), reason
+        assert "RabbitMQ" in reason
+    finally:
+        await transport.delete_queue(queue)
+        await transport.delete_queue(dead)
+        await app.aclose()
