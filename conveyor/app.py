@@ -35,11 +35,13 @@ from conveyor.config import Settings
 from conveyor.errors import ConfigurationError, Unroutable
 from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskArgs, TaskOptions
 from conveyor.protocol.envelope import Envelope
+from conveyor.protocol.signing import MessageSigning
 from conveyor.results import ResultBackend, open_backend
 from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
 from conveyor.routing.router import Route, Router
 from conveyor.routing.settings import ROUTING_SETTING_NAMES
+from conveyor.security import SigningSettings
 from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
@@ -161,6 +163,7 @@ class App:
         if result_backend is not None:
             self.conf.result_backend = result_backend
         self._tasks: dict[str, Task] = {}
+        self._signing = SigningSettings()
         self._router: Router | None = None
         self._router_values: tuple[Any, ...] = ()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
@@ -193,6 +196,12 @@ class App:
             router = self._router = Router(self.conf.routing_settings())
             self._router_values = values
         return router
+
+    @property
+    def signing(self) -> MessageSigning | None:
+        """Message signing as the ``security_*`` settings ask (None: off), rebuilt when one is
+        reassigned. Raises ConfigurationError for a wrong one (see :mod:`conveyor.security`)."""
+        return self._signing.get(self.conf, self.main)
 
     @property
     def broker_url(self) -> str:
@@ -359,6 +368,8 @@ class App:
             reply_to = await backend.prepare_reply()
             res.reply_to, res.reply_from = reply_to, backend
         tid, envelope = plan.message(reply_to)
+        if (signing := self.signing) is not None:
+            envelope = signing.sign(envelope)
         return await self._publish_task(plan, tid, envelope, backend)
 
     async def _publish_task(
@@ -479,6 +490,8 @@ class App:
                 return None
             reply_to = res.reply_to
         tid, envelope = plan.message(reply_to)
+        if (signing := self.signing) is not None:
+            envelope = signing.sign(envelope)
         wakeup = Wakeup()
         watching = (
             backend is not None

@@ -39,6 +39,7 @@ from conveyor.routing.entities import FrozenMapping
 __all__ = [
     "CONTENT_TYPES",
     "MAX_RETRIES",
+    "STANDARD_HEADERS",
     "TaskMessage",
     "decode_task",
     "dumps",
@@ -57,7 +58,7 @@ _REPR_LIMIT = 1024
 MAX_RETRIES = 2**31 - 1
 _NO_TIMELIMIT = [None, None]
 _NO_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-_STANDARD_HEADERS = frozenset(
+STANDARD_HEADERS = _STANDARD_HEADERS = frozenset(
     {
         "lang",
         "task",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from conveyor.errors import ConveyorError, ProtocolError
+from conveyor.errors import ConveyorError, ProtocolError, SignatureError
 from conveyor.protocol.describe import brief
 from conveyor.protocol.envelope import Envelope
 
@@ -28,11 +28,13 @@ def _cause(exc: BaseException) -> str:
 
 
 def refusal_reason(exc: BaseException) -> str:
-    """The dead-letter reason for a message whose decoding raised ``exc``.
+    """The dead-letter reason for a message whose decoding (or signature check) raised ``exc``.
 
     A ProtocolError is the expected case: its text says what is wrong with the message. Any
     other exception is a decoder defect; it is logged with its traceback as well.
     """
+    if isinstance(exc, SignatureError):
+        return f"refused: {exc}"
     if not isinstance(exc, ProtocolError):
         log.error("decoding a message raised %s", type(exc).__name__, exc_info=exc)
     return f"undecodable message: {_cause(exc)}"

@@ -48,6 +48,7 @@ from conveyor.errors import (
     Unroutable,
 )
 from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS, dead_letter_headers
+from conveyor.protocol.signing import MessageSigning
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
 from conveyor.results.base import ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State
@@ -151,6 +152,7 @@ class Worker:
         self._service: list[asyncio.Task[None]] = []
         self._stop_task: asyncio.Task[None] | None = None
         self._dead_letter_declared = False
+        self._signing: MessageSigning | None = None
 
     def _make_pool(self, name: str, app_spec: str | None) -> Pool:
         if name == "processes":
@@ -184,6 +186,7 @@ class Worker:
         Raises ConfigurationError/RoutingError for a queue name the router cannot resolve,
         BrokerUnavailable if the broker cannot be reached.
         """
+        self._signing = self.app.signing
         transport = self._transport = await self.app.atransport()
         self._backend = await self.app.abackend()
         await self.pool.start()
@@ -365,6 +368,8 @@ class Worker:
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
+            if self._signing is not None:
+                self._signing.verify(delivery.envelope)
             message = decode_task(delivery.envelope, self.app.conf.accept_content)
         except Exception as exc:  # whatever decoding raises, the message must not stay unacked
             await self.dead_letter(delivery, refusal_reason(exc), named_task(delivery.envelope))
@@ -411,6 +416,8 @@ class Worker:
         transport = self._transport
         assert transport is not None
         envelope = encode_task(message, self.app.conf.task_serializer)
+        if self._signing is not None:
+            envelope = self._signing.sign(envelope)
         await transport.publish(
             envelope,
             exchange="",
