@@ -27,7 +27,7 @@ import operator
 import os
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 from urllib.parse import urlsplit
 
 from conveyor import sending
@@ -35,7 +35,6 @@ from conveyor.config import Settings
 from conveyor.errors import ConfigurationError, Unroutable
 from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskArgs, TaskOptions
 from conveyor.protocol.envelope import Envelope
-from conveyor.protocol.signing import MessageSigning
 from conveyor.results import ResultBackend, open_backend
 from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
@@ -46,6 +45,9 @@ from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
+
+if TYPE_CHECKING:
+    from conveyor.protocol.signing import MessageSigning
 
 __all__ = ["App", "default_broker_url"]
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import operator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.config import Settings
 from conveyor.errors import ConfigurationError
-from conveyor.protocol.signing import MessageSigning, load_private_key, load_public_key
+
+if TYPE_CHECKING:  # imported when signing is on: cryptography takes a while to load
+    from conveyor.protocol.signing import MessageSigning
 
 __all__ = ["SigningSettings", "message_signing"]
 
@@ -57,6 +59,10 @@ def message_signing(conf: Settings, default_key_id: str | None) -> MessageSignin
     secret, an unreadable or unusable key file, trusted keys without a key of one's own.
     """
     secret, key = conf.security_secret, conf.security_key
+    if secret is None and key is None and not conf.security_trusted_keys:
+        return None
+    from conveyor.protocol.signing import MessageSigning, load_private_key, load_public_key
+
     if secret is not None and key is not None:
         raise ConfigurationError(
             "set security_secret (a shared secret) or security_key (a key pair), not both"

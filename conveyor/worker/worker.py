@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.app import App
 from conveyor.errors import (
@@ -48,7 +48,6 @@ from conveyor.errors import (
     Unroutable,
 )
 from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS, dead_letter_headers
-from conveyor.protocol.signing import MessageSigning
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
 from conveyor.results.base import ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State
@@ -61,6 +60,9 @@ from conveyor.worker.middleware import Middleware
 from conveyor.worker.outcome import NotStarted, OnValue, Outcome
 from conveyor.worker.pools import POOLS, Pool
 from conveyor.worker.refusal import named_task, refusal_reason, unsettled_reason
+
+if TYPE_CHECKING:
+    from conveyor.protocol.signing import MessageSigning
 
 __all__ = ["DEAD_LETTER_HEADERS", "Worker"]
 
