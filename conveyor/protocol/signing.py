@@ -11,7 +11,8 @@ unsigned, signed by a key it does not trust, or changed since it was signed. Two
   keys they trust, by key id, so a worker's key cannot be used to forge another service's send.
 
 The signature covers what decides what runs: the body (arguments, or the whole protocol v1
-message), the content type and encoding, ``correlation_id``, ``reply_to`` and the task protocol's
+message), the content type and encoding, ``correlation_id``, ``reply_to`` (RabbitMQ's direct
+reply-to as the name the sender gave) and the task protocol's
 standard headers (``task``, ``id``, ``eta``, ``expires``, ``retries``, ``timelimit``, ...).
 Other headers (custom ones, and those brokers and dead-lettering add en route) are not
 covered. It travels in two headers, ``x-conveyor-signer`` (the key id) and
@@ -25,6 +26,7 @@ import base64
 import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -49,6 +51,7 @@ SIGNER_HEADER = "x-conveyor-signer"
 SIGNATURE_HEADER = "x-conveyor-signature"
 _VERSION = "conveyor-signature-1"
 _SECRET_KEY_ID = "shared-secret"
+_DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 Sign = Callable[[bytes], bytes]
 Verify = Callable[[bytes, bytes], None]  # (signature, data); raises InvalidSignature
@@ -58,13 +61,16 @@ def signed_content(envelope: Envelope) -> bytes:
     """The bytes a message's signature is over (see the module's text for what they hold)."""
     headers = envelope.headers
     covered = {k: headers[k] for k in STANDARD_HEADERS if k in headers}
+    reply_to = envelope.reply_to
+    if reply_to is not None and reply_to.startswith(_DIRECT_REPLY_TO):
+        reply_to = _DIRECT_REPLY_TO  # RabbitMQ names the caller's channel on delivery
     head = orjson.dumps(
         [
             _VERSION,
             envelope.content_type,
             envelope.content_encoding,
             envelope.correlation_id,
-            envelope.reply_to,
+            reply_to,
             covered,
         ],
         option=orjson.OPT_SORT_KEYS,
@@ -176,34 +182,47 @@ class MessageSigning:
             }
         )
 
+    def signature(self, content: bytes) -> tuple[str, str]:
+        """``(key id, base64 signature)`` of ``content`` (for what is not an envelope)."""
+        return self.key_id, base64.b64encode(self.sign_bytes(content)).decode("ascii")
+
     def verify(self, envelope: Envelope) -> str:
         """Return the key id that signed ``envelope``; raise SignatureError saying why not
         (unsigned, signed by a key not trusted here, or changed since it was signed)."""
         headers = envelope.headers
-        signer = headers.get(SIGNER_HEADER)
-        encoded = headers.get(SIGNATURE_HEADER)
+        return self.check(
+            headers.get(SIGNER_HEADER),
+            headers.get(SIGNATURE_HEADER),
+            signed_content(envelope),
+            what="message",
+            fix="sign it on the sending side with the same security_* settings",
+        )
+
+    def check(self, signer: Any, encoded: Any, content: bytes, *, what: str, fix: str) -> str:
+        """Return ``signer`` if ``encoded`` is its valid signature of ``content``; else raise
+        SignatureError naming ``what`` was refused and why (``fix`` says what to do when it
+        is unsigned)."""
         if signer is None and encoded is None:
             raise SignatureError(
-                "unsigned message: this worker only runs signed messages (security_* settings); "
-                "sign it on the sending side with the same settings"
+                f"unsigned {what}: only signed ones are accepted here (security_* settings); {fix}"
             )
         if not isinstance(signer, str) or not isinstance(encoded, str):
             raise SignatureError(
-                f"malformed signature headers: {SIGNER_HEADER}={brief(signer)}, "
-                f"{SIGNATURE_HEADER}={brief(encoded)}"
+                f"malformed signature on the {what}: signer {brief(signer)}, "
+                f"signature {brief(encoded)}"
             )
         verify = self.trusted.get(signer)
         if verify is None:
             raise SignatureError(
-                f"message signed by key {brief(signer)}, which this worker does not trust; add "
-                "its public key to security_trusted_keys if it should"
+                f"{what} signed by key {brief(signer)}, which is not trusted here; add its "
+                "public key to security_trusted_keys if it should be"
             )
         try:
             signature = base64.b64decode(encoded, validate=True)
-            verify(signature, signed_content(envelope))
+            verify(signature, content)
         except (InvalidSignature, binascii.Error, ValueError) as exc:
             raise SignatureError(
-                f"bad signature by key {signer!r}: the message was changed after it was signed, "
-                "or signed with another key under that name"
+                f"bad signature by key {signer!r} on the {what}: it was changed after it was "
+                "signed, or signed with another key under that name"
             ) from exc
         return signer

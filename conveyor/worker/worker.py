@@ -51,6 +51,7 @@ from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS, dead_letter_head
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
 from conveyor.results.base import ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State
+from conveyor.results.signed import sign_result
 from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
@@ -300,6 +301,7 @@ class Worker:
         FAILURE that says so."""
         backend = self._backend
         assert backend is not None
+        signing = self._signing
         kept = StoreRequest(
             meta,
             reply_to=request.reply_to,
@@ -307,11 +309,15 @@ class Worker:
             per_worker=delivery.queue in self.broadcast_queues,
         )
         try:
+            if signing is not None:
+                kept = replace(kept, meta=sign_result(meta, signing))
             await backend.store(kept)
         except ProtocolError as exc:
             log.error("task %s[%s]: %s", request.task, request.id, exc)
             bad = ResultMeta.failure(request.id, exc, None, worker=self.hostname, task=request.task)
-            await backend.store(replace(kept, meta=bad))
+            await backend.store(
+                replace(kept, meta=sign_result(bad, signing) if signing is not None else bad)
+            )
 
     async def dead_letter(self, delivery: Delivery, reason: str, task_name: str | None) -> None:
         """Move ``delivery`` to its queue's dead-letter exchange, or else to the
@@ -573,9 +579,13 @@ class Worker:
         reply_to = request.reply_to
         correlation_id = request.correlation_id or request.id
 
+        signing = self._signing
+
         def store(value: Any) -> bool:
             try:
                 meta = self._success(message, task, value)
+                if signing is not None:
+                    meta = sign_result(meta, signing)
                 return backend.store_from_thread(
                     StoreRequest(meta, reply_to=reply_to, correlation_id=correlation_id)
                 )
