@@ -27,7 +27,7 @@ import operator
 import os
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 from urllib.parse import urlsplit
 
 from conveyor import sending
@@ -41,10 +41,14 @@ from conveyor.routing.entities import Broadcast, Exchange, Queue
 from conveyor.routing.router import Route, Router
 from conveyor.routing.settings import ROUTING_SETTING_NAMES
 from conveyor.settings_check import check_settings
+from conveyor.security import SigningSettings
 from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
+
+if TYPE_CHECKING:
+    from conveyor.protocol.signing import MessageSigning
 
 __all__ = ["App", "default_broker_url"]
 
@@ -165,6 +169,7 @@ class App:
         if result_backend is not None:
             self.conf.result_backend = result_backend
         self._tasks: dict[str, Task] = {}
+        self._signing = SigningSettings()
         self._router: Router | None = None
         self._router_values: tuple[Any, ...] = ()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
@@ -205,6 +210,12 @@ class App:
             router = self._router = Router(self.conf.routing_settings())
             self._router_values = values
         return router
+
+    @property
+    def signing(self) -> MessageSigning | None:
+        """Message signing as the ``security_*`` settings ask (None: off), rebuilt when one is
+        reassigned. Raises ConfigurationError for a wrong one (see :mod:`conveyor.security`)."""
+        return self._signing.get(self.conf, self.main)
 
     @property
     def broker_url(self) -> str:
@@ -371,6 +382,8 @@ class App:
             reply_to = await backend.prepare_reply()
             res.reply_to, res.reply_from = reply_to, backend
         tid, envelope = plan.message(reply_to)
+        if (signing := self.signing) is not None:
+            envelope = signing.sign(envelope)
         return await self._publish_task(plan, tid, envelope, backend)
 
     async def _publish_task(
@@ -491,6 +504,8 @@ class App:
                 return None
             reply_to = res.reply_to
         tid, envelope = plan.message(reply_to)
+        if (signing := self.signing) is not None:
+            envelope = signing.sign(envelope)
         wakeup = Wakeup()
         watching = (
             backend is not None

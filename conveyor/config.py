@@ -57,6 +57,13 @@ class Settings:
     beat_lease: float = 5.0  # seconds a dead leader's lease outlives it
     beat_grace: float = 2.0  # seconds late a due time may be and still count as on time
 
+    # Message signing (off unless one of secret/key is set; see conveyor/security.py).
+    security_secret: str | bytes | None = None  # shared secret: HMAC-SHA256
+    security_key: str | bytes | None = None  # this service's private key: a PEM file's path, or PEM
+    security_key_password: str | bytes | None = None
+    security_key_id: str | None = None  # the name it signs as (default: the app's main name)
+    security_trusted_keys: Mapping[str, str | bytes] = field(default_factory=dict)  # id -> public
+
     def routing_settings(self) -> RoutingSettings:
         """A frozen snapshot of the settings that route (what a Router is built from)."""
         return RoutingSettings(
@@ -94,7 +101,7 @@ class Settings:
             # settings (those starting with a known prefix) are checked strictly.
             strict = False
         known = self.names()
-        prefixes = ("task_", "worker_", "broker_", "result_", "beat_")
+        prefixes = ("task_", "worker_", "broker_", "result_", "beat_", "security_")
         for name, value in items.items():
             if name in known:
                 setattr(self, name, value)

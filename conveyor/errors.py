@@ -5,6 +5,7 @@
     │   ├── TopologyError           an exchange, queue or binding definition is invalid
     │   └── RoutingError            a route cannot be resolved (unknown queue, bad router)
     ├── ProtocolError               a message cannot be encoded or decoded
+    │   └── SignatureError          a message is unsigned, or its signature is not trusted
     ├── TransportError              the broker refused or failed an operation
     │   ├── BrokerUnavailable       cannot connect, or the connection was lost for good
     │   ├── NotFound                the exchange or queue does not exist
@@ -39,6 +40,7 @@ __all__ = [
     "ResultUnavailable",
     "Retry",
     "RoutingError",
+    "SignatureError",
     "TaskError",
     "TaskRevoked",
     "TimeLimitExceeded",
@@ -140,3 +142,8 @@ class RemoteTaskError(TaskError):
         super().__init__(message)
         self.exc_type = exc_type
         self.remote_traceback = remote_traceback
+
+
+class SignatureError(ProtocolError):
+    """A message is unsigned, signed by a key not trusted here, or changed since it was signed
+    (message signing, ``security_*`` settings); the worker dead-letters it with this reason."""

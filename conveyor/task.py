@@ -218,7 +218,7 @@ class Task:
         if self.retry_backoff is False:
             return float(self.default_retry_delay)
         base = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
-        return float(min(self.retry_backoff_max, base * (2**retries)))
+        return float(min(self.retry_backoff_max, base * (2 ** min(retries, 64))))
 
     def retry(
         self,

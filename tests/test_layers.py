@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "conveyor.testing",
             "conveyor.logs",
             "conveyor.settings_check",
+            "conveyor.security",
         ),
     ),
     ("services", ("conveyor.worker", "conveyor.beat")),

@@ -17,6 +17,7 @@ import orjson
 
 from conveyor._frozen import fast_init
 from conveyor.errors import ProtocolError
+from conveyor.protocol.describe import brief
 from conveyor.routing.entities import MAX_PRIORITY, FrozenMapping
 
 __all__ = ["Envelope"]
@@ -29,10 +30,12 @@ _PLAIN = frozenset((str, int, bool, type(None)))
 
 def _check_header_value(key: str, value: Any, depth: int = 0) -> None:
     if depth > 32:
-        raise ProtocolError(f"header {key!r} is nested too deeply")
+        raise ProtocolError(f"header {brief(key)} is nested more than 32 levels deep")
     if isinstance(value, _JSON_SCALARS):
         if isinstance(value, float) and not math.isfinite(value):
-            raise ProtocolError(f"header {key!r} is {value}: only finite numbers travel in headers")
+            raise ProtocolError(
+                f"header {brief(key)} is {value}: only finite numbers travel in headers"
+            )
         return
     if isinstance(value, (list, tuple)):
         for item in value:
@@ -41,13 +44,37 @@ def _check_header_value(key: str, value: Any, depth: int = 0) -> None:
     if isinstance(value, Mapping):
         for k, item in value.items():
             if not isinstance(k, str):
-                raise ProtocolError(f"header {key!r} has a non-string key {k!r}")
+                raise ProtocolError(f"header {brief(key)} has a non-string key {brief(k)}")
             _check_header_value(key, item, depth + 1)
         return
     raise ProtocolError(
-        f"header {key!r} holds a {type(value).__name__}; headers carry only JSON values "
+        f"header {brief(key)} holds a {type(value).__name__}; headers carry only JSON values "
         "(str, int, float, bool, None, lists and dicts of these)"
     )
+
+
+_TEXT_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "correlation_id",
+    "reply_to",
+    "message_id",
+    "type",
+    "app_id",
+)
+
+
+def _check_stored_properties(meta: dict[str, Any]) -> None:
+    """Raise ProtocolError unless the stored properties have the types the fields declare
+    (construction checks only what the hot path needs: priority, expiration, headers)."""
+    for name in _TEXT_PROPERTIES:
+        value = meta.get(name)
+        if value is not None and type(value) is not str:
+            raise ProtocolError(f"stored property {name!r} must be a string, got {brief(value)}")
+    for name in ("expiration", "timestamp"):
+        value = meta.get(name)
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
+            raise ProtocolError(f"stored property {name!r} must be a number, got {brief(value)}")
 
 
 @fast_init
@@ -83,11 +110,11 @@ class Envelope:
             object.__setattr__(self, "body", bytes(self.body))
         headers = self.headers
         if type(headers) is not dict and not isinstance(headers, Mapping):
-            raise ProtocolError(f"envelope headers must be a mapping, got {headers!r}")
+            raise ProtocolError(f"envelope headers must be a mapping, got {brief(headers)}")
         plain = _PLAIN
         for key, value in headers.items():
             if type(key) is not str and not isinstance(key, str):
-                raise ProtocolError(f"header names must be strings, got {key!r}")
+                raise ProtocolError(f"header names must be strings, got {brief(key)}")
             if type(value) not in plain:
                 _check_header_value(key, value)
         if type(headers) is not FrozenMapping:
@@ -98,14 +125,16 @@ class Envelope:
             or not 0 <= self.priority <= MAX_PRIORITY
         ):
             raise ProtocolError(
-                f"priority must be an integer 0..{MAX_PRIORITY}, got {self.priority!r}"
+                f"priority must be an integer 0..{MAX_PRIORITY}, got {brief(self.priority)}"
             )
         if self.expiration is not None and (
             not isinstance(self.expiration, (int, float)) or self.expiration < 0
         ):
-            raise ProtocolError(f"expiration must be zero or more seconds, got {self.expiration!r}")
+            raise ProtocolError(
+                f"expiration must be zero or more seconds, got {brief(self.expiration)}"
+            )
         if self.delivery_mode not in (1, 2):
-            raise ProtocolError(f"delivery_mode must be 1 or 2, got {self.delivery_mode!r}")
+            raise ProtocolError(f"delivery_mode must be 1 or 2, got {brief(self.delivery_mode)}")
 
     def properties(self) -> dict[str, Any]:
         """Every property except body and headers, with None values left out."""
@@ -141,6 +170,7 @@ class Envelope:
             meta = orjson.loads(data[start : start + size])
             if not isinstance(meta, dict):
                 raise ValueError("header block is not an object")
+            _check_stored_properties(meta)
             body = data[start + size :]
             return cls(body=bytes(body), **meta)
         except (struct.error, orjson.JSONDecodeError, ValueError, TypeError) as exc:

@@ -32,11 +32,14 @@ import orjson
 
 from conveyor._frozen import fast_init
 from conveyor.errors import ProtocolError
+from conveyor.protocol.describe import brief
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import FrozenMapping
 
 __all__ = [
     "CONTENT_TYPES",
+    "MAX_RETRIES",
+    "STANDARD_HEADERS",
     "TaskMessage",
     "decode_task",
     "dumps",
@@ -51,9 +54,11 @@ PICKLE = "application/x-python-serialize"
 CONTENT_TYPES: dict[str, tuple[str, str]] = {"json": (JSON, "utf-8"), "pickle": (PICKLE, "binary")}
 _NAMES = {ct: name for name, (ct, _) in CONTENT_TYPES.items()}
 _REPR_LIMIT = 1024
+# A retry count past any real one: a message claiming more is refused, not backed off from.
+MAX_RETRIES = 2**31 - 1
 _NO_TIMELIMIT = [None, None]
 _NO_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-_STANDARD_HEADERS = frozenset(
+STANDARD_HEADERS = _STANDARD_HEADERS = frozenset(
     {
         "lang",
         "task",
@@ -107,14 +112,14 @@ def loads(body: bytes, content_type: str, accept: Collection[str] = ("json",)) -
 
     Raises ProtocolError when the content type is unknown or not accepted, or the body is bad.
     """
-    name = _NAMES.get(content_type)
+    name = _NAMES.get(content_type) if type(content_type) is str else None
     if name is None:
         raise ProtocolError(
-            f"unsupported content type {content_type!r}: conveyor reads {', '.join(_NAMES)}"
+            f"unsupported content type {brief(content_type)}: conveyor reads {', '.join(_NAMES)}"
         )
     if name not in accept:
         raise ProtocolError(
-            f"refusing a {name} message (content type {content_type!r}): only "
+            f"refusing a {name} message (content type {brief(content_type)}): only "
             f"{', '.join(accept) or 'nothing'} is accepted; add {name!r} to accept_content "
             "only if every sender is trusted"
         )
@@ -133,21 +138,29 @@ def parse_time(value: Any, what: str) -> datetime | None:
     """An ISO 8601 header value (or epoch seconds) as an aware datetime; None stays None.
 
     Naive times are taken as UTC, as Celery with ``enable_utc`` writes them.
+    Raises ProtocolError for anything else, and for a time out of datetime's range (years
+    1..9999) or one whose epoch seconds the platform cannot hold: the worker compares both.
     """
     if value is None:
         return None
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, datetime):
+            parsed = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            parsed = datetime.fromtimestamp(value, UTC)
+        elif isinstance(value, str):
             parsed = datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise ProtocolError(f"header {what!r} is not an ISO 8601 time: {value!r}") from exc
-    else:
-        raise ProtocolError(f"header {what!r} is not a time: {value!r}")
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        else:
+            raise ProtocolError(f"header {what!r} is not a time: {brief(value)}")
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        parsed.timestamp()  # out of range (a far year with an offset) raises here, not later
+    except (ValueError, OverflowError, OSError) as exc:
+        raise ProtocolError(
+            f"header {what!r} is not a time conveyor can use: {brief(value)} ({exc}); send "
+            "an ISO 8601 time or epoch seconds within the years 1..9999"
+        ) from exc
+    return parsed
 
 
 def _opt_str(headers: Mapping[str, Any], key: str) -> str | None:
@@ -155,7 +168,7 @@ def _opt_str(headers: Mapping[str, Any], key: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ProtocolError(f"header {key!r} must be a string, got {value!r}")
+        raise ProtocolError(f"header {key!r} must be a string, got {brief(value)}")
     return value
 
 
@@ -169,7 +182,7 @@ def _timelimit(value: Any) -> tuple[float | None, float | None]:
         and all(v is None or type(v) in (int, float) for v in value)
     ):
         return (value[0], value[1])
-    raise ProtocolError(f"header 'timelimit' must be [soft, hard] seconds, got {value!r}")
+    raise ProtocolError(f"header 'timelimit' must be [soft, hard] seconds, got {brief(value)}")
 
 
 def _short_repr(value: Any) -> str:
@@ -210,9 +223,9 @@ class TaskMessage:
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
-            raise ProtocolError(f"task name must be a non-empty string, got {self.task!r}")
+            raise ProtocolError(f"task name must be a non-empty string, got {brief(self.task)}")
         if not isinstance(self.id, str) or not self.id:
-            raise ProtocolError(f"task id must be a non-empty string, got {self.id!r}")
+            raise ProtocolError(f"task id must be a non-empty string, got {brief(self.id)}")
         args: Any = self.args  # a list, as decoded from JSON, is made a tuple here
         if type(args) is not tuple:
             if type(args) is not list and (
@@ -224,12 +237,14 @@ class TaskMessage:
         if (type(kwargs) is not dict and not isinstance(kwargs, Mapping)) or not all(
             isinstance(k, str) for k in kwargs
         ):
-            raise ProtocolError(f"task kwargs must be a dict with string keys, got {kwargs!r}")
+            raise ProtocolError(f"task kwargs must be a dict with string keys, got {brief(kwargs)}")
         retries = self.retries
         if type(retries) is not int and (isinstance(retries, bool) or not isinstance(retries, int)):
-            raise ProtocolError(f"retries must be a non-negative integer, got {retries!r}")
-        if retries < 0:
-            raise ProtocolError(f"retries must be a non-negative integer, got {retries!r}")
+            raise ProtocolError(f"retries must be a non-negative integer, got {brief(retries)}")
+        if not 0 <= retries <= MAX_RETRIES:
+            raise ProtocolError(
+                f"retries must be an integer 0..{MAX_RETRIES}, got {brief(retries)}"
+            )
 
 
 def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
@@ -281,19 +296,20 @@ def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
     )
 
 
-def _decode_v1(body: Any, envelope: Envelope) -> TaskMessage:
+def _decode_v1(body: Mapping[str, Any], envelope: Envelope) -> TaskMessage:
+    """A protocol v1 message: every field in the (JSON object) body; TaskMessage checks them."""
     if "task" not in body or "id" not in body:
         raise ProtocolError("message has no 'task' header and its body names no task")
     return TaskMessage(
         task=body["task"],
         id=body["id"],
-        args=tuple(body.get("args") or ()),
+        args=body.get("args") or (),
         kwargs=body.get("kwargs") or {},
         retries=body.get("retries") or 0,
         eta=parse_time(body.get("eta"), "eta"),
         expires=parse_time(body.get("expires"), "expires"),
         timelimit=_timelimit(body.get("timelimit")),
-        group=body.get("taskset"),
+        group=_opt_str(body, "taskset"),
         reply_to=envelope.reply_to,
         correlation_id=envelope.correlation_id,
         priority=envelope.priority,
@@ -320,7 +336,7 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
         )
     args, kwargs, embed = body
     if embed is not None and type(embed) is not dict and not isinstance(embed, Mapping):
-        raise ProtocolError(f"task message embed must be a dict or null, got {embed!r}")
+        raise ProtocolError(f"task message embed must be a dict or null, got {brief(embed)}")
     task_id: Any = headers.get("id") or envelope.correlation_id
     retries = headers.get("retries") or 0
     eta = headers.get("eta")

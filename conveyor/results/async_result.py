@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from conveyor.errors import ResultUnavailable
 from conveyor.results.base import ResultBackend
 from conveyor.results.meta import ResultMeta, State
+from conveyor.results.signed import check_result
 from conveyor.sync_loop import SYNC_LOOP
+
+if TYPE_CHECKING:
+    from conveyor.protocol.signing import MessageSigning
 
 __all__ = ["AsyncResult", "ResultSource"]
 
@@ -29,6 +33,11 @@ class ResultSource(Protocol):
 
     async def abackend(self) -> ResultBackend:
         """The connected result backend for the running event loop."""
+        ...
+
+    @property
+    def signing(self) -> MessageSigning | None:
+        """Message signing (None: off); when on, results must be signed by a trusted key."""
         ...
 
 
@@ -112,11 +121,19 @@ class AsyncResult:
         self._check_sync()
         return SYNC_LOOP.run(make)
 
+    def _checked(self, meta: T) -> T:
+        """``meta`` (a ResultMeta, or None), checked against the app's signing if it signs:
+        SignatureError for a result that is unsigned or not signed by a trusted key."""
+        signing = self.app.signing
+        if signing is not None and isinstance(meta, ResultMeta):
+            check_result(meta, signing)
+        return meta
+
     async def ameta(self) -> ResultMeta | None:
         """The latest stored state document, or None while nothing is known."""
         if self._meta is not None:
             return self._meta
-        meta = await self._call(lambda b: b.get(self.id))
+        meta = self._checked(await self._call(lambda b: b.get(self.id)))
         if meta is not None and meta.ready:
             self._meta = meta
         return meta
@@ -162,7 +179,7 @@ class AsyncResult:
         self._check_single()
         meta = self._meta
         if meta is None:
-            meta = await self._call(lambda b: b.wait(self.id, timeout=timeout))
+            meta = self._checked(await self._call(lambda b: b.wait(self.id, timeout=timeout)))
             self._meta = meta
         return _outcome(meta, propagate)
 
@@ -175,7 +192,9 @@ class AsyncResult:
             # A result that comes here unasked (rpc:// replies, redis:// announcements) is
             # waited for without a coroutine: see ResultBackend.wait_from_thread.
             started = time.monotonic()
-            self._meta = backend.wait_from_thread(self.id, timeout, SYNC_LOOP.wait_for)
+            self._meta = self._checked(
+                backend.wait_from_thread(self.id, timeout, SYNC_LOOP.wait_for)
+            )
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - started))
         if self._meta is not None:
@@ -216,6 +235,7 @@ class AsyncResult:
         )
         out: dict[str, Any] = {}
         for worker, meta in replies.items():
+            self._checked(meta)
             error = meta.exception()
             out[worker] = error if error is not None else meta.result
         return out

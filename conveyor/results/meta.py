@@ -135,6 +135,7 @@ class ResultMeta:
     worker: str | None = None
     task: str | None = None
     retries: int = 0
+    signature: Any = None  # [key id, base64] when signed (conveyor.results.signed); as read
 
     @property
     def ready(self) -> bool:
@@ -177,7 +178,7 @@ class ResultMeta:
 
     def to_dict(self) -> dict[str, Any]:
         """The Celery-compatible document, with ``date_done`` as ISO 8601."""
-        return {
+        doc = {
             "task_id": self.task_id,
             "status": self.state.value,
             "result": self.result,
@@ -192,6 +193,9 @@ class ResultMeta:
             "name": self.task,
             "retries": self.retries,
         }
+        if self.signature is not None:
+            doc["signature"] = self.signature
+        return doc
 
     def to_json(self) -> bytes:
         """:meth:`to_dict` as JSON bytes; a result value JSON cannot hold raises ProtocolError."""
@@ -230,6 +234,7 @@ class ResultMeta:
             worker=data.get("worker"),
             task=data.get("name"),
             retries=int(data.get("retries") or 0),
+            signature=data.get("signature"),
         )
 
     @classmethod

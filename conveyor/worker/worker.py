@@ -34,10 +34,10 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.app import App
 from conveyor.errors import (
@@ -51,6 +51,7 @@ from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS, dead_letter_head
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
 from conveyor.results.base import ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State
+from conveyor.results.signed import sign_result
 from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
@@ -59,6 +60,10 @@ from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
 from conveyor.worker.outcome import NotStarted, OnValue, Outcome
 from conveyor.worker.pools import POOLS, Pool
+from conveyor.worker.refusal import named_task, refusal_reason, unsettled_reason
+
+if TYPE_CHECKING:
+    from conveyor.protocol.signing import MessageSigning
 
 __all__ = ["DEAD_LETTER_HEADERS", "Worker"]
 
@@ -150,6 +155,7 @@ class Worker:
         self._service: list[asyncio.Task[None]] = []
         self._stop_task: asyncio.Task[None] | None = None
         self._dead_letter_declared = False
+        self._signing: MessageSigning | None = None
 
     def _make_pool(self, name: str, app_spec: str | None) -> Pool:
         if name == "processes":
@@ -183,6 +189,7 @@ class Worker:
         Raises ConfigurationError/RoutingError for a queue name the router cannot resolve,
         BrokerUnavailable if the broker cannot be reached.
         """
+        self._signing = self.app.signing
         transport = self._transport = await self.app.atransport()
         self._backend = await self.app.abackend()
         await self.pool.start()
@@ -294,6 +301,7 @@ class Worker:
         FAILURE that says so."""
         backend = self._backend
         assert backend is not None
+        signing = self._signing
         kept = StoreRequest(
             meta,
             reply_to=request.reply_to,
@@ -301,11 +309,15 @@ class Worker:
             per_worker=delivery.queue in self.broadcast_queues,
         )
         try:
+            if signing is not None:
+                kept = replace(kept, meta=sign_result(meta, signing))
             await backend.store(kept)
         except ProtocolError as exc:
             log.error("task %s[%s]: %s", request.task, request.id, exc)
             bad = ResultMeta.failure(request.id, exc, None, worker=self.hostname, task=request.task)
-            await backend.store(replace(kept, meta=bad))
+            await backend.store(
+                replace(kept, meta=sign_result(bad, signing) if signing is not None else bad)
+            )
 
     async def dead_letter(self, delivery: Delivery, reason: str, task_name: str | None) -> None:
         """Move ``delivery`` to its queue's dead-letter exchange, or else to the
@@ -364,14 +376,11 @@ class Worker:
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
+            if self._signing is not None:
+                self._signing.verify(delivery.envelope)
             message = decode_task(delivery.envelope, self.app.conf.accept_content)
-        except ProtocolError as exc:
-            header = delivery.envelope.headers.get("task")
-            await self.dead_letter(
-                delivery,
-                f"undecodable message: {exc}",
-                header if isinstance(header, str) else None,
-            )
+        except Exception as exc:  # whatever decoding raises, the message must not stay unacked
+            await self.dead_letter(delivery, refusal_reason(exc), named_task(delivery.envelope))
             return
         task = self.app.tasks.get(message.task)
         if task is None:
@@ -415,6 +424,8 @@ class Worker:
         transport = self._transport
         assert transport is not None
         envelope = encode_task(message, self.app.conf.task_serializer)
+        if self._signing is not None:
+            envelope = self._signing.sign(envelope)
         await transport.publish(
             envelope,
             exchange="",
@@ -433,10 +444,11 @@ class Worker:
         store = not (task.ignore_result or message.ignore_result)
         now = time.time()
         if _expired(message, now):
-            await self._revoke_expired(delivery, message, task, request, store)
+            step = self._revoke_expired(delivery, message, task, request, store)
+            await self._settle_unrun(delivery, message, step)
             return
         if _not_due(message, now):
-            await self._postpone(delivery, message, now)
+            await self._settle_unrun(delivery, message, self._postpone(delivery, message, now))
             return
         if not task.acks_late:
             await self._ack(delivery)
@@ -476,6 +488,19 @@ class Worker:
             await self._store(request, self._failure(message, task, outcome), delivery)
         await self._ack(delivery)
         self._hook("after_task", request, outcome, reverse=True)
+
+    async def _settle_unrun(
+        self, delivery: Delivery, message: TaskMessage, step: Coroutine[Any, Any, None]
+    ) -> None:
+        """Await ``step``, which settles a message without running it (revoke, postpone); if it
+        fails for a reason other than a lost broker (which gives the message back anyway), the
+        message is dead-lettered with that reason instead of staying unacked."""
+        try:
+            await step
+        except BrokerUnavailable:
+            raise
+        except Exception as exc:
+            await self.dead_letter(delivery, unsettled_reason(exc), message.task)
 
     async def _postpone(self, delivery: Delivery, message: TaskMessage, now: float) -> None:
         """Not due yet (a client without delayed delivery sent it): re-published with the
@@ -554,9 +579,13 @@ class Worker:
         reply_to = request.reply_to
         correlation_id = request.correlation_id or request.id
 
+        signing = self._signing
+
         def store(value: Any) -> bool:
             try:
                 meta = self._success(message, task, value)
+                if signing is not None:
+                    meta = sign_result(meta, signing)
                 return backend.store_from_thread(
                     StoreRequest(meta, reply_to=reply_to, correlation_id=correlation_id)
                 )
