@@ -152,6 +152,9 @@ class App:
     value (see :func:`conveyor.settings_check.check_settings`): here, not at the first send.
     """
 
+    # What :meth:`task` makes; an integration may give its tasks more methods (a subclass).
+    task_class: type[Task] = Task
+
     def __init__(
         self,
         main: str | None = None,
@@ -567,7 +570,7 @@ class App:
                     f"task name {defined.name!r} is already registered for {existing.fn!r}; "
                     "give one of them another name="
                 )
-            task = self._tasks[defined.name] = Task(self, func, defined)
+            task = self._tasks[defined.name] = self.task_class(self, func, defined)
             return task
 
         if fn is not None:
