@@ -55,6 +55,7 @@ from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
 from conveyor.worker.buffer import PriorityBuffer
+from conveyor.worker.hooks import SignalsMiddleware, load_middleware
 from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
 from conveyor.worker.outcome import NotStarted, OnValue, Outcome
@@ -94,7 +95,9 @@ class Worker:
     ``hostname`` may use ``%h``/``%n``/``%d``. ``concurrency`` bounds tasks running at once
     (default ``worker_concurrency``, else the CPU count); ``pool`` is ``asyncio``, ``threads``
     or ``processes`` (the latter needs ``app_spec``, the ``module:attr`` children import).
-    Raises ConfigurationError for an unknown pool or queue.
+    Hooks: the ``worker_middleware`` setting's middleware, then ``middleware``, then the one
+    sending :mod:`conveyor.signals`. Raises ConfigurationError for an unknown pool or queue,
+    or a middleware entry that cannot be loaded.
     """
 
     def __init__(
@@ -130,7 +133,11 @@ class Worker:
         )
         self.pool_name = pool or conf.worker_pool
         self.pool = self._make_pool(self.pool_name, app_spec)
-        self.middleware = tuple(middleware)
+        self.middleware = (
+            *load_middleware(conf.worker_middleware),
+            *middleware,
+            SignalsMiddleware(),
+        )
         self.worker_id = f"{self.hostname}.{uuid.uuid4().hex[:8]}"
         self.consumed_queues: dict[str, Queue] = {}
         self.broadcast_queues: dict[str, Broadcast] = {}
