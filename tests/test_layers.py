@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "conveyor.options",
             "conveyor.sending",
             "conveyor.eager",
+            "conveyor.rate_limits",
             "conveyor.sync_loop",
             "conveyor.signals",
             "conveyor.results",

@@ -15,9 +15,11 @@ Life of a delivery:
    with the reason, worker and queue in its headers, then acked: never dropped.
 3. ``expires`` in the past: not run, stored as REVOKED. An ``eta`` in the future (a client
    without delayed delivery sent it): re-published with the remaining delay.
-4. It runs in the pool within its time limit. Its result is stored, then it is acked (or
-   acked before the run if the task opted out of ``acks_late``). A retry re-publishes a copy
-   with ``retries + 1`` to the same queue through delayed delivery before the ack.
+4. A task with a ``rate_limit`` waits for its turn (without holding a slot; given back if the
+   worker stops meanwhile). It runs in the pool within its time limit. Its result is stored,
+   then it is acked (or acked before the run if the task opted out of ``acks_late``). A retry
+   re-publishes a copy with ``retries + 1`` to the same queue through delayed delivery before
+   the ack.
 
 Stopping: :meth:`Worker.stop` (or the first SIGTERM/SIGINT under :meth:`Worker.serve`) stops
 consuming, gives back prefetched deliveries that have not started, and lets running tasks finish
@@ -49,6 +51,7 @@ from conveyor.errors import (
 )
 from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS, dead_letter_headers
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
+from conveyor.rate_limits import RateLimits, parse_rate
 from conveyor.results.base import ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State
 from conveyor.routing.entities import Broadcast, Queue
@@ -157,6 +160,9 @@ class Worker:
         self._service: list[asyncio.Task[None]] = []
         self._stop_task: asyncio.Task[None] | None = None
         self._dead_letter_declared = False
+        self._rate_limits = RateLimits()
+        if conf.task_default_rate_limit is not None:
+            parse_rate(conf.task_default_rate_limit)  # a bad one fails here, not at each task
 
     def _make_pool(self, name: str, app_spec: str | None) -> Pool:
         if name == "processes":
@@ -445,6 +451,10 @@ class Worker:
         if _not_due(message, now):
             await self._postpone(delivery, message, now)
             return
+        if task.rate_limit is not None:
+            wait = self._rate_limits.reserve(task.name, task.rate_limit)
+            if wait > 0 and not await self._wait_turn(delivery, wait):
+                return
         if not task.acks_late:
             await self._ack(delivery)
         if store and self.app.conf.task_track_started:
@@ -467,6 +477,18 @@ class Worker:
         await self._settle(delivery, message, task, request, outcome, store)
         self.processed += 1
         self._hook("after_task", request, outcome, reverse=True)
+
+    async def _wait_turn(self, delivery: Delivery, wait: float) -> bool:
+        """Wait ``wait`` seconds for a rate-limited run's turn without holding an execution
+        slot; False (its message given back) if the worker stops first."""
+        self._release_slot(delivery)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._stopping.wait()
+        if self._stopping.is_set():
+            await self._give_back(delivery)
+            return False
+        return True
 
     async def _revoke_expired(
         self, delivery: Delivery, message: TaskMessage, task: Task, request: Request, store: bool
