@@ -15,6 +15,7 @@
         ├── ResultTimeout           a result did not arrive in time
         ├── TaskRevoked             the task was revoked or expired before it ran
         ├── TimeLimitExceeded       the task ran past its time limit
+        ├── SoftTimeLimitExceeded   raised inside a task at its soft time limit; catch it to tidy up
         ├── Retry                   control flow: a bound task asked to be retried
         └── RemoteTaskError         the task failed on a worker and its type is not importable here
 
@@ -37,6 +38,7 @@ __all__ = [
     "ResultTimeout",
     "Retry",
     "RoutingError",
+    "SoftTimeLimitExceeded",
     "TaskError",
     "TaskRevoked",
     "TimeLimitExceeded",
@@ -109,6 +111,11 @@ class TaskRevoked(TaskError):
 
 class TimeLimitExceeded(TaskError):
     """The task ran longer than its ``time_limit`` and was stopped."""
+
+
+class SoftTimeLimitExceeded(TaskError):
+    """Raised inside a running task when it passes its ``soft_time_limit``: the task may catch
+    it to tidy up before the (hard) ``time_limit``; uncaught, the run fails with it."""
 
 
 class Retry(TaskError):

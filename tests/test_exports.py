@@ -43,6 +43,7 @@ EXPECTED = {
     "__version__",
     "binding",
     "crontab",
+    "SoftTimeLimitExceeded",
 }
 
 

@@ -32,6 +32,7 @@ from conveyor.worker.outcome import (
     time_limit_error,
 )
 from conveyor.worker.pools import Pool
+from conveyor.worker.soft_limits import alarm_soft_limit, within_soft_limit
 
 __all__ = ["ProcessPool", "load_app_spec"]
 
@@ -86,15 +87,17 @@ def _child_main(conn: Connection, spec: str, path: list[str]) -> None:
             return
         if job is None:
             return
-        name, request = job
+        name, request, soft = job
         task: Task = app.tasks[name]
         started = time.monotonic()
         try:
             with running(request):
                 if task.is_async:
-                    value = loop.run_until_complete(task(*request.args, **request.kwargs))
+                    coro = within_soft_limit(task(*request.args, **request.kwargs), soft, request)
+                    value = loop.run_until_complete(coro)
                 else:
-                    value = task(*request.args, **request.kwargs)
+                    with alarm_soft_limit(soft, request):
+                        value = task(*request.args, **request.kwargs)
             reply: tuple[Any, ...] = (State.SUCCESS.value, value, None, None, None)
         except BaseException as exc:
             outcome = classify_error(task, request, exc, format_error(exc))
@@ -144,8 +147,8 @@ class _Child:
         if kind != "ready":
             raise ConfigurationError(f"a pool process could not load the app: {detail}")
 
-    async def call(self, name: str, request: Request) -> tuple[Any, ...]:
-        self.conn.send((name, request))
+    async def call(self, name: str, request: Request, soft: float | None) -> tuple[Any, ...]:
+        self.conn.send((name, request, soft))
         reply: tuple[Any, ...] = await self._receive()
         return reply
 
@@ -224,7 +227,12 @@ class ProcessPool(Pool):
         task.add_done_callback(self._respawning.discard)
 
     async def _run(
-        self, task: Task, request: Request, time_limit: float | None, on_value: OnValue | None
+        self,
+        task: Task,
+        request: Request,
+        time_limit: float | None,
+        on_value: OnValue | None,
+        soft: float | None,
     ) -> Outcome:
         await self.start()
         assert self._idle is not None
@@ -233,7 +241,7 @@ class ProcessPool(Pool):
         started = time.monotonic()
         try:
             async with asyncio.timeout(time_limit):
-                reply = await child.call(task.name, request)
+                reply = await child.call(task.name, request, soft)
         except TimeoutError:
             self._replace(child)
             assert time_limit is not None

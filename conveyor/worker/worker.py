@@ -461,13 +461,14 @@ class Worker:
             await self._store(request, self._started(message, task), delivery)
         self._hook("before_task", request)
         limit = message.timelimit[0] or task.time_limit
+        soft = message.timelimit[1] or task.soft_time_limit
         on_value = (
             self._thread_store(message, task, request)
-            if store and self._thread_may_store(delivery, task, request, limit)
+            if store and self._thread_may_store(delivery, task, request, limit or soft)
             else None
         )
         try:
-            outcome = await self.pool.run(task, request, limit, on_value)
+            outcome = await self.pool.run(task, request, limit, on_value, soft)
         except NotStarted:  # the worker is stopping: it goes back with the prefetched ones
             await self._give_back(delivery)
             return
