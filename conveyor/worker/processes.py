@@ -4,7 +4,9 @@ Each child is started with ``spawn`` (no state forked from a threaded parent), i
 from its ``module:attr`` path and runs one task at a time. Arguments and results cross the pipe
 with pickle; that is local IPC between a worker and its own children, never the broker. A task
 that passes its time limit, or a child that dies mid-task, costs that child: it is killed and
-replaced, and the run is recorded as failed.
+replaced, and the run is recorded as failed. A child that has run ``max_tasks_per_child`` tasks,
+or whose peak resident memory passed ``max_memory_per_child`` KiB after a task, is stopped after
+that task (which completes normally) and replaced by a fresh one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import importlib
 import logging
 import multiprocessing
 import pickle
+import resource
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -103,11 +106,13 @@ def _child_main(conn: Connection, spec: str, path: list[str]) -> None:
             outcome = classify_error(task, request, exc, format_error(exc))
             error = _picklable(outcome.error) if outcome.error is not None else None
             reply = (outcome.state.value, None, error, outcome.traceback, outcome.countdown)
+        # Peak resident memory in KiB (Linux's unit), for max_memory_per_child.
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
-            conn.send((*reply, time.monotonic() - started))
+            conn.send((*reply, time.monotonic() - started, rss))
         except Exception as exc:
             bad = TaskError(f"the result of {name} cannot cross to the worker: {exc}")
-            conn.send((State.FAILURE.value, None, bad, None, None, time.monotonic() - started))
+            conn.send((State.FAILURE.value, None, bad, None, None, time.monotonic() - started, rss))
 
 
 class _Child:
@@ -121,6 +126,7 @@ class _Child:
         )
         self.process.start()
         child_conn.close()
+        self.tasks = 0  # tasks run so far
 
     async def _receive(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -169,13 +175,24 @@ class _Child:
 
 
 class ProcessPool(Pool):
-    """``concurrency`` child processes, each running one task at a time."""
+    """``concurrency`` child processes, each running one task at a time; each replaced after
+    ``max_tasks_per_child`` tasks or once it used ``max_memory_per_child`` KiB (None: never)."""
 
     name = "processes"
 
-    def __init__(self, concurrency: int, app_spec: str) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        app_spec: str,
+        *,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+    ) -> None:
         super().__init__(concurrency)
         self.app_spec = app_spec
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self.replaced = 0  # children retired by the limits above
         self._idle: asyncio.Queue[_Child] | None = None
         self._children: set[_Child] = set()
         self._respawning: set[asyncio.Task[None]] = set()
@@ -253,6 +270,25 @@ class ProcessPool(Pool):
         except asyncio.CancelledError:
             self._replace(child)
             raise
-        idle.put_nowait(child)
-        state, value, error, tb, countdown, runtime = reply
+        state, value, error, tb, countdown, runtime, rss = reply
+        child.tasks += 1
+        if self.max_tasks_per_child and child.tasks >= self.max_tasks_per_child:
+            self._retire(child, f"{child.tasks} tasks (max_tasks_per_child)")
+        elif self.max_memory_per_child and rss > self.max_memory_per_child:
+            self._retire(
+                child, f"using {rss} KiB (max_memory_per_child {self.max_memory_per_child})"
+            )
+        else:
+            idle.put_nowait(child)
         return Outcome(State(state), value, error, tb, countdown, runtime)
+
+    def _retire(self, child: _Child, why: str) -> None:
+        """Stop ``child`` after its task (in a thread) and start its replacement."""
+        log.info("replacing pool process %s after %s", child.process.pid, why)
+        self.replaced += 1
+        self._children.discard(child)
+        loop = asyncio.get_running_loop()
+        for work in (asyncio.to_thread(child.stop), self._respawn()):
+            task = loop.create_task(work)
+            self._respawning.add(task)
+            task.add_done_callback(self._respawning.discard)

@@ -58,6 +58,7 @@ from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
 from conveyor.worker.buffer import PriorityBuffer
+from conveyor.worker.child_limits import ChildLimits, child_limits
 from conveyor.worker.hooks import SignalsMiddleware, load_middleware
 from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
@@ -97,7 +98,9 @@ class Worker:
 
     ``hostname`` may use ``%h``/``%n``/``%d``. ``concurrency`` bounds tasks running at once
     (default ``worker_concurrency``, else the CPU count); ``pool`` is ``asyncio``, ``threads``
-    or ``processes`` (the latter needs ``app_spec``, the ``module:attr`` children import).
+    or ``processes`` (the latter needs ``app_spec``, the ``module:attr`` children import;
+    ``max_tasks_per_child``/``max_memory_per_child`` KiB replace its children, default the
+    ``worker_max_*_per_child`` settings).
     Hooks: the ``worker_middleware`` setting's middleware, then ``middleware``, then the one
     sending :mod:`conveyor.signals`. Raises ConfigurationError for an unknown pool or queue,
     or a middleware entry that cannot be loaded.
@@ -115,6 +118,8 @@ class Worker:
         shutdown_grace: float | None = None,
         middleware: Sequence[Middleware] = (),
         app_spec: str | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -135,7 +140,9 @@ class Worker:
             shutdown_grace if shutdown_grace is not None else conf.worker_shutdown_grace
         )
         self.pool_name = pool or conf.worker_pool
-        self.pool = self._make_pool(self.pool_name, app_spec)
+        self.pool = self._make_pool(
+            self.pool_name, app_spec, child_limits(conf, max_tasks_per_child, max_memory_per_child)
+        )
         self.middleware = (
             *load_middleware(conf.worker_middleware),
             *middleware,
@@ -164,7 +171,7 @@ class Worker:
         if conf.task_default_rate_limit is not None:
             parse_rate(conf.task_default_rate_limit)  # a bad one fails here, not at each task
 
-    def _make_pool(self, name: str, app_spec: str | None) -> Pool:
+    def _make_pool(self, name: str, app_spec: str | None, limits: ChildLimits) -> Pool:
         if name == "processes":
             from conveyor.worker.processes import ProcessPool
 
@@ -173,7 +180,13 @@ class Worker:
                     "the processes pool needs the app's import path (module:attr) so that "
                     "child processes can load the tasks; start the worker with -A"
                 )
-            return ProcessPool(self.concurrency, app_spec)
+            return ProcessPool(
+                self.concurrency,
+                app_spec,
+                max_tasks_per_child=limits.max_tasks,
+                max_memory_per_child=limits.max_memory,
+            )
+        limits.refuse(name)
         cls = POOLS.get(name)
         if cls is None:
             raise ConfigurationError(
