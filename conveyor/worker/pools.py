@@ -78,6 +78,11 @@ class Pool(abc.ABC):
         """Start threads or processes (idempotent)."""
 
     @abc.abstractmethod
+    async def resize(self, size: int) -> None:
+        """Run up to ``size`` tasks at once from now on (``--autoscale``); running tasks above
+        it finish first. Before :meth:`start`, the size it starts with."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Stop the pool; tasks still running in threads are abandoned (daemon threads)."""
 
@@ -142,6 +147,12 @@ class AsyncioPool(Pool):
         if self._threads is not None:
             self._threads.stop()
             self._threads = None
+
+    async def resize(self, size: int) -> None:
+        self.concurrency = size
+        self._gate.resize(size)
+        if self._threads is not None:
+            self._threads.resize(size)
 
     def withdraw_waiting(self) -> int:
         withdrawn = self._gate.withdraw()

@@ -272,7 +272,9 @@ class ProcessPool(Pool):
             raise
         state, value, error, tb, countdown, runtime, rss = reply
         child.tasks += 1
-        if self.max_tasks_per_child and child.tasks >= self.max_tasks_per_child:
+        if len(self._children) > self.concurrency:  # the pool shrank
+            self._retire(child, "the pool shrank", replace=False)
+        elif self.max_tasks_per_child and child.tasks >= self.max_tasks_per_child:
             self._retire(child, f"{child.tasks} tasks (max_tasks_per_child)")
         elif self.max_memory_per_child and rss > self.max_memory_per_child:
             self._retire(
@@ -282,13 +284,30 @@ class ProcessPool(Pool):
             idle.put_nowait(child)
         return Outcome(State(state), value, error, tb, countdown, runtime)
 
-    def _retire(self, child: _Child, why: str) -> None:
+    def _retire(self, child: _Child, why: str, *, replace: bool = True) -> None:
         """Stop ``child`` after its task (in a thread) and start its replacement."""
-        log.info("replacing pool process %s after %s", child.process.pid, why)
-        self.replaced += 1
+        if replace:
+            log.info("replacing pool process %s after %s", child.process.pid, why)
+            self.replaced += 1
         self._children.discard(child)
         loop = asyncio.get_running_loop()
-        for work in (asyncio.to_thread(child.stop), self._respawn()):
+        works = [asyncio.to_thread(child.stop), *([self._respawn()] if replace else [])]
+        for work in works:
             task = loop.create_task(work)
             self._respawning.add(task)
             task.add_done_callback(self._respawning.discard)
+
+    async def resize(self, size: int) -> None:
+        """Start children up to ``size``, or stop idle ones down to it (busy ones stop when
+        their task ends)."""
+        self.concurrency = size
+        idle = self._idle
+        if idle is None:
+            return  # not started: it starts with ``size`` children
+        loop = asyncio.get_running_loop()
+        for _ in range(len(self._children), size):
+            task = loop.create_task(self._respawn())
+            self._respawning.add(task)
+            task.add_done_callback(self._respawning.discard)
+        while len(self._children) > size and not idle.empty():
+            self._retire(idle.get_nowait(), "the pool shrank", replace=False)

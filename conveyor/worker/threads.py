@@ -161,12 +161,10 @@ class Threads:
         self.waiting: set[_Job] = set()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._completions: _Completions | None = None
-        self._threads = [
-            threading.Thread(target=self._main, name=f"{name}-{i}", daemon=True)
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._name = name
+        self._started = 0
+        self.size = 0
+        self.resize(size)
 
     def _main(self) -> None:
         jobs = self._jobs
@@ -195,9 +193,19 @@ class Threads:
     def withdraw_waiting(self) -> int:
         return sum(job.withdraw() for job in list(self.waiting) if not job.keep)
 
-    def stop(self) -> None:
-        for _ in self._threads:
+    def resize(self, size: int) -> None:
+        """Run ``size`` threads: start more, or have some leave once the calls handed over
+        before this one ended."""
+        for _ in range(size, self.size):
             self._jobs.put(None)
+        for _ in range(self.size, size):
+            self._started += 1
+            name = f"{self._name}-{self._started}"
+            threading.Thread(target=self._main, name=name, daemon=True).start()
+        self.size = size
+
+    def stop(self) -> None:
+        self.resize(0)
 
 
 async def run_in_thread(

@@ -57,6 +57,7 @@ from conveyor.results.meta import ResultMeta, State
 from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
+from conveyor.worker.autoscale import Autoscaler, parse_autoscale
 from conveyor.worker.buffer import PriorityBuffer
 from conveyor.worker.child_limits import ChildLimits, child_limits
 from conveyor.worker.hooks import SignalsMiddleware, load_middleware
@@ -100,7 +101,8 @@ class Worker:
     (default ``worker_concurrency``, else the CPU count); ``pool`` is ``asyncio``, ``threads``
     or ``processes`` (the latter needs ``app_spec``, the ``module:attr`` children import;
     ``max_tasks_per_child``/``max_memory_per_child`` KiB replace its children, default the
-    ``worker_max_*_per_child`` settings).
+    ``worker_max_*_per_child`` settings). ``autoscale`` ``(MAX, MIN)`` or ``"MAX,MIN"`` sizes
+    the pool by demand (see ``autoscale.py``; ``concurrency`` is then MAX).
     Hooks: the ``worker_middleware`` setting's middleware, then ``middleware``, then the one
     sending :mod:`conveyor.signals`. Raises ConfigurationError for an unknown pool or queue,
     or a middleware entry that cannot be loaded.
@@ -120,9 +122,13 @@ class Worker:
         app_spec: str | None = None,
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
+        autoscale: str | tuple[int, int] | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
+        self.autoscale = parse_autoscale(autoscale) if autoscale is not None else None
+        if self.autoscale is not None:
+            concurrency = self.autoscale[0]  # prefetch and slots for the most it may run
         self.queue_names = tuple(queues) if queues else (conf.task_default_queue,)
         self.hostname = expand_hostname(hostname) if hostname else default_hostname()
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
@@ -168,6 +174,7 @@ class Worker:
         self._stop_task: asyncio.Task[None] | None = None
         self._dead_letter_declared = False
         self._rate_limits = RateLimits()
+        self.autoscaler: Autoscaler | None = None
         if conf.task_default_rate_limit is not None:
             parse_rate(conf.task_default_rate_limit)  # a bad one fails here, not at each task
 
@@ -211,6 +218,8 @@ class Worker:
         """
         transport = self._transport = await self.app.atransport()
         self._backend = await self.app.abackend()
+        if self.autoscale is not None:
+            await self.pool.resize(self.autoscale[1])  # it starts small
         await self.pool.start()
         router = self.app.router
         names: list[str] = []
@@ -236,6 +245,11 @@ class Worker:
         self._service = [loop.create_task(self._receive(self._consumer))]
         if self.app.conf.result_expires:
             self._service.append(loop.create_task(self._expire_results()))
+        if self.autoscale is not None:
+            self.autoscaler = Autoscaler(
+                self.pool, *self.autoscale, lambda: len(self._running) + len(self._buffer)
+            )
+            self._service.append(loop.create_task(self.autoscaler.run()))
         log.info(
             "worker %s consuming %s (pool %s, concurrency %d, prefetch %d)",
             self.hostname,
