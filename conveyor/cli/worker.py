@@ -54,6 +54,22 @@ def configure_logging(level: str) -> None:
     help="Seconds running tasks get to finish after SIGTERM.",
 )
 @click.option("-B", "--beat", "with_beat", is_flag=True, help="Also run the beat scheduler.")
+@click.option(
+    "--autoscale",
+    metavar="MAX,MIN",
+    help="Grow the pool up to MAX tasks at once while tasks wait, shrink to MIN when idle.",
+)
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(min=1),
+    help="Processes pool: replace a child after this many tasks.",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.IntRange(min=1),
+    metavar="KIB",
+    help="Processes pool: replace a child after a task leaves it above this resident memory.",
+)
 @loglevel_option
 @click.pass_context
 def worker(
@@ -65,6 +81,9 @@ def worker(
     prefetch_multiplier: int | None,
     shutdown_grace: float | None,
     with_beat: bool,
+    autoscale: str | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
     loglevel: str,
 ) -> None:
     """Consume QUEUES and run the app's tasks until SIGTERM (twice: at once)."""
@@ -83,6 +102,9 @@ def worker(
         prefetch_multiplier=prefetch_multiplier,
         shutdown_grace=shutdown_grace,
         app_spec=ref.spec if ref is not None else None,
+        autoscale=autoscale,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
     )
     if with_beat:
         from conveyor.beat.service import Beat, serve_beside

@@ -16,7 +16,7 @@ from conveyor.app import App
 from conveyor.errors import RoutingError
 from conveyor.testing import start_worker
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_start_worker_serves_sync_calls_and_restores_the_settings() -> None:
