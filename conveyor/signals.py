@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Receiver",
     "Signal",
+    "any_task_ended_receiver",
     "send_task_ended",
     "send_task_prerun",
     "task_failure",
@@ -80,6 +81,7 @@ class Signal:
         self.arguments = arguments
         self._receivers: list[tuple[Receiver, Any]] = []
         self._lock = threading.Lock()
+        self.connected = False  # whether any receiver is: a cheap check on hot paths
 
     def __repr__(self) -> str:
         return f"<Signal {self.name}>"
@@ -106,6 +108,7 @@ class Signal:
             with self._lock:
                 if (fn, key) not in self._receivers:
                     self._receivers = [*self._receivers, (fn, key)]
+                    self.connected = True
             return fn
 
         if receiver is not None:
@@ -119,6 +122,7 @@ class Signal:
             kept = [entry for entry in self._receivers if entry != (receiver, key)]
             removed = len(kept) != len(self._receivers)
             self._receivers = kept
+            self.connected = bool(kept)
         return removed
 
     @property
@@ -172,6 +176,8 @@ def send_task_ended(
     """Send ``task_success``, ``task_failure`` or ``task_retry`` (by ``state``: SUCCESS, RETRY,
     else a failure), then ``task_postrun``, for ``task`` run for ``request``. Used by the worker
     and by ``task_always_eager``."""
+    if not any_task_ended_receiver():
+        return
     name = state.value
     if name == "SUCCESS":
         task_success.send(task, result=value, task_id=request.id, request=request)
@@ -201,6 +207,8 @@ def send_task_ended(
 
 def send_task_prerun(task: Task, request: Request) -> None:
     """Send ``task_prerun`` for ``task`` about to run for ``request``."""
+    if not task_prerun.connected:
+        return
     task_prerun.send(
         task,
         task_id=request.id,
@@ -208,4 +216,14 @@ def send_task_prerun(task: Task, request: Request) -> None:
         args=request.args,
         kwargs=request.kwargs,
         request=request,
+    )
+
+
+def any_task_ended_receiver() -> bool:
+    """Whether a receiver listens to how a task ended (success, failure, retry, postrun)."""
+    return (
+        task_success.connected
+        or task_failure.connected
+        or task_retry.connected
+        or task_postrun.connected
     )

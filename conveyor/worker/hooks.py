@@ -82,11 +82,15 @@ class SignalsMiddleware(Middleware):
         signals.worker_shutdown.send(worker)
 
     def before_task(self, worker: Worker, request: Request) -> None:
+        if not signals.task_prerun.connected:
+            return
         task = worker.app.tasks.get(request.task)
         if task is not None:
             signals.send_task_prerun(task, request)
 
     def after_task(self, worker: Worker, request: Request, outcome: Outcome) -> None:
+        if not signals.any_task_ended_receiver():
+            return
         task = worker.app.tasks.get(request.task)
         if task is None or outcome.state is State.REVOKED:  # expired: never started
             return
