@@ -55,3 +55,23 @@ def hog(megabytes: int) -> int:
 def nap(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
+
+
+@app.task(name="controls.stubborn_sync", soft_time_limit=0.2, time_limit=1.0, max_retries=0)
+def stubborn_sync() -> str:
+    try:
+        for _ in range(3000):
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        for _ in range(3000):  # ignores the warning: the hard limit ends it
+            time.sleep(0.01)
+    return "never stopped"
+
+
+@app.task(name="controls.stubborn_async", soft_time_limit=0.2, time_limit=1.0, max_retries=0)
+async def stubborn_async() -> str:
+    try:
+        await asyncio.sleep(30)
+    except SoftTimeLimitExceeded:
+        await asyncio.sleep(30)
+    return "never stopped"

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.errors import SoftTimeLimitExceeded
+from conveyor.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 from conveyor.protocol.task_message import TaskMessage, encode_task
 from conveyor.results.meta import State
 from conveyor.testing import start_worker
-from tests.worker.controls_app import app, ignores_soft, tidy_async, tidy_sync
+from tests.worker.controls_app import (
+    app,
+    ignores_soft,
+    stubborn_async,
+    stubborn_sync,
+    tidy_async,
+    tidy_sync,
+)
 
 SPEC = "tests.worker.controls_app:app"
 POOLS = ["asyncio", "threads", "processes"]
@@ -34,6 +41,17 @@ def test_an_uncaught_soft_limit_fails_the_run(pool: str) -> None:
         with pytest.raises(SoftTimeLimitExceeded, match=r"passed its soft time limit of 0\.2 s"):
             result.get(timeout=20)
         assert result.state is State.FAILURE
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("task", [stubborn_sync, stubborn_async], ids=["function", "async"])
+def test_the_hard_limit_still_ends_a_task_that_ignores_its_soft_limit(
+    pool: str, task: object
+) -> None:
+    with start_worker(app, pool=pool, concurrency=1, app_spec=SPEC):
+        result = task.delay()  # type: ignore[attr-defined]
+        with pytest.raises(TimeLimitExceeded, match=r"past its time limit of 1 s"):
+            result.get(timeout=20)
 
 
 def test_a_soft_limit_sent_by_a_celery_client_is_kept() -> None:
