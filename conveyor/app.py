@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 from urllib.parse import urlsplit
 
-from conveyor import sending
+from conveyor import eager, sending
 from conveyor.config import Settings
 from conveyor.errors import ConfigurationError, Unroutable
 from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskArgs, TaskOptions
@@ -375,6 +375,10 @@ class App:
     ) -> AsyncResult:
         """:meth:`asend_task` with the options as one record; ``task`` is the registered task
         when the caller holds it (else looked up by ``name``). Raises as :meth:`asend_task`."""
+        if self.conf.task_always_eager:
+            return await eager.aapply_eagerly(
+                self, self.conf, self._tasks, name, args, kwargs, options, task
+            )
         plan = self._plan(name, args, kwargs, options, task)
         loop = asyncio.get_running_loop()
         res = self._resources(loop)
@@ -467,6 +471,10 @@ class App:
         task: Task | None = None,
     ) -> AsyncResult:
         """Sync twin of :meth:`asend`."""
+        if self.conf.task_always_eager:
+            return eager.apply_eagerly(
+                self, self.conf, self._tasks, name, args, kwargs, options, task
+            )
         sent = self._send_from_thread(name, args, kwargs, options, task)
         if sent is not None:
             return sent

@@ -45,11 +45,18 @@ class Settings:
     task_ignore_result: bool = False
     task_time_limit: float | None = None
     task_track_started: bool = False
+    task_soft_time_limit: float | None = None  # SoftTimeLimitExceeded raised in the task
+    task_default_rate_limit: str | None = None  # "10/s", "100/m", "1000/h", per worker
+    task_always_eager: bool = False  # delay/apply_async run the task in the caller
+    task_eager_propagates: bool = False  # ... and raise its error there at once
 
     worker_prefetch_multiplier: int = 4
     worker_concurrency: int | None = None
     worker_pool: str = "asyncio"
     worker_shutdown_grace: float = 30.0
+    worker_middleware: Sequence[Any] = ()  # Middleware, subclasses, or "module:attr" paths
+    worker_max_tasks_per_child: int | None = None  # processes pool: replace after N tasks
+    worker_max_memory_per_child: int | None = None  # processes pool: KiB of resident memory
 
     timezone: str = "UTC"
     beat_schedule: Mapping[str, Any] = field(default_factory=dict)

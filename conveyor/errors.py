@@ -17,6 +17,7 @@
         ├── ResultUnavailable       get() has no one result to wait for (ignore_result, broadcast)
         ├── TaskRevoked             the task was revoked or expired before it ran
         ├── TimeLimitExceeded       the task ran past its time limit
+        ├── SoftTimeLimitExceeded   raised inside a task at its soft time limit; catch it to tidy up
         ├── Retry                   control flow: a bound task asked to be retried
         └── RemoteTaskError         the task failed on a worker and its type is not importable here
 
@@ -41,6 +42,7 @@ __all__ = [
     "Retry",
     "RoutingError",
     "SignatureError",
+    "SoftTimeLimitExceeded",
     "TaskError",
     "TaskRevoked",
     "TimeLimitExceeded",
@@ -119,6 +121,11 @@ class TaskRevoked(TaskError):
 
 class TimeLimitExceeded(TaskError):
     """The task ran longer than its ``time_limit`` and was stopped."""
+
+
+class SoftTimeLimitExceeded(TaskError):
+    """Raised inside a running task when it passes its ``soft_time_limit``: the task may catch
+    it to tidy up before the (hard) ``time_limit``; uncaught, the run fails with it."""
 
 
 class Retry(TaskError):

@@ -18,6 +18,7 @@ from typing import Any, TypedDict
 
 from conveyor._frozen import fast_init
 from conveyor.errors import ConfigurationError
+from conveyor.rate_limits import parse_rate
 
 __all__ = [
     "NO_OPTIONS",
@@ -143,6 +144,8 @@ class TaskArgs(TypedDict, total=False):
     autoretry_for: Sequence[type[BaseException]]
     retry_backoff: bool | float
     retry_backoff_max: float
+    rate_limit: str | None
+    soft_time_limit: float | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,10 +158,13 @@ class TaskOptions:
     and ``time_limit`` (seconds) fall back to the ``task_*`` settings when None;
     ``max_retries`` (None: no limit), ``default_retry_delay`` (seconds), ``autoretry_for``
     (exception types that retry automatically), ``retry_backoff`` (True or a base in seconds:
-    exponential delays) capped at ``retry_backoff_max``.
+    exponential delays) capped at ``retry_backoff_max``; ``rate_limit`` (``"10/s"``, per worker,
+    else ``task_default_rate_limit``) and ``soft_time_limit`` (seconds: SoftTimeLimitExceeded
+    is raised inside the run, else ``task_soft_time_limit``).
 
     Raises ConfigurationError for an empty name, an ``autoretry_for`` entry that is not an
-    exception type, or a ``time_limit`` that is not positive.
+    exception type, a ``time_limit``/``soft_time_limit`` that is not positive, or a bad
+    ``rate_limit``.
     """
 
     name: str
@@ -176,6 +182,8 @@ class TaskOptions:
     autoretry_for: tuple[type[BaseException], ...] = ()
     retry_backoff: bool | float = False
     retry_backoff_max: float = 600.0
+    rate_limit: str | None = None
+    soft_time_limit: float | None = None
 
     def __post_init__(self) -> None:
         name = self.name
@@ -188,6 +196,13 @@ class TaskOptions:
                 )
         if self.time_limit is not None and self.time_limit <= 0:
             raise ConfigurationError(f"task {name!r}: time_limit must be positive seconds")
+        if self.soft_time_limit is not None and self.soft_time_limit <= 0:
+            raise ConfigurationError(f"task {name!r}: soft_time_limit must be positive seconds")
+        if self.rate_limit is not None:
+            try:
+                parse_rate(self.rate_limit)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"task {name!r}: {exc}") from None
         object.__setattr__(self, "autoretry_for", tuple(self.autoretry_for))
 
     @classmethod

@@ -144,6 +144,8 @@ class Task:
         self.autoretry_for = options.autoretry_for
         self.retry_backoff = options.retry_backoff
         self.retry_backoff_max = options.retry_backoff_max
+        self._rate_limit = options.rate_limit
+        self._soft_time_limit = options.soft_time_limit
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", options.name)
@@ -172,6 +174,22 @@ class Task:
         if self._time_limit is not None:
             return self._time_limit
         return self.app.conf.task_time_limit
+
+    @property
+    def rate_limit(self) -> str | None:
+        """Runs per worker and period (``"10/s"``); the task's option, else
+        ``task_default_rate_limit``."""
+        if self._rate_limit is not None:
+            return self._rate_limit
+        return self.app.conf.task_default_rate_limit
+
+    @property
+    def soft_time_limit(self) -> float | None:
+        """Seconds after which SoftTimeLimitExceeded is raised inside a run; the task's option,
+        else ``task_soft_time_limit``."""
+        if self._soft_time_limit is not None:
+            return self._soft_time_limit
+        return self.app.conf.task_soft_time_limit
 
     @property
     def request(self) -> Request:

@@ -45,6 +45,7 @@ EXPECTED = {
     "binding",
     "crontab",
     "get_task_logger",
+    "SoftTimeLimitExceeded",
 }
 
 

@@ -36,17 +36,19 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "conveyor.config",
             "conveyor.options",
             "conveyor.sending",
+            "conveyor.eager",
+            "conveyor.rate_limits",
             "conveyor.sync_loop",
             "conveyor.signals",
             "conveyor.results",
-            "conveyor.testing",
             "conveyor.logs",
             "conveyor.settings_check",
             "conveyor.security",
         ),
     ),
     ("services", ("conveyor.worker", "conveyor.beat")),
-    ("interfaces", ("conveyor.cli", "conveyor.contrib", "conveyor.__main__")),
+    # conveyor.testing starts an in-process worker for a user's tests.
+    ("interfaces", ("conveyor.cli", "conveyor.contrib", "conveyor.__main__", "conveyor.testing")),
 ]
 
 

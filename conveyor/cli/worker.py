@@ -47,6 +47,22 @@ __all__ = ["worker"]
 )
 @click.option("-B", "--beat", "with_beat", is_flag=True, help="Also run the beat scheduler.")
 @log_options
+@click.option(
+    "--autoscale",
+    metavar="MAX,MIN",
+    help="Grow the pool up to MAX tasks at once while tasks wait, shrink to MIN when idle.",
+)
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(min=1),
+    help="Processes pool: replace a child after this many tasks.",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.IntRange(min=1),
+    metavar="KIB",
+    help="Processes pool: replace a child after a task leaves it above this resident memory.",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -57,6 +73,9 @@ def worker(
     prefetch_multiplier: int | None,
     shutdown_grace: float | None,
     with_beat: bool,
+    autoscale: str | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
     loglevel: str,
     logfile: str | None,
     log_format: str,
@@ -77,6 +96,9 @@ def worker(
         prefetch_multiplier=prefetch_multiplier,
         shutdown_grace=shutdown_grace,
         app_spec=ref.spec if ref is not None else None,
+        autoscale=autoscale,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
     )
     spec = ref.spec if ref is not None else None
     click.echo(worker_banner(service, app_spec=spec, settings=loglevel.upper() == "DEBUG"))

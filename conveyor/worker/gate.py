@@ -43,6 +43,12 @@ class Gate:
         else:
             self.coroutines += step
 
+    def resize(self, size: int) -> None:
+        """Let ``size`` run at once from now on (running ones above it finish as usual)."""
+        self.size = size
+        if self._waiters:
+            self._wake()
+
     def try_enter(self, threaded: bool) -> bool:
         """Go now if the rules allow and nobody waits; False otherwise (then :meth:`enter`)."""
         if not self._waiters and self._allows(threaded):

@@ -44,6 +44,11 @@ from conveyor.worker.outcome import (
     format_error,
     time_limit_error,
 )
+from conveyor.worker.soft_limits import (
+    effective_soft_limit,
+    soft_limit_error_type,
+    within_soft_limit,
+)
 from conveyor.worker.threads import Threads, run_in_thread
 
 __all__ = ["POOLS", "AsyncioPool", "Pool", "ThreadPool"]
@@ -73,6 +78,11 @@ class Pool(abc.ABC):
         """Start threads or processes (idempotent)."""
 
     @abc.abstractmethod
+    async def resize(self, size: int) -> None:
+        """Run up to ``size`` tasks at once from now on (``--autoscale``); running tasks above
+        it finish first. Before :meth:`start`, the size it starts with."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Stop the pool; tasks still running in threads are abandoned (daemon threads)."""
 
@@ -82,15 +92,19 @@ class Pool(abc.ABC):
         request: Request,
         time_limit: float | None,
         on_value: OnValue | None = None,
+        soft_time_limit: float | None = None,
     ) -> Outcome:
         """Run ``task`` for ``request`` within ``time_limit`` seconds; return how it ended.
 
         ``on_value`` is called with a plain function's value in the thread that ran it, by
-        pools that run plain functions in threads (the others ignore it).
+        pools that run plain functions in threads (the others ignore it). After
+        ``soft_time_limit`` seconds (if before ``time_limit``), SoftTimeLimitExceeded is raised
+        inside the run (see ``soft_limits.py``).
         Cancelling the call cancels an async task; a thread or process run is abandoned.
         """
         started = time.monotonic()
-        outcome = await self._run(task, request, time_limit, on_value)
+        soft = effective_soft_limit(soft_time_limit, time_limit)
+        outcome = await self._run(task, request, time_limit, on_value, soft)
         if not outcome.runtime:
             # A fresh Outcome nobody else holds yet: set its runtime in place (replace()
             # costs ~1 µs a task).
@@ -99,7 +113,12 @@ class Pool(abc.ABC):
 
     @abc.abstractmethod
     async def _run(
-        self, task: Task, request: Request, time_limit: float | None, on_value: OnValue | None
+        self,
+        task: Task,
+        request: Request,
+        time_limit: float | None,
+        on_value: OnValue | None,
+        soft: float | None,
     ) -> Outcome:
         """:meth:`run`'s work; an Outcome without a runtime gets the time the call took."""
 
@@ -129,6 +148,12 @@ class AsyncioPool(Pool):
             self._threads.stop()
             self._threads = None
 
+    async def resize(self, size: int) -> None:
+        self.concurrency = size
+        self._gate.resize(size)
+        if self._threads is not None:
+            self._threads.resize(size)
+
     def withdraw_waiting(self) -> int:
         withdrawn = self._gate.withdraw()
         if self._threads is not None:
@@ -136,7 +161,12 @@ class AsyncioPool(Pool):
         return withdrawn
 
     async def _run(
-        self, task: Task, request: Request, time_limit: float | None, on_value: OnValue | None
+        self,
+        task: Task,
+        request: Request,
+        time_limit: float | None,
+        on_value: OnValue | None,
+        soft: float | None,
     ) -> Outcome:
         ran: list[float] = []  # a thread's running time, once it has one
         try:
@@ -145,7 +175,7 @@ class AsyncioPool(Pool):
                 if not gate.try_enter(False):
                     await gate.enter(False, keep=not task.acks_late)
                 try:
-                    return await self._run_async(task, request, time_limit)
+                    return await self._run_async(task, request, time_limit, soft)
                 finally:
                     gate.leave(False)
             if self._threads is None:
@@ -158,7 +188,14 @@ class AsyncioPool(Pool):
                 return value, on_value is not None and on_value(value)
 
             finished, result = await run_in_thread(
-                self._threads, call, time_limit, ran, keep=not task.acks_late
+                self._threads,
+                call,
+                time_limit,
+                ran,
+                keep=not task.acks_late,
+                soft_limit=(
+                    (soft, soft_limit_error_type(request, soft)) if soft is not None else None
+                ),
             )
             if not finished:
                 assert time_limit is not None
@@ -175,9 +212,13 @@ class AsyncioPool(Pool):
                 object.__setattr__(outcome, "runtime", ran[0])
             return outcome
 
-    async def _run_async(self, task: Task, request: Request, time_limit: float | None) -> Outcome:
+    async def _run_async(
+        self, task: Task, request: Request, time_limit: float | None, soft: float | None
+    ) -> Outcome:
         with running(request):
             coro = task(*request.args, **request.kwargs)
+            if soft is not None:
+                coro = within_soft_limit(coro, soft, request)
             if time_limit is None:
                 return Outcome(State.SUCCESS, await coro)
             timeout = asyncio.timeout(time_limit)
@@ -215,10 +256,15 @@ class ThreadPool(AsyncioPool):
                 loop.close()
 
     async def _run(
-        self, task: Task, request: Request, time_limit: float | None, on_value: OnValue | None
+        self,
+        task: Task,
+        request: Request,
+        time_limit: float | None,
+        on_value: OnValue | None,
+        soft: float | None,
     ) -> Outcome:
         if not task.is_async:
-            return await super()._run(task, request, time_limit, on_value)
+            return await super()._run(task, request, time_limit, on_value, soft)
         if self._threads is None:
             await self.start()
         assert self._threads is not None
@@ -231,6 +277,8 @@ class ThreadPool(AsyncioPool):
             async def body() -> Any:
                 with running(request):
                     coro = task(*request.args, **request.kwargs)
+                    if soft is not None:
+                        coro = within_soft_limit(coro, soft, request)
                     if time_limit is None:
                         return await coro
                     timeout = asyncio.timeout(time_limit)

@@ -4,7 +4,9 @@ Each child is started with ``spawn`` (no state forked from a threaded parent), i
 from its ``module:attr`` path and runs one task at a time. Arguments and results cross the pipe
 with pickle; that is local IPC between a worker and its own children, never the broker. A task
 that passes its time limit, or a child that dies mid-task, costs that child: it is killed and
-replaced, and the run is recorded as failed.
+replaced, and the run is recorded as failed. A child that has run ``max_tasks_per_child`` tasks,
+or whose peak resident memory passed ``max_memory_per_child`` KiB after a task, is stopped after
+that task (which completes normally) and replaced by a fresh one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import importlib
 import logging
 import multiprocessing
 import pickle
+import resource
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -33,6 +36,7 @@ from conveyor.worker.outcome import (
     time_limit_error,
 )
 from conveyor.worker.pools import Pool
+from conveyor.worker.soft_limits import alarm_soft_limit, within_soft_limit
 
 __all__ = ["ProcessPool", "load_app_spec"]
 
@@ -101,25 +105,29 @@ def _child_main(conn: Connection, spec: str, path: list[str], logs: LogSetup | N
             return
         if job is None:
             return
-        name, request = job
+        name, request, soft = job
         task: Task = app.tasks[name]
         started = time.monotonic()
         try:
             with running(request):
                 if task.is_async:
-                    value = loop.run_until_complete(task(*request.args, **request.kwargs))
+                    coro = within_soft_limit(task(*request.args, **request.kwargs), soft, request)
+                    value = loop.run_until_complete(coro)
                 else:
-                    value = task(*request.args, **request.kwargs)
+                    with alarm_soft_limit(soft, request):
+                        value = task(*request.args, **request.kwargs)
             reply: tuple[Any, ...] = (State.SUCCESS.value, value, None, None, None)
         except BaseException as exc:
             outcome = classify_error(task, request, exc, format_error(exc))
             error = _picklable(outcome.error) if outcome.error is not None else None
             reply = (outcome.state.value, None, error, outcome.traceback, outcome.countdown)
+        # Peak resident memory in KiB (Linux's unit), for max_memory_per_child.
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
-            conn.send((*reply, time.monotonic() - started))
+            conn.send((*reply, time.monotonic() - started, rss))
         except Exception as exc:
             bad = TaskError(f"the result of {name} cannot cross to the worker: {exc}")
-            conn.send((State.FAILURE.value, None, bad, None, None, time.monotonic() - started))
+            conn.send((State.FAILURE.value, None, bad, None, None, time.monotonic() - started, rss))
 
 
 class _Child:
@@ -133,6 +141,7 @@ class _Child:
         )
         self.process.start()
         child_conn.close()
+        self.tasks = 0  # tasks run so far
 
     async def _receive(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -159,8 +168,8 @@ class _Child:
         if kind != "ready":
             raise ConfigurationError(f"a pool process could not load the app: {detail}")
 
-    async def call(self, name: str, request: Request) -> tuple[Any, ...]:
-        self.conn.send((name, request))
+    async def call(self, name: str, request: Request, soft: float | None) -> tuple[Any, ...]:
+        self.conn.send((name, request, soft))
         reply: tuple[Any, ...] = await self._receive()
         return reply
 
@@ -181,13 +190,24 @@ class _Child:
 
 
 class ProcessPool(Pool):
-    """``concurrency`` child processes, each running one task at a time."""
+    """``concurrency`` child processes, each running one task at a time; each replaced after
+    ``max_tasks_per_child`` tasks or once it used ``max_memory_per_child`` KiB (None: never)."""
 
     name = "processes"
 
-    def __init__(self, concurrency: int, app_spec: str) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        app_spec: str,
+        *,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+    ) -> None:
         super().__init__(concurrency)
         self.app_spec = app_spec
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self.replaced = 0  # children retired by the limits above
         self._idle: asyncio.Queue[_Child] | None = None
         self._children: set[_Child] = set()
         self._respawning: set[asyncio.Task[None]] = set()
@@ -239,7 +259,12 @@ class ProcessPool(Pool):
         task.add_done_callback(self._respawning.discard)
 
     async def _run(
-        self, task: Task, request: Request, time_limit: float | None, on_value: OnValue | None
+        self,
+        task: Task,
+        request: Request,
+        time_limit: float | None,
+        on_value: OnValue | None,
+        soft: float | None,
     ) -> Outcome:
         await self.start()
         assert self._idle is not None
@@ -248,7 +273,7 @@ class ProcessPool(Pool):
         started = time.monotonic()
         try:
             async with asyncio.timeout(time_limit):
-                reply = await child.call(task.name, request)
+                reply = await child.call(task.name, request, soft)
         except TimeoutError:
             self._replace(child)
             assert time_limit is not None
@@ -260,6 +285,44 @@ class ProcessPool(Pool):
         except asyncio.CancelledError:
             self._replace(child)
             raise
-        idle.put_nowait(child)
-        state, value, error, tb, countdown, runtime = reply
+        state, value, error, tb, countdown, runtime, rss = reply
+        child.tasks += 1
+        if len(self._children) > self.concurrency:  # the pool shrank
+            self._retire(child, "the pool shrank", replace=False)
+        elif self.max_tasks_per_child and child.tasks >= self.max_tasks_per_child:
+            self._retire(child, f"{child.tasks} tasks (max_tasks_per_child)")
+        elif self.max_memory_per_child and rss > self.max_memory_per_child:
+            self._retire(
+                child, f"using {rss} KiB (max_memory_per_child {self.max_memory_per_child})"
+            )
+        else:
+            idle.put_nowait(child)
         return Outcome(State(state), value, error, tb, countdown, runtime)
+
+    def _retire(self, child: _Child, why: str, *, replace: bool = True) -> None:
+        """Stop ``child`` after its task (in a thread) and start its replacement."""
+        if replace:
+            log.info("replacing pool process %s after %s", child.process.pid, why)
+            self.replaced += 1
+        self._children.discard(child)
+        loop = asyncio.get_running_loop()
+        works = [asyncio.to_thread(child.stop), *([self._respawn()] if replace else [])]
+        for work in works:
+            task = loop.create_task(work)
+            self._respawning.add(task)
+            task.add_done_callback(self._respawning.discard)
+
+    async def resize(self, size: int) -> None:
+        """Start children up to ``size``, or stop idle ones down to it (busy ones stop when
+        their task ends)."""
+        self.concurrency = size
+        idle = self._idle
+        if idle is None:
+            return  # not started: it starts with ``size`` children
+        loop = asyncio.get_running_loop()
+        for _ in range(len(self._children), size):
+            task = loop.create_task(self._respawn())
+            self._respawning.add(task)
+            task.add_done_callback(self._respawning.discard)
+        while len(self._children) > size and not idle.empty():
+            self._retire(idle.get_nowait(), "the pool shrank", replace=False)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conveyor.errors import TimeLimitExceeded
+from conveyor.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 from conveyor.worker.gate import Gate
 from conveyor.worker.outcome import NotStarted
 
@@ -72,6 +72,7 @@ class _Job:
         "ident",
         "keep",
         "lock",
+        "outcome",
         "started",
         "state",
     )
@@ -86,6 +87,7 @@ class _Job:
         self.ident = 0
         self.started = 0.0
         self.ended = 0.0
+        self.outcome: tuple[Any, BaseException | None] | None = None
 
     def run(self) -> None:
         with self.lock:
@@ -95,17 +97,31 @@ class _Job:
             self.ident = threading.get_ident()
             self.started = time.monotonic()
         try:
-            value = self.fn()
+            outcome: tuple[Any, BaseException | None] = (self.fn(), None)
         except BaseException as exc:
-            with self.lock:
-                self.state = "done"
-                self.ended = time.monotonic()
-            self.completions.put(self, None, exc)
-        else:
-            with self.lock:
-                self.state = "done"
-                self.ended = time.monotonic()
-            self.completions.put(self, value, None)
+            outcome = (None, exc)
+        self.outcome = outcome
+        self.settle()
+
+    def settle(self, late: BaseException | None = None) -> None:
+        """Mark the call done and report its outcome to the loop. ``late``: an interrupt that
+        landed in the thread after the call ended (it stands for an outcome not recorded)."""
+        if self.outcome is None:
+            self.outcome = (None, late)
+        with self.lock:
+            self.state = "done"  # from here on no interrupt is sent
+        # A call: an interrupt sent just before lands here at the latest, before the report.
+        self.ended = time.monotonic()
+        value, exc = self.outcome
+        self.completions.put(self, value, exc)
+
+    def interrupt_soft(self, error: type[BaseException]) -> None:
+        """Raise ``error`` (a SoftTimeLimitExceeded type) in the thread if the call runs."""
+        with self.lock:
+            if self.state == "running":
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self.ident), ctypes.py_object(error)
+                )
 
     def interrupt(self) -> None:
         """Raise TimeLimitExceeded in the thread if the call is still running; drop it if
@@ -145,23 +161,23 @@ class Threads:
         self.waiting: set[_Job] = set()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._completions: _Completions | None = None
-        self._threads = [
-            threading.Thread(target=self._main, name=f"{name}-{i}", daemon=True)
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._name = name
+        self._started = 0
+        self.size = 0
+        self.resize(size)
 
     def _main(self) -> None:
         jobs = self._jobs
         while True:
+            job = None
             try:
                 job = jobs.get()
                 if job is None:
                     return
                 job.run()
-            except TimeLimitExceeded:
-                continue
+            except (TimeLimitExceeded, SoftTimeLimitExceeded) as late:  # after the call ended
+                if job is not None:
+                    job.settle(late)  # a second report of a settled job is ignored
 
     def completions(self, loop: asyncio.AbstractEventLoop) -> _Completions:
         """Where jobs for ``loop`` report back (one per loop)."""
@@ -177,9 +193,19 @@ class Threads:
     def withdraw_waiting(self) -> int:
         return sum(job.withdraw() for job in list(self.waiting) if not job.keep)
 
-    def stop(self) -> None:
-        for _ in self._threads:
+    def resize(self, size: int) -> None:
+        """Run ``size`` threads: start more, or have some leave once the calls handed over
+        before this one ended."""
+        for _ in range(size, self.size):
             self._jobs.put(None)
+        for _ in range(self.size, size):
+            self._started += 1
+            name = f"{self._name}-{self._started}"
+            threading.Thread(target=self._main, name=name, daemon=True).start()
+        self.size = size
+
+    def stop(self) -> None:
+        self.resize(0)
 
 
 async def run_in_thread(
@@ -188,11 +214,13 @@ async def run_in_thread(
     time_limit: float | None,
     ran: list[float] | None = None,
     keep: bool = False,
+    soft_limit: tuple[float, type[BaseException]] | None = None,
 ) -> tuple[bool, Any]:
     """Run ``fn`` on ``threads``; return (finished in time, value). Raises what ``fn`` raised,
     or NotStarted if the pool withdrew it before it started (never when ``keep``).
     ``time_limit`` counts from the moment ``fn`` starts, not from when it was handed over;
-    ``ran`` gets its running time."""
+    ``soft_limit`` (seconds, error type) raises that error in the thread at that time (it must come
+    before ``time_limit``); ``ran`` gets its running time."""
     gate = threads.gate
     if not gate.try_enter(True):
         await gate.enter(True, keep)
@@ -200,22 +228,9 @@ async def run_in_thread(
         job = _Job(fn, threads.completions(asyncio.get_running_loop()), keep)
         threads.submit(job)
         try:
-            if time_limit is None:
+            if time_limit is None and soft_limit is None:
                 return True, await job.future
-            wait = time_limit  # the earliest the limit can run out: it starts now at the earliest
-            while True:
-                try:
-                    async with asyncio.timeout(wait):
-                        return True, await asyncio.shield(job.future)
-                except TimeoutError:
-                    if job.future.done():
-                        return True, job.future.result()
-                    wait = time_limit - job.ran_for() if job.started else time_limit
-                    if wait > 0:
-                        continue
-                    job.interrupt()
-                    job.future.add_done_callback(_consume)
-                    return False, None
+            return await _watch(job, time_limit, soft_limit)
         except asyncio.CancelledError:
             job.interrupt()
             job.future.add_done_callback(_consume)
@@ -226,6 +241,34 @@ async def run_in_thread(
                 ran.append(job.ran_for())
     finally:
         gate.leave(True)
+
+
+async def _watch(
+    job: _Job, time_limit: float | None, soft_limit: tuple[float, type[BaseException]] | None
+) -> tuple[bool, Any]:
+    """Wait for ``job``, sending the soft limit's error, then the hard limit's interrupt, at
+    their times counted from the job's start."""
+    while True:
+        limit = soft_limit[0] if soft_limit is not None else time_limit
+        if limit is None:
+            return True, await job.future
+        # The earliest the limit can run out: the job starts now at the earliest.
+        wait = limit - job.ran_for() if job.started else limit
+        if wait > 0:
+            try:
+                async with asyncio.timeout(wait):
+                    return True, await asyncio.shield(job.future)
+            except TimeoutError:
+                if job.future.done():
+                    return True, job.future.result()
+                continue
+        if soft_limit is not None:
+            job.interrupt_soft(soft_limit[1])
+            soft_limit = None
+            continue
+        job.interrupt()
+        job.future.add_done_callback(_consume)
+        return False, None
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

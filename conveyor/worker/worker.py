@@ -15,9 +15,11 @@ Life of a delivery:
    with the reason, worker and queue in its headers, then acked: never dropped.
 3. ``expires`` in the past: not run, stored as REVOKED. An ``eta`` in the future (a client
    without delayed delivery sent it): re-published with the remaining delay.
-4. It runs in the pool within its time limit. Its result is stored, then it is acked (or
-   acked before the run if the task opted out of ``acks_late``). A retry re-publishes a copy
-   with ``retries + 1`` to the same queue through delayed delivery before the ack.
+4. A task with a ``rate_limit`` waits for its turn (without holding a slot; given back if the
+   worker stops meanwhile). It runs in the pool within its time limit. Its result is stored,
+   then it is acked (or acked before the run if the task opted out of ``acks_late``). A retry
+   re-publishes a copy with ``retries + 1`` to the same queue through delayed delivery before
+   the ack.
 
 Stopping: :meth:`Worker.stop` (or the first SIGTERM/SIGINT under :meth:`Worker.serve`) stops
 consuming, gives back prefetched deliveries that have not started, and lets running tasks finish
@@ -49,13 +51,17 @@ from conveyor.errors import (
 )
 from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS, dead_letter_headers
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
+from conveyor.rate_limits import RateLimits, parse_rate
 from conveyor.results.base import ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State
 from conveyor.results.signed import sign_result
 from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
+from conveyor.worker.autoscale import Autoscaler, parse_autoscale
 from conveyor.worker.buffer import PriorityBuffer
+from conveyor.worker.child_limits import ChildLimits, child_limits
+from conveyor.worker.hooks import SignalsMiddleware, load_middleware
 from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
 from conveyor.worker.outcome import NotStarted, OnValue, Outcome
@@ -98,8 +104,13 @@ class Worker:
 
     ``hostname`` may use ``%h``/``%n``/``%d``. ``concurrency`` bounds tasks running at once
     (default ``worker_concurrency``, else the CPU count); ``pool`` is ``asyncio``, ``threads``
-    or ``processes`` (the latter needs ``app_spec``, the ``module:attr`` children import).
-    Raises ConfigurationError for an unknown pool or queue.
+    or ``processes`` (the latter needs ``app_spec``, the ``module:attr`` children import;
+    ``max_tasks_per_child``/``max_memory_per_child`` KiB replace its children, default the
+    ``worker_max_*_per_child`` settings). ``autoscale`` ``(MAX, MIN)`` or ``"MAX,MIN"`` sizes
+    the pool by demand (see ``autoscale.py``; ``concurrency`` is then MAX).
+    Hooks: the ``worker_middleware`` setting's middleware, then ``middleware``, then the one
+    sending :mod:`conveyor.signals`. Raises ConfigurationError for an unknown pool or queue,
+    or a middleware entry that cannot be loaded.
     """
 
     def __init__(
@@ -114,9 +125,15 @@ class Worker:
         shutdown_grace: float | None = None,
         middleware: Sequence[Middleware] = (),
         app_spec: str | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        autoscale: str | tuple[int, int] | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
+        self.autoscale = parse_autoscale(autoscale) if autoscale is not None else None
+        if self.autoscale is not None:
+            concurrency = self.autoscale[0]  # prefetch and slots for the most it may run
         self.queue_names = tuple(queues) if queues else (conf.task_default_queue,)
         self.hostname = expand_hostname(hostname) if hostname else default_hostname()
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
@@ -134,8 +151,14 @@ class Worker:
             shutdown_grace if shutdown_grace is not None else conf.worker_shutdown_grace
         )
         self.pool_name = pool or conf.worker_pool
-        self.pool = self._make_pool(self.pool_name, app_spec)
-        self.middleware = tuple(middleware)
+        self.pool = self._make_pool(
+            self.pool_name, app_spec, child_limits(conf, max_tasks_per_child, max_memory_per_child)
+        )
+        self.middleware = (
+            *load_middleware(conf.worker_middleware),
+            *middleware,
+            SignalsMiddleware(),
+        )
         self.worker_id = f"{self.hostname}.{uuid.uuid4().hex[:8]}"
         self.consumed_queues: dict[str, Queue] = {}
         self.broadcast_queues: dict[str, Broadcast] = {}
@@ -156,8 +179,12 @@ class Worker:
         self._stop_task: asyncio.Task[None] | None = None
         self._dead_letter_declared = False
         self._signing: MessageSigning | None = None
+        self._rate_limits = RateLimits()
+        self.autoscaler: Autoscaler | None = None
+        if conf.task_default_rate_limit is not None:
+            parse_rate(conf.task_default_rate_limit)  # a bad one fails here, not at each task
 
-    def _make_pool(self, name: str, app_spec: str | None) -> Pool:
+    def _make_pool(self, name: str, app_spec: str | None, limits: ChildLimits) -> Pool:
         if name == "processes":
             from conveyor.worker.processes import ProcessPool
 
@@ -166,7 +193,13 @@ class Worker:
                     "the processes pool needs the app's import path (module:attr) so that "
                     "child processes can load the tasks; start the worker with -A"
                 )
-            return ProcessPool(self.concurrency, app_spec)
+            return ProcessPool(
+                self.concurrency,
+                app_spec,
+                max_tasks_per_child=limits.max_tasks,
+                max_memory_per_child=limits.max_memory,
+            )
+        limits.refuse(name)
         cls = POOLS.get(name)
         if cls is None:
             raise ConfigurationError(
@@ -192,6 +225,8 @@ class Worker:
         self._signing = self.app.signing
         transport = self._transport = await self.app.atransport()
         self._backend = await self.app.abackend()
+        if self.autoscale is not None:
+            await self.pool.resize(self.autoscale[1])  # it starts small
         await self.pool.start()
         router = self.app.router
         names: list[str] = []
@@ -217,6 +252,11 @@ class Worker:
         self._service = [loop.create_task(self._receive(self._consumer))]
         if self.app.conf.result_expires:
             self._service.append(loop.create_task(self._expire_results()))
+        if self.autoscale is not None:
+            self.autoscaler = Autoscaler(
+                self.pool, *self.autoscale, lambda: len(self._running) + len(self._buffer)
+            )
+            self._service.append(loop.create_task(self.autoscaler.run()))
         log.info(
             "worker %s consuming %s (pool %s, concurrency %d, prefetch %d)",
             self.hostname,
@@ -450,19 +490,24 @@ class Worker:
         if _not_due(message, now):
             await self._settle_unrun(delivery, message, self._postpone(delivery, message, now))
             return
+        if task.rate_limit is not None:
+            wait = self._rate_limits.reserve(task.name, task.rate_limit)
+            if wait > 0 and not await self._wait_turn(delivery, wait):
+                return
         if not task.acks_late:
             await self._ack(delivery)
         if store and self.app.conf.task_track_started:
             await self._store(request, self._started(message, task), delivery)
         self._hook("before_task", request)
         limit = message.timelimit[0] or task.time_limit
+        soft = message.timelimit[1] or task.soft_time_limit
         on_value = (
             self._thread_store(message, task, request)
-            if store and self._thread_may_store(delivery, task, request, limit)
+            if store and self._thread_may_store(delivery, task, request, limit or soft)
             else None
         )
         try:
-            outcome = await self.pool.run(task, request, limit, on_value)
+            outcome = await self.pool.run(task, request, limit, on_value, soft)
         except NotStarted:  # the worker is stopping: it goes back with the prefetched ones
             await self._give_back(delivery)
             return
@@ -472,6 +517,18 @@ class Worker:
         await self._settle(delivery, message, task, request, outcome, store)
         self.processed += 1
         self._hook("after_task", request, outcome, reverse=True)
+
+    async def _wait_turn(self, delivery: Delivery, wait: float) -> bool:
+        """Wait ``wait`` seconds for a rate-limited run's turn without holding an execution
+        slot; False (its message given back) if the worker stops first."""
+        self._release_slot(delivery)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._stopping.wait()
+        if self._stopping.is_set():
+            await self._give_back(delivery)
+            return False
+        return True
 
     async def _revoke_expired(
         self, delivery: Delivery, message: TaskMessage, task: Task, request: Request, store: bool
