@@ -27,7 +27,7 @@ import operator
 import os
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 from urllib.parse import urlsplit
 
 from conveyor import sending
@@ -44,6 +44,9 @@ from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
+
+if TYPE_CHECKING:
+    from conveyor.canvas.signature import Signature
 
 __all__ = ["App", "default_broker_url"]
 
@@ -507,6 +510,18 @@ class App:
                 backend.unwatch_replies_from_thread(tid, wakeup)
         # Not written, or the connection went before RabbitMQ answered: through the loop.
         return self.run_sync(self._publish_task(plan, tid, envelope, backend))
+
+    def signature(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        """A signature of task ``name`` sent with this App (its code need not be here)."""
+        from conveyor.canvas.signature import Signature
+
+        return Signature(name, args, kwargs, options, app=self)
 
     def _task_name(self, fn: Callable[..., Any]) -> str:
         module = getattr(fn, "__module__", None) or "__main__"

@@ -16,7 +16,8 @@
         ├── TaskRevoked             the task was revoked or expired before it ran
         ├── TimeLimitExceeded       the task ran past its time limit
         ├── Retry                   control flow: a bound task asked to be retried
-        └── RemoteTaskError         the task failed on a worker and its type is not importable here
+        ├── RemoteTaskError         the task failed on a worker and its type is not importable here
+        └── ChordError              a chord's header task failed, so its body did not run
 
 Errors from client libraries are mapped to these at the transport boundary with
 ``raise ... from exc``, so callers never need to import a broker client library to handle them.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerUnavailable",
+    "ChordError",
     "ConfigurationError",
     "ConveyorError",
     "NotFound",
@@ -132,3 +134,7 @@ class RemoteTaskError(TaskError):
         super().__init__(message)
         self.exc_type = exc_type
         self.remote_traceback = remote_traceback
+
+
+class ChordError(TaskError):
+    """A chord's header task failed (the message names it), so the body was not run."""

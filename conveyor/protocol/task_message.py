@@ -3,8 +3,8 @@
 The body is ``[args, kwargs, embed]`` (JSON by default); everything a worker needs to decide
 what to do without decoding the body travels in headers: always ``lang``, ``task``, ``id``,
 ``root_id``, ``parent_id``, ``group`` (the headers the protocol requires), ``origin`` and
-``ignore_result``; the optional ``retries``, ``eta``, ``expires``, ``timelimit``, ``shadow``,
-``argsrepr`` and ``kwargsrepr`` only when they differ from what a reader takes for a missing one
+``ignore_result``; the optional ``group_index`` (a chord header's place), ``retries``, ``eta``,
+``expires``, ``timelimit``, ``shadow``, ``argsrepr`` and ``kwargsrepr`` only when they differ from what a reader takes for a missing one
 (0, none, none, no limits, none, no args, no kwargs), as both Celery's worker and conveyor's read
 them. Every header entry costs RabbitMQ CPU on each publish and delivery (~1 µs each), and a
 task's headers are most of its size. The ``correlation_id`` property is the task id and
@@ -207,6 +207,7 @@ class TaskMessage:
     correlation_id: str | None = None
     priority: int | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
+    group_index: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -262,6 +263,8 @@ def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
         headers["timelimit"] = list(message.timelimit)
     if message.shadow is not None:
         headers["shadow"] = message.shadow
+    if message.group_index is not None:
+        headers["group_index"] = message.group_index
     if args:
         headers["argsrepr"] = _short_repr(args)
     if kwargs:
@@ -326,6 +329,9 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
     eta = headers.get("eta")
     expires = headers.get("expires")
     timelimit = headers.get("timelimit")
+    group_index = headers.get("group_index")
+    if group_index is not None and (type(group_index) is not int):
+        raise ProtocolError(f"header 'group_index' must be an integer, got {group_index!r}")
     return TaskMessage(
         task=headers["task"],
         id=task_id,
@@ -350,4 +356,5 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
             if _STANDARD_HEADERS.issuperset(headers)
             else {k: v for k, v in headers.items() if k not in _STANDARD_HEADERS}
         ),
+        group_index=group_index,
     )

@@ -59,6 +59,7 @@ from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
 from conveyor.worker.outcome import NotStarted, OnValue, Outcome
 from conveyor.worker.pools import POOLS, Pool
+from conveyor.worker.workflow import WorkflowStep, carries_workflow
 
 __all__ = ["DEAD_LETTER_HEADERS", "Worker"]
 
@@ -150,6 +151,7 @@ class Worker:
         self._service: list[asyncio.Task[None]] = []
         self._stop_task: asyncio.Task[None] | None = None
         self._dead_letter_declared = False
+        self._workflow = WorkflowStep(app, self.hostname)
 
     def _make_pool(self, name: str, app_spec: str | None) -> Pool:
         if name == "processes":
@@ -381,6 +383,17 @@ class Worker:
                 message.task,
             )
             return
+        if carries_workflow(message):
+            assert self._backend is not None
+            reason = self._workflow.refusal(message, self._backend)
+            if reason is not None:  # never run and forgotten: the caller's result says why
+                error = ProtocolError(reason)
+                meta = ResultMeta.failure(
+                    message.id, error, None, worker=self.hostname, task=task.name
+                )
+                await self._store(self._request(delivery, message), meta, delivery)
+                await self.dead_letter(delivery, reason, message.task)
+                return
         await self._execute(delivery, message, task)
 
     def _request(self, delivery: Delivery, message: TaskMessage) -> Request:
@@ -603,6 +616,14 @@ class Worker:
                 )
             if store:
                 await self._store(request, self._failure(message, task, outcome), delivery)
+        if outcome.state is not State.RETRY and carries_workflow(message):
+            assert self._backend is not None
+            if outcome.state is State.SUCCESS:
+                await self._workflow.succeeded(message, outcome.value, self._backend)
+            elif outcome.error is not None:
+                await self._workflow.failed(
+                    message, outcome.error, outcome.traceback, self._backend
+                )
         if task.acks_late:
             transport = self._transport
             assert transport is not None
