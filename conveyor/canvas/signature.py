@@ -26,8 +26,6 @@ from conveyor.task_ids import new_task_id
 
 if TYPE_CHECKING:
     from conveyor.app import App
-    from conveyor.canvas.results import GroupResult
-    from conveyor.results.async_result import AsyncResult
     from conveyor.results.base import ResultBackend
 
 __all__ = ["Signature", "maybe_signature", "send_options", "signature"]

@@ -61,7 +61,7 @@ def _split(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return result, rest
 
 
-class chain(Signature):  # noqa: N801 - Celery's name
+class chain(Signature):
     """Steps run one after another, each given the previous result as its first argument
     (unless immutable); the chain's result is its last step's. ``a.s() | b.s()`` builds one."""
 
@@ -188,7 +188,7 @@ class chain(Signature):  # noqa: N801 - Celery's name
         return 0
 
 
-class group(Signature):  # noqa: N801 - Celery's name
+class group(Signature):
     """Members sent at once, run in parallel; the result is a :class:`GroupResult` whose
     ``get`` lists the members' results in the order given."""
 
@@ -290,7 +290,7 @@ class group(Signature):  # noqa: N801 - Celery's name
         return sum(member._size() for member in self.tasks)
 
 
-class chord(Signature):  # noqa: N801 - Celery's name
+class chord(Signature):
     """A group (the header) whose results, in header order, are sent as one list to the body
     once every header task has finished. The result is the body's. A failed header task
     fails the chord: the body does not run and its result raises a ChordError naming the

@@ -1,16 +1,16 @@
 """Task messages in the Celery task message protocol, version 2, inside an :class:`Envelope`.
 
-The body is ``[args, kwargs, embed]`` (JSON by default); everything a worker needs to decide
-what to do without decoding the body travels in headers: always ``lang``, ``task``, ``id``,
-``root_id``, ``parent_id``, ``group`` (the headers the protocol requires), ``origin`` and
-``ignore_result``; the optional ``group_index`` (a chord header's place), ``retries``, ``eta``,
-``expires``, ``timelimit``, ``shadow``, ``argsrepr`` and ``kwargsrepr`` only when they differ from what a reader takes for a missing one
-(0, none, none, no limits, none, no args, no kwargs), as both Celery's worker and conveyor's read
-them. Every header entry costs RabbitMQ CPU on each publish and delivery (~1 µs each), and a
-task's headers are most of its size. The ``correlation_id`` property is the task id and
-``reply_to`` names the caller's reply queue. A Celery 5 client can send to a
-conveyor worker and a conveyor client to a Celery worker. (Celery's documentation calls
-``timelimit`` ``(soft, hard)``; its code writes and reads ``[hard, soft]``, and so does conveyor.)
+The body is ``[args, kwargs, embed]`` (JSON by default); everything a worker needs to decide what
+to do without decoding the body travels in headers: always ``lang``, ``task``, ``id``, ``root_id``,
+``parent_id``, ``group`` (the headers the protocol requires), ``origin`` and ``ignore_result``; the
+optional ``group_index`` (a chord header's place), ``retries``, ``eta``, ``expires``,
+``timelimit``, ``shadow``, ``argsrepr`` and ``kwargsrepr`` only when they differ from what a reader
+takes for a missing one (0, none, none, no limits, none, no args, no kwargs), as both Celery's
+worker and conveyor's read them. Every header entry costs RabbitMQ CPU on each publish and delivery
+(~1 µs each), and a task's headers are most of its size. The ``correlation_id`` property is the
+task id and ``reply_to`` names the caller's reply queue. A Celery 5 client can send to a conveyor
+worker and a conveyor client to a Celery worker. (Celery's documentation calls ``timelimit``
+``(soft, hard)``; its code writes and reads ``[hard, soft]``, and so does conveyor.)
 
 Decoding also accepts protocol version 1 messages (everything in a JSON body), which older
 Celery clients send. Pickle bodies are refused unless ``"pickle"`` is in the accepted content
