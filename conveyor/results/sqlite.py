@@ -278,9 +278,7 @@ class SQLiteBackend(ResultBackend):
         )
 
     async def chord_start(self, group_id: str, size: int) -> None:
-        await self._run(
-            write_transaction(lambda db: sqlite_chords.chord_start(db, group_id, size))
-        )
+        await self._run(write_transaction(lambda db: sqlite_chords.chord_start(db, group_id, size)))
 
     async def chord_part_done(
         self, part: ChordPart, *, claim_seconds: float = CHORD_CLAIM_SECONDS
