@@ -1,0 +1,118 @@
+"""Chains, groups, chords, links and their failure rules, run by a real worker on each broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conveyor.canvas import GroupResult, chain, chord, group
+from conveyor.errors import ChordError
+from tests.canvas.conftest import Flow
+
+T = 20.0
+
+
+async def test_chain_passes_each_result_to_the_next_step(flow: Flow) -> None:
+    result = await (flow.add.s(1, 2) | flow.add.s(10) | flow.mul.s(3)).aapply_async()
+    assert await result.aget(timeout=T) == 39
+
+
+async def test_immutable_step_ignores_the_previous_result(flow: Flow) -> None:
+    result = await chain(flow.add.s(1, 1), flow.add.si(5, 5), flow.add.s(1)).aapply_async()
+    assert await result.aget(timeout=T) == 11
+
+
+async def test_group_results_come_in_the_order_given(flow: Flow) -> None:
+    result = await group(flow.mul.s(i, 10) for i in range(8)).aapply_async()
+    assert isinstance(result, GroupResult)
+    assert await result.aget(timeout=T) == [i * 10 for i in range(8)]
+    assert await result.aready()
+    assert await result.acompleted_count() == 8
+    landed = [value async for _, value in result.acollect(timeout=T)]
+    assert sorted(landed) == [i * 10 for i in range(8)]
+
+
+async def test_chord_body_gets_the_header_results_in_header_order(flow: Flow) -> None:
+    result = await chord([flow.mul.s(i, 2) for i in range(6)], flow.listed.s()).aapply_async()
+    assert await result.aget(timeout=T) == [0, 2, 4, 6, 8, 10]
+
+
+async def test_link_sends_the_callback_with_the_result(flow: Flow) -> None:
+    first = await flow.add.s(2, 3).aapply_async(link=flow.record.s("linked"))
+    assert await first.aget(timeout=T) == 5
+    for _ in range(200):
+        if flow.log:
+            break
+        await asyncio.sleep(0.05)
+    assert flow.log == [[5, "linked"]]
+
+
+async def test_failing_step_stops_the_chain_runs_link_error_and_fails_its_result(
+    flow: Flow,
+) -> None:
+    result = await (flow.add.s(1, 2) | flow.boom.s() | flow.record.s("never")).aapply_async(
+        link_error=flow.record.si("errback")
+    )
+    with pytest.raises(ValueError, match=r"boom with \[3\]"):
+        await result.aget(timeout=T)
+    for _ in range(200):
+        if flow.log:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert flow.log == [["errback"]]
+
+
+async def test_link_error_gets_the_failed_task_id(flow: Flow) -> None:
+    result = await flow.boom.s(1).aapply_async(link_error=flow.record.s())
+    with pytest.raises(ValueError):
+        await result.aget(timeout=T)
+    for _ in range(200):
+        if flow.log:
+            break
+        await asyncio.sleep(0.05)
+    assert flow.log == [[result.id]]
+
+
+async def test_failing_header_fails_the_chord_naming_that_task_and_skips_the_body(
+    flow: Flow,
+) -> None:
+    failing = flow.boom.s(7).set(task_id="failing-header-task")
+    result = await chord([flow.add.s(1, 1), failing], flow.record.s("body")).aapply_async()
+    with pytest.raises(ChordError, match="failing-header-task"):
+        await result.aget(timeout=T)
+    await asyncio.sleep(0.3)
+    assert flow.log == []
+
+
+async def test_chain_inside_a_chord_header(flow: Flow) -> None:
+    header = [flow.add.s(1, 1) | flow.mul.s(10), flow.add.s(2, 2)]
+    result = await chord(header, flow.listed.s()).aapply_async()
+    assert await result.aget(timeout=T) == [20, 4]
+
+
+async def test_group_inside_a_chain_becomes_a_chord_with_the_next_step(flow: Flow) -> None:
+    workflow = flow.add.s(1, 1) | group(flow.mul.s(2), flow.mul.s(3)) | flow.listed.s()
+    result = await workflow.aapply_async()
+    assert await result.aget(timeout=T) == [4, 6]
+
+
+async def test_chord_inside_a_chain_continues_after_the_body(flow: Flow) -> None:
+    workflow = flow.add.s(1, 2) | chord([flow.mul.s(2), flow.mul.s(3)], flow.tsum.s()) | (
+        flow.add.s(100)
+    )
+    result = await workflow.aapply_async()
+    assert await result.aget(timeout=T) == 115
+
+
+async def test_signature_by_name_needs_no_code(flow: Flow) -> None:
+    sig = flow.app.signature("wf.add", (20, 22))
+    result = await sig.aapply_async()
+    assert await result.aget(timeout=T) == 42
+
+
+async def test_empty_chord_header_sends_the_body_an_empty_list(flow: Flow) -> None:
+    result = await chord([], flow.listed.s()).aapply_async()
+    assert await result.aget(timeout=T) == []
+
