@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import (
     BrokerUnavailable,
+    ChordError,
     ConfigurationError,
     ConveyorError,
     NotFound,
@@ -33,6 +34,7 @@ from conveyor.errors import (
 if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.beat.schedules import crontab
+    from conveyor.canvas import GroupResult, Signature, chain, chord, group, signature
     from conveyor.config import Settings
     from conveyor.protocol.envelope import Envelope
     from conveyor.results import ResultMeta, State
@@ -50,11 +52,13 @@ __all__ = [
     "Binding",
     "Broadcast",
     "BrokerUnavailable",
+    "ChordError",
     "ConfigurationError",
     "ConveyorError",
     "Envelope",
     "Exchange",
     "ExchangeType",
+    "GroupResult",
     "Middleware",
     "NotFound",
     "NotRegistered",
@@ -70,6 +74,7 @@ __all__ = [
     "Router",
     "RoutingError",
     "Settings",
+    "Signature",
     "State",
     "Task",
     "TaskError",
@@ -81,7 +86,11 @@ __all__ = [
     "Worker",
     "__version__",
     "binding",
+    "chain",
+    "chord",
     "crontab",
+    "group",
+    "signature",
 ]
 
 # The errors are imported above (a small module that imports nothing); the rest on first use.
@@ -105,6 +114,12 @@ _HOME_OF = {
     "Worker": "conveyor.worker",
     "binding": "conveyor.routing.entities",
     "crontab": "conveyor.beat.schedules",
+    "GroupResult": "conveyor.canvas",
+    "Signature": "conveyor.canvas",
+    "chain": "conveyor.canvas",
+    "chord": "conveyor.canvas",
+    "group": "conveyor.canvas",
+    "signature": "conveyor.canvas",
 }
 
 

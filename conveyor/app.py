@@ -46,7 +46,7 @@ from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
 
 if TYPE_CHECKING:
-    from conveyor.canvas.signature import Signature
+    from conveyor.canvas.signatures import Signature
 
 __all__ = ["App", "default_broker_url"]
 
@@ -519,7 +519,7 @@ class App:
         **options: Any,
     ) -> Signature:
         """A signature of task ``name`` sent with this App (its code need not be here)."""
-        from conveyor.canvas.signature import Signature
+        from conveyor.canvas.signatures import Signature
 
         return Signature(name, args, kwargs, options, app=self)
 

@@ -19,7 +19,7 @@ from conveyor.errors import ConfigurationError, Retry, TaskError
 from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskOptions
 
 if TYPE_CHECKING:
-    from conveyor.canvas.signature import Signature
+    from conveyor.canvas.signatures import Signature
     from conveyor.config import Settings
     from conveyor.results.async_result import AsyncResult
 
@@ -215,7 +215,7 @@ class Task:
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with these (partial) arguments (see conveyor.canvas)."""
-        from conveyor.canvas.signature import Signature
+        from conveyor.canvas.signatures import Signature
 
         return Signature(self.name, args, kwargs, app=self.app)  # type: ignore[arg-type]
 

@@ -43,6 +43,13 @@ EXPECTED = {
     "__version__",
     "binding",
     "crontab",
+    "ChordError",
+    "GroupResult",
+    "Signature",
+    "chain",
+    "chord",
+    "group",
+    "signature",
 }
 
 

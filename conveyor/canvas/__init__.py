@@ -8,7 +8,7 @@ as Celery's task protocol v2 does, so Celery workers and conveyor workers run ea
 from __future__ import annotations
 
 from conveyor.canvas.results import GroupResult
-from conveyor.canvas.signature import Signature, maybe_signature, signature
+from conveyor.canvas.signatures import Signature, maybe_signature, signature
 from conveyor.canvas.workflows import chain, chord, chord_body_id, group
 
 __all__ = [

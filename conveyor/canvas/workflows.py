@@ -1,6 +1,6 @@
 """Workflows of signatures: :class:`chain`, :class:`group` and :class:`chord`, Celery's shapes.
 
-Each is a :class:`~conveyor.canvas.signature.Signature` whose dict form is Celery's
+Each is a :class:`~conveyor.canvas.signatures.Signature` whose dict form is Celery's
 (``celery.chain`` with ``kwargs.tasks``, ``celery.group`` with ``kwargs.tasks``,
 ``celery.chord`` with ``kwargs.header`` and ``kwargs.body``), so workflows nest and travel
 inside messages. How they are sent is Celery's task protocol v2:
@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor.canvas.signature import Signature, _deep_copy, maybe_signature
+from conveyor.canvas.signatures import Signature, _deep_copy, maybe_signature
 from conveyor.errors import ConfigurationError, ProtocolError
 from conveyor.task_ids import new_task_id
 
@@ -93,7 +93,7 @@ class chain(Signature):
         tasks: list[Signature] = self["kwargs"]["tasks"]
         return tasks
 
-    def __or__(self, other: Signature) -> Signature:
+    def __or__(self, other: Signature) -> Signature:  # type: ignore[override]
         if not isinstance(other, Signature):
             return NotImplemented
         steps = other.tasks if isinstance(other, chain) else [other]

@@ -489,7 +489,7 @@ class RedisBackend(ResultBackend):
             ) from exc
         token = uuid.uuid4().hex
         score = "+inf" if part.group_index is None else str(part.group_index)
-        args = [keys[k] for k in "jtsdc"] + [part.task_id, encoded, score]
+        args: list[Any] = [keys[k] for k in "jtsdc"] + [part.task_id, encoded, score]
         args += [self._chord_expires(), max(1, math.ceil(claim_seconds)), token]
         reply = await self._connection.script(_CHORD_PART, args, f"joining chord {part.group_id}")
         if not reply or int(reply[0]) != 1:
@@ -502,6 +502,6 @@ class RedisBackend(ResultBackend):
 
     async def chord_done(self, group_id: str, claim: str) -> bool:
         keys = self._chord_keys(group_id)
-        args = [keys[k] for k in "cjtsd"] + [claim, _CHORD_DONE_MARK]
+        args: list[Any] = [keys[k] for k in "cjtsd"] + [claim, _CHORD_DONE_MARK]
         done = await self._connection.script(_CHORD_DONE, args, f"finishing chord {group_id}")
         return bool(done)

@@ -34,8 +34,8 @@ from conveyor.results.base import (
     StoreRequest,
     Watch,
 )
-from conveyor.results.sqlite_chords import CHORD_SCHEMA
 from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.results.sqlite_chords import CHORD_SCHEMA
 from conveyor.results.waiters import Waiters
 from conveyor.transports.sqlite import database_path
 from conveyor.transports.sqlite.database import Database, write_transaction

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor.app import App
-from conveyor.canvas.signature import Signature, maybe_signature
+from conveyor.canvas.signatures import Signature, maybe_signature
 from conveyor.errors import ChordError, ProtocolError
 from conveyor.protocol.task_message import TaskMessage
 from conveyor.results.base import ChordJoin, ChordPart, ResultBackend, StoreRequest

@@ -66,7 +66,7 @@ async def test_failing_step_stops_the_chain_runs_link_error_and_fails_its_result
 
 async def test_link_error_gets_the_failed_task_id(flow: Flow) -> None:
     result = await flow.boom.s(1).aapply_async(link_error=flow.record.s())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="boom with"):
         await result.aget(timeout=T)
     for _ in range(200):
         if flow.log:
@@ -99,8 +99,8 @@ async def test_group_inside_a_chain_becomes_a_chord_with_the_next_step(flow: Flo
 
 
 async def test_chord_inside_a_chain_continues_after_the_body(flow: Flow) -> None:
-    workflow = flow.add.s(1, 2) | chord([flow.mul.s(2), flow.mul.s(3)], flow.tsum.s()) | (
-        flow.add.s(100)
+    workflow = (
+        flow.add.s(1, 2) | chord([flow.mul.s(2), flow.mul.s(3)], flow.tsum.s()) | (flow.add.s(100))
     )
     result = await workflow.aapply_async()
     assert await result.aget(timeout=T) == 115
@@ -115,4 +115,3 @@ async def test_signature_by_name_needs_no_code(flow: Flow) -> None:
 async def test_empty_chord_header_sends_the_body_an_empty_list(flow: Flow) -> None:
     result = await chord([], flow.listed.s()).aapply_async()
     assert await result.aget(timeout=T) == []
-

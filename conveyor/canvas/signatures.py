@@ -222,7 +222,7 @@ class Signature(dict[str, Any]):
         else:
             self.options[key] = [*given, sig]
 
-    def __or__(self, other: Signature) -> Signature:
+    def __or__(self, other: Signature) -> Signature:  # type: ignore[override]
         from conveyor.canvas.workflows import chain
 
         if not isinstance(other, Signature):
