@@ -123,7 +123,8 @@ async def test_conveyor_chain_group_and_chord_run_on_a_celery_worker(
 
     try:
         chained = await (sig("wf.add", 1, 2) | sig("wf.add", 10) | sig("wf.mul", 2)).aapply_async()
-        joined = await chord([sig("wf.mul", i, 3) for i in range(5)], sig("wf.listed")).aapply_async()
+        header = [sig("wf.mul", i, 3) for i in range(5)]
+        joined = await chord(header, sig("wf.listed")).aapply_async()
         fanned = await group(sig("wf.add", i, i) for i in range(4)).aapply_async()
         try:
             assert await chained.aget(timeout=T) == 26
