@@ -516,12 +516,15 @@ class App:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
         **options: Any,
     ) -> Signature:
-        """A signature of task ``name`` sent with this App (its code need not be here)."""
+        """A signature of task ``name`` sent with this App (its code need not be here);
+        ``options`` are send options, ``immutable`` as for ``task.si``."""
         from conveyor.canvas.signatures import Signature
 
-        return Signature(name, args, kwargs, options, app=self)
+        return Signature(name, args, kwargs, options, immutable=immutable, app=self)
 
     def _task_name(self, fn: Callable[..., Any]) -> str:
         module = getattr(fn, "__module__", None) or "__main__"

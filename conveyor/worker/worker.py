@@ -487,6 +487,9 @@ class Worker:
         outcome = Outcome(State.REVOKED, error=reason)
         if store:
             await self._store(request, self._failure(message, task, outcome), delivery)
+        if carries_workflow(message):  # the chain stops and a chord counts it as failed
+            assert self._backend is not None
+            await self._workflow.failed(message, reason, None, self._backend)
         await self._ack(delivery)
         self._hook("after_task", request, outcome, reverse=True)
 

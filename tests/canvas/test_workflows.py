@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
-from conveyor.canvas import GroupResult, chain, chord, group
+from conveyor.app import App
+from conveyor.canvas import GroupResult, chain, chord, group, signature
 from conveyor.errors import ChordError
 from tests.canvas.conftest import Flow
 
@@ -115,3 +118,74 @@ async def test_signature_by_name_needs_no_code(flow: Flow) -> None:
 async def test_empty_chord_header_sends_the_body_an_empty_list(flow: Flow) -> None:
     result = await chord([], flow.listed.s()).aapply_async()
     assert await result.aget(timeout=T) == []
+
+
+async def test_an_expired_header_task_fails_the_chord(flow: Flow) -> None:
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    expired = flow.add.s(1, 1).set(expires=past, task_id="expired-header-task")
+    result = await chord([flow.add.s(2, 2), expired], flow.record.s("body")).aapply_async()
+    with pytest.raises(ChordError, match="expired-header-task"):
+        await result.aget(timeout=T)
+    assert flow.log == []
+
+
+async def test_sync_api_sends_workflows_and_reads_their_results(flow: Flow) -> None:
+    def run() -> tuple[int, list[int], int, list[int]]:
+        chained = (flow.add.s(1, 1) | flow.mul.s(5)).apply_async()
+        fanned = group(flow.add.s(i, 1) for i in range(3)).apply_async()
+        joined = chord([flow.add.s(1, 1), flow.add.s(2, 2)], flow.tsum.s()).delay()
+        delayed = flow.add.s(40).delay(2)
+        try:
+            return (
+                chained.get(timeout=T),
+                fanned.get(timeout=T),
+                joined.get(timeout=T),
+                [delayed.get(timeout=T), fanned.completed_count()],
+            )
+        finally:
+            flow.app.close()
+
+    assert await asyncio.to_thread(run) == (10, [1, 2, 3], 6, [42, 3])
+
+
+def test_signatures_serialize_as_celery_dicts_and_back() -> None:
+    app = App("ser", broker="memory://ser")
+    sig = app.signature("wf.add", (1,)).set(queue="q", countdown=2)
+    sig.link(app.signature("wf.record", ("ok",)))
+    workflow = chord(
+        [sig, app.signature("wf.mul", (2, 3), immutable=True)], app.signature("wf.tsum")
+    )
+    wire = orjson.loads(orjson.dumps(workflow))
+    assert wire["task"] == "celery.chord"
+    assert wire["subtask_type"] == "chord"
+    header = wire["kwargs"]["header"]
+    assert header["subtask_type"] == "group"
+    first = header["kwargs"]["tasks"][0]
+    assert first == {
+        "task": "wf.add",
+        "args": [1],
+        "kwargs": {},
+        "options": {
+            "queue": "q",
+            "countdown": 2,
+            "link": [
+                {
+                    "task": "wf.record",
+                    "args": ["ok"],
+                    "kwargs": {},
+                    "options": {},
+                    "subtask_type": None,
+                    "immutable": False,
+                    "chord_size": None,
+                }
+            ],
+        },
+        "subtask_type": None,
+        "immutable": False,
+        "chord_size": None,
+    }
+    back = signature(wire, app=app)
+    assert isinstance(back, chord)
+    assert back.header.tasks[1].immutable
+    assert back.body.name == "wf.tsum"
+    assert back == workflow
