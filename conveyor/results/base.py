@@ -345,6 +345,14 @@ class ResultBackend(abc.ABC):
         changed) when ``claim`` no longer holds (it lapsed and another worker took it)."""
         raise self._no_chords()
 
+    async def chord_body_run(self, group_id: str, send: str) -> bool:
+        """Whether a worker may run the body of chord ``group_id`` that came in the send
+        marked ``send`` (the claim token of the worker that sent it). The first send asked
+        about is recorded, atomically; True for it (and for its redeliveries, which carry the
+        same mark), False for any other: a second send of the body, after its sender died
+        between sending it and :meth:`chord_done`, is recognised and not run."""
+        raise self._no_chords()
+
     def _no_chords(self) -> ConfigurationError:
         return ConfigurationError(
             f"the result backend {self.url} cannot join chords; use redis:// or sqlite:// (or "

@@ -38,6 +38,7 @@ class ChordBook:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._chords: dict[str, _Chord] = {}
+        self._body_sends: dict[str, str] = {}
 
     def start(self, group_id: str, size: int) -> None:
         """``ResultBackend.chord_start``."""
@@ -71,3 +72,8 @@ class ChordBook:
             chord.parts.clear()
             chord.done, chord.claim = True, None
             return True
+
+    def body_run(self, group_id: str, send: str) -> bool:
+        """``ResultBackend.chord_body_run``."""
+        with self._lock:
+            return self._body_sends.setdefault(group_id, send) == send

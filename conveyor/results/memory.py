@@ -160,3 +160,6 @@ class MemoryBackend(ResultBackend):
 
     async def chord_done(self, group_id: str, claim: str) -> bool:
         return self._store.chords.done(group_id, claim)
+
+    async def chord_body_run(self, group_id: str, send: str) -> bool:
+        return self._store.chords.body_run(group_id, send)

@@ -73,6 +73,7 @@ _STORE = (_SCRIPTS / "redis_store.lua").read_text(encoding="utf-8")
 _READ = (_SCRIPTS / "redis_read.lua").read_text(encoding="utf-8")
 _CHORD_PART = (_SCRIPTS / "redis_chord_part.lua").read_text(encoding="utf-8")
 _CHORD_DONE = (_SCRIPTS / "redis_chord_done.lua").read_text(encoding="utf-8")
+_CHORD_BODY_RUN = (_SCRIPTS / "redis_chord_body_run.lua").read_text(encoding="utf-8")
 _CHORD_EXPIRES = 86400  # seconds a chord's join lasts when result_expires is not set
 _CHORD_DONE_MARK = 300  # seconds a finished chord ignores late parts
 
@@ -505,3 +506,9 @@ class RedisBackend(ResultBackend):
         args: list[Any] = [keys[k] for k in "cjtsd"] + [claim, _CHORD_DONE_MARK]
         done = await self._connection.script(_CHORD_DONE, args, f"finishing chord {group_id}")
         return bool(done)
+
+    async def chord_body_run(self, group_id: str, send: str) -> bool:
+        key = f"{self._prefix}celery-taskset-meta-{group_id}.b"
+        args: list[Any] = [key, send, self._chord_expires()]
+        first = await self._connection.script(_CHORD_BODY_RUN, args, f"running chord {group_id}")
+        return bool(first)

@@ -291,3 +291,8 @@ class SQLiteBackend(ResultBackend):
         return await self._run(
             write_transaction(lambda db: sqlite_chords.chord_done(db, group_id, claim))
         )
+
+    async def chord_body_run(self, group_id: str, send: str) -> bool:
+        return await self._run(
+            write_transaction(lambda db: sqlite_chords.chord_body_run(db, group_id, send))
+        )

@@ -16,7 +16,7 @@ import orjson
 
 from conveyor.results.base import ChordJoin, ChordPart
 
-__all__ = ["CHORD_SCHEMA", "chord_done", "chord_part_done", "chord_start"]
+__all__ = ["CHORD_SCHEMA", "chord_body_run", "chord_done", "chord_part_done", "chord_start"]
 
 CHORD_SCHEMA = """
 CREATE TABLE IF NOT EXISTS conveyor_chords (
@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS conveyor_chords (
     size INTEGER,
     claim TEXT,
     claim_until REAL NOT NULL DEFAULT 0,
-    done INTEGER NOT NULL DEFAULT 0
+    done INTEGER NOT NULL DEFAULT 0,
+    body_send TEXT
 );
 CREATE TABLE IF NOT EXISTS conveyor_chord_parts (
     group_id TEXT NOT NULL,
@@ -42,7 +43,8 @@ def chord_start(db: sqlite3.Connection, group_id: str, size: int) -> None:
     """Record the chord's size and forget an earlier run of it (inside a write transaction)."""
     db.execute(
         "INSERT INTO conveyor_chords (group_id, size) VALUES (?, ?) ON CONFLICT (group_id) "
-        "DO UPDATE SET size = excluded.size, claim = NULL, claim_until = 0, done = 0",
+        "DO UPDATE SET size = excluded.size, claim = NULL, claim_until = 0, done = 0, "
+        "body_send = NULL",
         (group_id, size),
     )
     db.execute("DELETE FROM conveyor_chord_parts WHERE group_id = ?", (group_id,))
@@ -100,3 +102,17 @@ def chord_done(db: sqlite3.Connection, group_id: str, claim: str) -> bool:
     if changed:
         db.execute("DELETE FROM conveyor_chord_parts WHERE group_id = ?", (group_id,))
     return bool(changed)
+
+
+def chord_body_run(db: sqlite3.Connection, group_id: str, send: str) -> bool:
+    """Record ``send`` as the body's first send unless one is; whether it is that one
+    (inside a write transaction)."""
+    db.execute(
+        "INSERT INTO conveyor_chords (group_id, body_send) VALUES (?, ?) ON CONFLICT (group_id) "
+        "DO UPDATE SET body_send = COALESCE(body_send, excluded.body_send)",
+        (group_id, send),
+    )
+    row = db.execute(
+        "SELECT body_send FROM conveyor_chords WHERE group_id = ?", (group_id,)
+    ).fetchone()
+    return bool(row[0] == send)

@@ -394,6 +394,10 @@ class Worker:
                 await self._store(self._request(delivery, message), meta, delivery)
                 await self.dead_letter(delivery, reason, message.task)
                 return
+        backend = self._backend
+        if message.headers and backend and await self._workflow.second_send(message, backend):
+            await self._ack(delivery)
+            return
         await self._execute(delivery, message, task)
 
     def _request(self, delivery: Delivery, message: TaskMessage) -> Request:

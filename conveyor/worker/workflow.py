@@ -33,11 +33,14 @@ from conveyor.protocol.task_message import TaskMessage
 from conveyor.results.base import ChordJoin, ChordPart, ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State, exception_from_result, exception_to_result
 
-__all__ = ["WorkflowStep", "carries_workflow"]
+__all__ = ["CHORD_HEADER", "CHORD_SEND_HEADER", "WorkflowStep", "carries_workflow"]
 
 log = logging.getLogger("conveyor.worker")
 
 _EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
+# Headers on a chord body sent by a conveyor worker: its chord, and which send it is.
+CHORD_HEADER = "x-conveyor-chord"
+CHORD_SEND_HEADER = "x-conveyor-chord-send"
 
 
 def carries_workflow(message: TaskMessage) -> bool:
@@ -81,6 +84,23 @@ class WorkflowStep:
                 f"({backend.url}) cannot join chords; configure a backend that keeps results"
             )
         return None
+
+    async def second_send(self, message: TaskMessage, backend: ResultBackend) -> bool:
+        """Whether ``message`` is a second send of a chord body (its first sender died before
+        marking the chord done, and another worker sent it again): it must not run."""
+        group_id = message.headers.get(CHORD_HEADER)
+        send = message.headers.get(CHORD_SEND_HEADER)
+        if not isinstance(group_id, str) or not isinstance(send, str) or not backend.joins_chords:
+            return False
+        if await backend.chord_body_run(group_id, send):
+            return False
+        log.warning(
+            "task %s[%s] is a second send of chord %s's body: recognised, not run again",
+            message.task,
+            message.id,
+            group_id,
+        )
+        return True
 
     async def succeeded(self, message: TaskMessage, value: Any, backend: ResultBackend) -> None:
         """Send the callbacks and the next chain step; count the chord part."""
@@ -166,7 +186,9 @@ class WorkflowStep:
         failed = next((p for p in join.parts if p.state in (State.FAILURE, State.REVOKED)), None)
         if failed is None:
             values = [part.result for part in join.parts]
-            await body._apply(self.app, (values,), {}, {})
+            headers = dict(body.options.get("headers") or {})
+            headers.update({CHORD_HEADER: join.group_id, CHORD_SEND_HEADER: join.claim})
+            await body._apply(self.app, (values,), {}, {"headers": headers})
             log.info("chord %s complete: sent its body %s[%s]", join.group_id, body.name, body.id)
         else:
             cause = exception_from_result(failed.result, None)

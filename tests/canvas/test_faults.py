@@ -15,6 +15,8 @@ from conveyor.canvas import chord
 from conveyor.errors import ProtocolError
 from conveyor.options import SendOptions
 from conveyor.worker import Worker
+from conveyor.worker.workflow import CHORD_HEADER, CHORD_SEND_HEADER
+from tests.canvas.conftest import define, urls
 from tests.worker.helpers import running_workers, wait_consuming, wait_for_file
 
 
@@ -73,3 +75,34 @@ async def test_a_workflow_conveyor_cannot_run_is_dead_lettered_and_its_result_fa
         assert "chunks" in str(dead.envelope.headers.get("x-conveyor-dead-letter-reason", ""))
     finally:
         await worker.stop()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+async def test_a_second_send_of_a_chord_body_is_recognised_and_not_run(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The body's sender died after sending it and before marking the chord done; another
+    worker took the lapsed claim and sent the body again, with the same task id and its own
+    send mark. Only the first send runs; a redelivery of it (same mark) runs again."""
+    broker, backend = urls(kind, request, tmp_path)
+    queue = f"wf-{uuid.uuid4().hex[:12]}"
+    app = App("dup", broker=broker, result_backend=backend, config={"task_default_queue": queue})
+    log: list[object] = []
+    define(app, log)
+    worker = Worker(app, concurrency=1)
+    await worker.start()
+    try:
+        gid, body_id = uuid.uuid4().hex, uuid.uuid4().hex
+        for send, value in (("claim-1", "first"), ("claim-2", "second"), ("claim-1", "again")):
+            headers = {CHORD_HEADER: gid, CHORD_SEND_HEADER: send}
+            options = SendOptions(task_id=body_id, headers=headers)
+            await app.asend("wf.record", (value,), options=options)
+        for _ in range(400):
+            if len(log) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the second send, had it run, would be in by now
+        assert sorted(log) == [["again"], ["first"]]
+    finally:
+        await worker.stop()
+        await app.aclose()
