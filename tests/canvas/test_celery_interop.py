@@ -62,6 +62,9 @@ async def test_celery_chain_chord_group_and_link_run_on_a_conveyor_worker(
         joined = celery_chord([sig("wf.mul", i, 3) for i in range(5)], sig("wf.listed"))
         fanned = celery_group(sig("wf.add", i, i) for i in range(4))
         linked = sig("wf.add", 4, 4)
+        failing = celery_chain(sig("wf.add", 1, 2), sig("wf.boom"), sig("wf.add", 1))
+        with pytest.raises(ValueError, match=r"boom with \[3\]"):
+            failing.apply_async().get(timeout=T)
         return (
             chained.apply_async().get(timeout=T),
             joined.apply_async().get(timeout=T),
@@ -84,7 +87,7 @@ async def test_celery_chain_chord_group_and_link_run_on_a_conveyor_worker(
         await worker.stop()
 
 
-async def test_conveyor_chain_group_and_chord_run_on_a_celery_worker(
+async def test_conveyor_chain_group_chord_and_link_run_on_a_celery_worker(
     rabbitmq_url: str, redis_url: str, queue: str, tmp_path: Path
 ) -> None:
     env = dict(os.environ, INTEROP_AMQP_URL=rabbitmq_url, INTEROP_REDIS_URL=redis_url)
@@ -126,7 +129,13 @@ async def test_conveyor_chain_group_and_chord_run_on_a_celery_worker(
         header = [sig("wf.mul", i, 3) for i in range(5)]
         joined = await chord(header, sig("wf.listed")).aapply_async()
         fanned = await group(sig("wf.add", i, i) for i in range(4)).aapply_async()
+        linked_id = str(uuid.uuid4())
+        first = await sig("wf.add", 4, 4).aapply_async(
+            link=sig("wf.mul", 10).set(task_id=linked_id)
+        )
         try:
+            assert await first.aget(timeout=T) == 8
+            assert await client.result(linked_id).aget(timeout=T) == 80
             assert await chained.aget(timeout=T) == 26
             assert await joined.aget(timeout=T) == [0, 3, 6, 9, 12]
             assert await fanned.aget(timeout=T) == [0, 2, 4, 6]
