@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["GroupResult"]
 
 T = TypeVar("T")
+_WAIT_BATCH = 500  # members waited for at once
 
 
 class GroupResult:
@@ -66,9 +67,15 @@ class GroupResult:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         values: list[Any] = []
-        for member in self.results:
+        members = self.results
+        for start in range(0, len(members), _WAIT_BATCH):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values.append(await member.aget(left, propagate=propagate))
+            batch = members[start : start + _WAIT_BATCH]
+            values.extend(await asyncio.gather(*(m.aget(left, propagate=False) for m in batch)))
+        if propagate:
+            error = _first_error(values)
+            if error is not None:
+                raise error
         return values
 
     def get(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
@@ -151,3 +158,15 @@ class GroupResult:
     def failed(self) -> bool:
         """Sync twin of :meth:`afailed`."""
         return self._sync(self.afailed())
+
+
+def _first_error(values: list[Any]) -> BaseException | None:
+    """The first error among ``values`` (nested groups' lists included), in order."""
+    for value in values:
+        if isinstance(value, BaseException):
+            return value
+        if isinstance(value, list):
+            nested = _first_error(value)
+            if nested is not None:
+                return nested
+    return None

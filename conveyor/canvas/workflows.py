@@ -20,6 +20,7 @@ inside messages. How they are sent is Celery's task protocol v2:
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WORKFLOW_TYPES", "chain", "chord", "chord_body_id", "group"]
 
+_SEND_BATCH = 500  # a group's members sent at once
 _CHORD_BODY = uuid.UUID("6f1c1d5e-2b0a-4c55-9d0e-8a7f3c1b2e41")
 # Options of a workflow that belong to the workflow's result task (its last step, its body).
 _RESULT_OPTIONS = ("link", "task_id", "chord", "group_id", "group_index", "chain")
@@ -282,8 +284,11 @@ class group(Signature):
             if reply_to:
                 merged["reply_to"] = reply_to
         result = self._freeze_members(app, backend, gid, chord_body)
-        for member in self.tasks:
-            await member._apply(app, args, kwargs, merged)
+        members = self.tasks
+        # Sent a batch at a time: each send waits for the broker's confirm, not for the last.
+        for start in range(0, len(members), _SEND_BATCH):
+            batch = members[start : start + _SEND_BATCH]
+            await asyncio.gather(*(m._apply(app, args, kwargs, merged) for m in batch))
         return result
 
     def _size(self) -> int:

@@ -189,3 +189,15 @@ def test_signatures_serialize_as_celery_dicts_and_back() -> None:
     assert back.header.tasks[1].immutable
     assert back.body.name == "wf.tsum"
     assert back == workflow
+
+
+async def test_group_get_raises_the_first_failure_or_returns_it_in_place(flow: Flow) -> None:
+    result = await group(flow.add.s(1, 1), flow.boom.s(2), flow.add.s(3, 3)).aapply_async()
+    with pytest.raises(ValueError, match=r"boom with \[2\]"):
+        await result.aget(timeout=T)
+    values = await result.aget(timeout=T, propagate=False)
+    assert values[0] == 2
+    assert isinstance(values[1], ValueError)
+    assert values[2] == 6
+    assert await result.afailed()
+    assert await result.acompleted_count() == 2
