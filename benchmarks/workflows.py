@@ -180,7 +180,7 @@ def main() -> None:
             times = {fw: measure(fw, workdir, args) for fw in ("conveyor", "celery")}
             (cg, cc), (kg, kc) = times["conveyor"], times["celery"]
             print(f"run {run + 1}: RabbitMQ broker, Redis results, concurrency {args.concurrency}")
-            print(f"| workflow | conveyor | Celery 5 | Celery / conveyor |")
+            print("| workflow | conveyor | Celery 5 | Celery / conveyor |")
             print("|---|---|---|---|")
             print(f"| group of {args.group:,} no-ops | {cg:.2f} s | {kg:.2f} s | {kg / cg:.2f}x |")
             print(f"| chord of {args.chord:,} headers | {cc:.2f} s | {kc:.2f} s | {kc / cc:.2f}x |")

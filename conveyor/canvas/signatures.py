@@ -278,7 +278,9 @@ class Signature(dict[str, Any]):
         """Send it (partial ``args`` go before its own, ``kwargs`` and ``options`` over its
         own); return the result handle. Raises as ``App.asend_task``."""
         chosen = self._app_for(app)
-        return await self._apply(chosen, tuple(args or ()), dict(kwargs or {}), options)
+        # A copy is sent: choosing ids must not change this signature, which may be sent again.
+        sent = self.clone() if self["subtask_type"] else self
+        return await sent._apply(chosen, tuple(args or ()), dict(kwargs or {}), options)
 
     def apply_async(
         self,

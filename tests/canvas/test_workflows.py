@@ -201,3 +201,12 @@ async def test_group_get_raises_the_first_failure_or_returns_it_in_place(flow: F
     assert values[2] == 6
     assert await result.afailed()
     assert await result.acompleted_count() == 2
+
+
+async def test_a_signature_reused_in_two_workflows_runs_in_each(flow: Flow) -> None:
+    double = flow.mul.s(2)
+    first = await (flow.add.s(1, 1) | double).aapply_async()
+    second = await (flow.add.s(2, 2) | double).aapply_async()
+    assert first.id != second.id
+    assert double.id is None
+    assert (await first.aget(timeout=T), await second.aget(timeout=T)) == (4, 8)
