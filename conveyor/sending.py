@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from conveyor._frozen import fast_init
-from conveyor.errors import Unroutable
+from conveyor.errors import ConfigurationError, Unroutable
 from conveyor.protocol.envelope import Envelope
 from conveyor.protocol.task_message import TaskMessage, encode_task
 from conveyor.routing.entities import Broadcast
@@ -81,8 +81,8 @@ class Plan:
         parent_id = options.parent_id or (parent.id if parent is not None else None)
         root_id = options.root_id or ((parent.root_id or parent.id) if parent is not None else tid)
         embed = {
-            "callbacks": _signatures(options.link),
-            "errbacks": _signatures(options.link_error),
+            "callbacks": _signatures(options.link, "link"),
+            "errbacks": _signatures(options.link_error, "link_error"),
             "chain": [dict(step) for step in options.chain] if options.chain else None,
             "chord": dict(options.chord) if options.chord is not None else None,
         }
@@ -121,13 +121,23 @@ class Plan:
         )
 
 
-def _signatures(given: Signatures | None) -> list[dict[str, Any]] | None:
-    """``link`` / ``link_error`` as the embed's list of signature dicts (None for none)."""
+def _signatures(given: Signatures | None, what: str) -> list[dict[str, Any]] | None:
+    """``link`` / ``link_error`` as the embed's list of signature dicts (None for none);
+    ConfigurationError for anything else."""
     if not given:
         return None
     if isinstance(given, Mapping):
         return [dict(given)]
-    return [dict(sig) for sig in given]
+    if (
+        isinstance(given, Sequence)
+        and not isinstance(given, str)
+        and all(isinstance(sig, Mapping) for sig in given)
+    ):
+        return [dict(sig) for sig in given]
+    raise ConfigurationError(
+        f"{what} must be a signature or a list of them (task.s(...), app.signature(...)), "
+        f"got {given!r}"
+    )
 
 
 def _carries_workflow(options: SendOptions) -> bool:
