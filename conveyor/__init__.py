@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import (
     BrokerUnavailable,
+    ChordError,
     ConfigurationError,
     ConveyorError,
     NotFound,
@@ -35,6 +36,7 @@ from conveyor.errors import (
 if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.beat.schedules import crontab
+    from conveyor.canvas import GroupResult, Signature, chain, chord, group, signature
     from conveyor.config import Settings
     from conveyor.logs import get_task_logger
     from conveyor.protocol.envelope import Envelope
@@ -53,11 +55,13 @@ __all__ = [
     "Binding",
     "Broadcast",
     "BrokerUnavailable",
+    "ChordError",
     "ConfigurationError",
     "ConveyorError",
     "Envelope",
     "Exchange",
     "ExchangeType",
+    "GroupResult",
     "Middleware",
     "NotFound",
     "NotRegistered",
@@ -74,6 +78,7 @@ __all__ = [
     "Router",
     "RoutingError",
     "Settings",
+    "Signature",
     "SoftTimeLimitExceeded",
     "State",
     "Task",
@@ -86,8 +91,12 @@ __all__ = [
     "Worker",
     "__version__",
     "binding",
+    "chain",
+    "chord",
     "crontab",
     "get_task_logger",
+    "group",
+    "signature",
 ]
 
 # The errors are imported above (a small module that imports nothing); the rest on first use.
@@ -112,6 +121,12 @@ _HOME_OF = {
     "binding": "conveyor.routing.entities",
     "crontab": "conveyor.beat.schedules",
     "get_task_logger": "conveyor.logs",
+    "GroupResult": "conveyor.canvas",
+    "Signature": "conveyor.canvas",
+    "chain": "conveyor.canvas",
+    "chord": "conveyor.canvas",
+    "group": "conveyor.canvas",
+    "signature": "conveyor.canvas",
 }
 
 

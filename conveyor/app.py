@@ -40,14 +40,15 @@ from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
 from conveyor.routing.router import Route, Router
 from conveyor.routing.settings import ROUTING_SETTING_NAMES
-from conveyor.settings_check import check_settings
 from conveyor.security import SigningSettings
+from conveyor.settings_check import check_settings
 from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
 
 if TYPE_CHECKING:
+    from conveyor.canvas.signatures import Signature
     from conveyor.protocol.signing import MessageSigning
 
 __all__ = ["App", "default_broker_url"]
@@ -545,6 +546,21 @@ class App:
                 backend.unwatch_replies_from_thread(tid, wakeup)
         # Not written, or the connection went before RabbitMQ answered: through the loop.
         return self.run_sync(self._publish_task(plan, tid, envelope, backend))
+
+    def signature(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        **options: Any,
+    ) -> Signature:
+        """A signature of task ``name`` sent with this App (its code need not be here);
+        ``options`` are send options, ``immutable`` as for ``task.si``."""
+        from conveyor.canvas.signatures import Signature
+
+        return Signature(name, args, kwargs, options, immutable=immutable, app=self)
 
     def _task_name(self, fn: Callable[..., Any]) -> str:
         module = getattr(fn, "__module__", None) or "__main__"

@@ -19,7 +19,8 @@
         ├── TimeLimitExceeded       the task ran past its time limit
         ├── SoftTimeLimitExceeded   raised inside a task at its soft time limit; catch it to tidy up
         ├── Retry                   control flow: a bound task asked to be retried
-        └── RemoteTaskError         the task failed on a worker and its type is not importable here
+        ├── RemoteTaskError         the task failed on a worker and its type is not importable here
+        └── ChordError              a chord's header task failed, so its body did not run
 
 Errors from client libraries are mapped to these at the transport boundary with
 ``raise ... from exc``, so callers never need to import a broker client library to handle them.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerUnavailable",
+    "ChordError",
     "ConfigurationError",
     "ConveyorError",
     "NotFound",
@@ -154,3 +156,7 @@ class RemoteTaskError(TaskError):
 class SignatureError(ProtocolError):
     """A message is unsigned, signed by a key not trusted here, or changed since it was signed
     (message signing, ``security_*`` settings); the worker dead-letters it with this reason."""
+
+
+class ChordError(TaskError):
+    """A chord's header task failed (the message names it), so the body was not run."""

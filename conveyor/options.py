@@ -26,9 +26,14 @@ __all__ = [
     "TASK_OPTION_NAMES",
     "SendArgs",
     "SendOptions",
+    "Signatures",
     "TaskArgs",
     "TaskOptions",
 ]
+
+
+Signatures = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+"""One signature (a :class:`conveyor.canvas.Signature` is a mapping) or several."""
 
 
 class SendArgs(TypedDict, total=False):
@@ -47,6 +52,15 @@ class SendArgs(TypedDict, total=False):
     ignore_result: bool | None
     time_limit: float | None
     serializer: str | None
+    link: Signatures | None
+    link_error: Signatures | None
+    chain: Sequence[Mapping[str, Any]] | None
+    chord: Mapping[str, Any] | None
+    group_id: str | None
+    group_index: int | None
+    reply_to: str | None
+    parent_id: str | None
+    root_id: str | None
 
 
 @fast_init
@@ -60,7 +74,11 @@ class SendOptions:
     ``expires`` (seconds from now, or a datetime) has a worker mark it REVOKED instead of
     running it late. Message: ``task_id`` (a new random id if not set), ``headers`` (travel with
     the message), ``serializer`` (else ``task_serializer``). Execution: ``ignore_result`` and
-    ``time_limit`` (else the task's, else the settings').
+    ``time_limit`` (else the task's, else the settings'). Workflows (:mod:`conveyor.canvas`):
+    ``link`` / ``link_error`` (signatures sent when the task succeeds / fails), and what Celery's
+    protocol v2 carries for chains and chords: ``chain`` (the steps still to run, last first),
+    ``chord`` (the body a header task joins), ``group_id`` / ``group_index``, ``reply_to``,
+    ``parent_id`` and ``root_id``.
     """
 
     queue: str | None = None
@@ -76,6 +94,15 @@ class SendOptions:
     ignore_result: bool | None = None
     time_limit: float | None = None
     serializer: str | None = None
+    link: Signatures | None = None
+    link_error: Signatures | None = None
+    chain: Sequence[Mapping[str, Any]] | None = None
+    chord: Mapping[str, Any] | None = None
+    group_id: str | None = None
+    group_index: int | None = None
+    reply_to: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
 
     @classmethod
     def of(cls, given: SendArgs) -> SendOptions:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from conveyor._frozen import fast_init
-from conveyor.errors import Unroutable
+from conveyor.errors import ConfigurationError, Unroutable
 from conveyor.protocol.envelope import Envelope
 from conveyor.protocol.task_message import TaskMessage, encode_task
 from conveyor.results.async_result import AsyncResult, ResultSource
@@ -24,7 +24,7 @@ from conveyor.task_ids import new_task_id
 
 if TYPE_CHECKING:
     from conveyor.config import Settings
-    from conveyor.options import SendOptions
+    from conveyor.options import SendOptions, Signatures
     from conveyor.results.base import ResultBackend
     from conveyor.routing.router import Route, Router
     from conveyor.task import Task
@@ -49,12 +49,15 @@ class Plan:
     ignore_result: bool
     time_limit: float | None
     serializer: str
+    options: SendOptions | None = None  # set only when it carries a workflow (see _embed)
 
     def message(self, reply_to: str | None) -> tuple[str, Envelope]:
         """The task id (a new one unless given) and the encoded message; ProtocolError for
         arguments the serializer cannot hold."""
         parent = current_request()
         tid = self.task_id or new_task_id()
+        if self.options is not None:
+            return tid, encode_task(self._workflow_message(tid, reply_to), self.serializer)
         message = TaskMessage(
             task=self.name,
             id=tid,
@@ -92,6 +95,39 @@ class Plan:
             broadcast=queue.name if isinstance(queue, Broadcast) else None,
         )
 
+    def _workflow_message(self, tid: str, reply_to: str | None) -> TaskMessage:
+        """The message of a send whose options carry a workflow: the embed (callbacks,
+        errbacks, chain, chord) and the group, reply and lineage they set."""
+        options = self.options
+        assert options is not None
+        parent = current_request()
+        parent_id = options.parent_id or (parent.id if parent is not None else None)
+        root_id = options.root_id or ((parent.root_id or parent.id) if parent is not None else tid)
+        embed = {
+            "callbacks": _signatures(options.link, "link"),
+            "errbacks": _signatures(options.link_error, "link_error"),
+            "chain": [dict(step) for step in options.chain] if options.chain else None,
+            "chord": dict(options.chord) if options.chord is not None else None,
+        }
+        return TaskMessage(
+            task=self.name,
+            id=tid,
+            args=self.args,
+            kwargs=self.kwargs,
+            embed=embed,
+            eta=self.eta,
+            expires=self.expires,
+            timelimit=(self.time_limit, None),
+            root_id=root_id,
+            parent_id=parent_id,
+            group=options.group_id,
+            group_index=options.group_index,
+            ignore_result=self.ignore_result,
+            reply_to=options.reply_to or reply_to,
+            priority=self.route.priority,
+            headers=dict(self.headers) if self.headers else {},
+        )
+
     def unroutable(self, exc: Unroutable) -> Unroutable:
         """The sender's error for a message no queue took: which route, decided by what."""
         route = self.route
@@ -106,6 +142,39 @@ class Plan:
             exchange=exc.exchange,
             routing_key=exc.routing_key,
         )
+
+
+def _signatures(given: Signatures | None, what: str) -> list[dict[str, Any]] | None:
+    """``link`` / ``link_error`` as the embed's list of signature dicts (None for none);
+    ConfigurationError for anything else."""
+    if not given:
+        return None
+    if isinstance(given, Mapping):
+        return [dict(given)]
+    if (
+        isinstance(given, Sequence)
+        and not isinstance(given, str)
+        and all(isinstance(sig, Mapping) for sig in given)
+    ):
+        return [dict(sig) for sig in given]
+    raise ConfigurationError(
+        f"{what} must be a signature or a list of them (task.s(...), app.signature(...)), "
+        f"got {given!r}"
+    )
+
+
+def _carries_workflow(options: SendOptions) -> bool:
+    return not (
+        options.link is None
+        and options.link_error is None
+        and options.chain is None
+        and options.chord is None
+        and options.group_id is None
+        and options.group_index is None
+        and options.reply_to is None
+        and options.parent_id is None
+        and options.root_id is None
+    )
 
 
 def _utc_now() -> datetime:
@@ -157,6 +226,7 @@ def plan(
         ignore_result,
         time_limit,
         options.serializer or conf.task_serializer,
+        options if _carries_workflow(options) else None,
     )
 
 

@@ -20,6 +20,7 @@ from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskOptions
 from conveyor.seconds import seconds
 
 if TYPE_CHECKING:
+    from conveyor.canvas.signatures import Signature
     from conveyor.config import Settings
     from conveyor.results.async_result import AsyncResult
 
@@ -230,6 +231,25 @@ class Task:
     ) -> AsyncResult:
         """Async twin of :meth:`apply_async`."""
         return await self.app.asend(self.name, args, kwargs, SendOptions.of(options), task=self)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these (partial) arguments (see conveyor.canvas)."""
+        from conveyor.canvas.signatures import Signature
+
+        return Signature(self.name, args, kwargs, app=self.app)  # type: ignore[arg-type]
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: a workflow does not pass it the previous result."""
+        return self.s(*args, **kwargs).set(immutable=True)
+
+    def signature(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        """A signature of this task with ``args``, ``kwargs`` and send ``options``."""
+        return self.s(*(args or ()), **(kwargs or {})).set(**options)
 
     def retry_delay(self, retries: int) -> float:
         """Seconds to wait before attempt ``retries + 1``: fixed, or exponential with backoff."""

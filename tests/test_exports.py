@@ -46,6 +46,13 @@ EXPECTED = {
     "crontab",
     "get_task_logger",
     "SoftTimeLimitExceeded",
+    "ChordError",
+    "GroupResult",
+    "Signature",
+    "chain",
+    "chord",
+    "group",
+    "signature",
 }
 
 

@@ -39,10 +39,12 @@ def test_the_keyword_forms_name_the_same_options_with_the_same_types() -> None:
 
 def test_an_unknown_send_option_is_named_with_the_ones_that_exist() -> None:
     app = App("opts", broker="memory://opts", result_backend="memory://opts")
-    with pytest.raises(ConfigurationError, match=r"unknown send option 'link'.*countdown, eta"):
-        app.send_task("x", link="y")  # type: ignore[call-arg]
-    with pytest.raises(ConfigurationError, match=r"unknown send option 'link'"):
-        app.asend_task("x", link="y")  # type: ignore[call-arg,unused-coroutine]
+    with pytest.raises(ConfigurationError, match=r"unknown send option 'callback'.*countdown, eta"):
+        app.send_task("x", callback="y")  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match=r"unknown send option 'callback'"):
+        app.asend_task("x", callback="y")  # type: ignore[call-arg,unused-coroutine]
+    with pytest.raises(ConfigurationError, match=r"link must be a signature or a list of them"):
+        app.send_task("x", link="y")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=r"'queu' \(did you mean 'queue'\?\)"):
         SendOptions.of({"queu": "q"})  # type: ignore[typeddict-unknown-key]
 

@@ -1,16 +1,16 @@
 """Task messages in the Celery task message protocol, version 2, inside an :class:`Envelope`.
 
-The body is ``[args, kwargs, embed]`` (JSON by default); everything a worker needs to decide
-what to do without decoding the body travels in headers: always ``lang``, ``task``, ``id``,
-``root_id``, ``parent_id``, ``group`` (the headers the protocol requires), ``origin`` and
-``ignore_result``; the optional ``retries``, ``eta``, ``expires``, ``timelimit``, ``shadow``,
-``argsrepr`` and ``kwargsrepr`` only when they differ from what a reader takes for a missing one
-(0, none, none, no limits, none, no args, no kwargs), as both Celery's worker and conveyor's read
-them. Every header entry costs RabbitMQ CPU on each publish and delivery (~1 µs each), and a
-task's headers are most of its size. The ``correlation_id`` property is the task id and
-``reply_to`` names the caller's reply queue. A Celery 5 client can send to a
-conveyor worker and a conveyor client to a Celery worker. (Celery's documentation calls
-``timelimit`` ``(soft, hard)``; its code writes and reads ``[hard, soft]``, and so does conveyor.)
+The body is ``[args, kwargs, embed]`` (JSON by default); everything a worker needs to decide what
+to do without decoding the body travels in headers: always ``lang``, ``task``, ``id``, ``root_id``,
+``parent_id``, ``group`` (the headers the protocol requires), ``origin`` and ``ignore_result``; the
+optional ``group_index`` (a chord header's place), ``retries``, ``eta``, ``expires``,
+``timelimit``, ``shadow``, ``argsrepr`` and ``kwargsrepr`` only when they differ from what a reader
+takes for a missing one (0, none, none, no limits, none, no args, no kwargs), as both Celery's
+worker and conveyor's read them. Every header entry costs RabbitMQ CPU on each publish and delivery
+(~1 µs each), and a task's headers are most of its size. The ``correlation_id`` property is the
+task id and ``reply_to`` names the caller's reply queue. A Celery 5 client can send to a conveyor
+worker and a conveyor client to a Celery worker. (Celery's documentation calls ``timelimit``
+``(soft, hard)``; its code writes and reads ``[hard, soft]``, and so does conveyor.)
 
 Decoding also accepts protocol version 1 messages (everything in a JSON body), which older
 Celery clients send. Pickle bodies are refused unless ``"pickle"`` is in the accepted content
@@ -220,6 +220,7 @@ class TaskMessage:
     correlation_id: str | None = None
     priority: int | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
+    group_index: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -277,6 +278,8 @@ def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
         headers["timelimit"] = list(message.timelimit)
     if message.shadow is not None:
         headers["shadow"] = message.shadow
+    if message.group_index is not None:
+        headers["group_index"] = message.group_index
     if args:
         headers["argsrepr"] = _short_repr(args)
     if kwargs:
@@ -342,6 +345,9 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
     eta = headers.get("eta")
     expires = headers.get("expires")
     timelimit = headers.get("timelimit")
+    group_index = headers.get("group_index")
+    if group_index is not None and (type(group_index) is not int):
+        raise ProtocolError(f"header 'group_index' must be an integer, got {group_index!r}")
     return TaskMessage(
         task=headers["task"],
         id=task_id,
@@ -366,4 +372,5 @@ def decode_task(envelope: Envelope, accept: Collection[str] = ("json",)) -> Task
             if _STANDARD_HEADERS.issuperset(headers)
             else {k: v for k, v in headers.items() if k not in _STANDARD_HEADERS}
         ),
+        group_index=group_index,
     )

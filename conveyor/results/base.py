@@ -34,9 +34,9 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from conveyor.errors import ResultTimeout
+from conveyor.errors import ConfigurationError, ResultTimeout
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.seconds import seconds
 from conveyor.transports.base import Wakeup
@@ -45,7 +45,20 @@ if TYPE_CHECKING:
     from conveyor.config import Settings
     from conveyor.transports.base import Transport
 
-__all__ = ["BackendHost", "Block", "ResultBackend", "StoreRequest", "Watch", "seconds_left"]
+__all__ = [
+    "CHORD_CLAIM_SECONDS",
+    "BackendHost",
+    "Block",
+    "ChordJoin",
+    "ChordPart",
+    "ResultBackend",
+    "StoreRequest",
+    "Watch",
+    "seconds_left",
+]
+
+CHORD_CLAIM_SECONDS = 10.0
+"""How long a worker's claim on sending a chord's body lasts before another may take it."""
 
 Block = Callable[[Wakeup, float | None], bool]
 """How a thread waits for a :class:`Wakeup`: True once set, False after the seconds given."""
@@ -93,6 +106,29 @@ class StoreRequest:
     per_worker: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ChordPart:
+    """One finished header task of chord ``group_id``: its ``state`` (SUCCESS, FAILURE...)
+    and ``result`` (the value, or the error as :func:`~conveyor.results.meta.exception_to_result`
+    describes it), at place ``group_index`` in the header (None: unknown, sorts last)."""
+
+    group_id: str
+    task_id: str
+    group_index: int | None
+    state: str
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChordJoin:
+    """A chord whose header parts are all in: ``parts`` in header order, and the ``claim``
+    token that makes the holder the one worker to send the body (see ``chord_part_done``)."""
+
+    group_id: str
+    claim: str
+    parts: tuple[ChordPart, ...]
+
+
 class ResultBackend(abc.ABC):
     """Where task results are kept. Create with :func:`conveyor.results.open_backend`."""
 
@@ -102,6 +138,8 @@ class ResultBackend(abc.ABC):
     # What a ResultTimeout calls the awaited thing, and what it adds (rpc:// says both its way).
     _awaited = "result"
     _timeout_hint = ""
+    # Whether chords can join here (chord_start, chord_part_done, chord_done work).
+    joins_chords = False
 
     @classmethod
     @abc.abstractmethod
@@ -273,6 +311,54 @@ class ResultBackend(abc.ABC):
     @abc.abstractmethod
     async def forget(self, task_id: str) -> None:
         """Remove everything kept for ``task_id`` (all workers). Idempotent."""
+
+    async def chord_start(self, group_id: str, size: int) -> None:
+        """Record that chord ``group_id`` has ``size`` header parts; called by the sender
+        before the last header task is sent. Starting a chord again (a re-sent frozen chord)
+        forgets its earlier join. ConfigurationError where chords cannot join (the default:
+        see :attr:`joins_chords`)."""
+        raise self._no_chords()
+
+    async def chord_part_done(
+        self, part: ChordPart, *, claim_seconds: float = CHORD_CLAIM_SECONDS
+    ) -> ChordJoin | None:
+        """Count ``part`` in its chord, atomically, and say whether the caller must send the
+        body. The contract every joining backend keeps:
+
+        - each header task counts once, however often it runs (a redelivered task stores its
+          part again: keyed by task id and place, the first count stands);
+        - when the parts counted reach the size given to :meth:`chord_start`, exactly one
+          caller gets a :class:`ChordJoin` (the parts in header order and a claim token); all
+          others get None. The claim lapses after ``claim_seconds``: if its holder dies
+          before :meth:`chord_done`, the next part reported (a redelivered header task) claims
+          it again, so the body is sent even when a worker dies between storing its result
+          and sending the body;
+        - after :meth:`chord_done`, late parts of the same chord are ignored (None).
+
+        On Redis the keys and the script are Celery's, so Celery and conveyor workers finish
+        each other's chords.
+        """
+        raise self._no_chords()
+
+    async def chord_done(self, group_id: str, claim: str) -> bool:
+        """The body of ``group_id`` was sent by the holder of ``claim``: drop the join's state
+        and remember the chord as done, so no later part sends the body again. False (nothing
+        changed) when ``claim`` no longer holds (it lapsed and another worker took it)."""
+        raise self._no_chords()
+
+    async def chord_body_run(self, group_id: str, send: str) -> bool:
+        """Whether a worker may run the body of chord ``group_id`` that came in the send
+        marked ``send`` (the claim token of the worker that sent it). The first send asked
+        about is recorded, atomically; True for it (and for its redeliveries, which carry the
+        same mark), False for any other: a second send of the body, after its sender died
+        between sending it and :meth:`chord_done`, is recognised and not run."""
+        raise self._no_chords()
+
+    def _no_chords(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"the result backend {self.url} cannot join chords; use redis:// or sqlite:// (or "
+            "another backend that keeps results) as result_backend for chords"
+        )
 
     async def cleanup(self, *, older_than: float) -> int:
         """Remove results done before ``older_than`` (epoch seconds); return how many.

@@ -17,7 +17,15 @@ from typing import Self
 from urllib.parse import urlsplit
 
 from conveyor.errors import ConfigurationError
-from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
+from conveyor.results.base import (
+    CHORD_CLAIM_SECONDS,
+    BackendHost,
+    ChordJoin,
+    ChordPart,
+    ResultBackend,
+    StoreRequest,
+)
+from conveyor.results.chords import ChordBook
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.waiters import FutureWatch
 
@@ -34,6 +42,7 @@ class _Store:
         self.results: dict[str, dict[str, bytes]] = {}
         self.done_at: dict[str, float] = {}
         self.watchers: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self.chords = ChordBook()
 
     def put(self, requests: Sequence[StoreRequest]) -> None:
         wake: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -89,6 +98,8 @@ def _store_for(name: str) -> _Store:
 class MemoryBackend(ResultBackend):
     """Results in a process-wide store named by the URL (``memory://a`` is not ``memory://b``)."""
 
+    joins_chords = True
+
     def __init__(self, url: str, name: str) -> None:
         self.url = url
         self._store = _store_for(name)
@@ -138,3 +149,17 @@ class MemoryBackend(ResultBackend):
                 self._store.results.pop(tid, None)
                 del self._store.done_at[tid]
         return len(old)
+
+    async def chord_start(self, group_id: str, size: int) -> None:
+        self._store.chords.start(group_id, size)
+
+    async def chord_part_done(
+        self, part: ChordPart, *, claim_seconds: float = CHORD_CLAIM_SECONDS
+    ) -> ChordJoin | None:
+        return self._store.chords.part_done(part, claim_seconds)
+
+    async def chord_done(self, group_id: str, claim: str) -> bool:
+        return self._store.chords.done(group_id, claim)
+
+    async def chord_body_run(self, group_id: str, send: str) -> bool:
+        return self._store.chords.body_run(group_id, send)

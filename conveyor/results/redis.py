@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -30,11 +31,21 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib.resources import files
 from typing import Any, Self, TypeVar
 
+import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
 from conveyor.errors import BrokerUnavailable, ConveyorError, ProtocolError
-from conveyor.results.base import BackendHost, Block, ResultBackend, StoreRequest, Watch
+from conveyor.results.base import (
+    CHORD_CLAIM_SECONDS,
+    BackendHost,
+    Block,
+    ChordJoin,
+    ChordPart,
+    ResultBackend,
+    StoreRequest,
+    Watch,
+)
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.waiters import Waiters
 from conveyor.transports.base import Wakeup
@@ -60,6 +71,11 @@ _REPLY_GRACE = 0.005  # how long a sync get waits for an announcement before sub
 _SCRIPTS = files("conveyor.results") / "lua"
 _STORE = (_SCRIPTS / "redis_store.lua").read_text(encoding="utf-8")
 _READ = (_SCRIPTS / "redis_read.lua").read_text(encoding="utf-8")
+_CHORD_PART = (_SCRIPTS / "redis_chord_part.lua").read_text(encoding="utf-8")
+_CHORD_DONE = (_SCRIPTS / "redis_chord_done.lua").read_text(encoding="utf-8")
+_CHORD_BODY_RUN = (_SCRIPTS / "redis_chord_body_run.lua").read_text(encoding="utf-8")
+_CHORD_EXPIRES = 86400  # seconds a chord's join lasts when result_expires is not set
+_CHORD_DONE_MARK = 300  # seconds a finished chord ignores late parts
 
 
 class _Signal(enum.Enum):
@@ -100,7 +116,10 @@ class _InboxWatch:
 
 
 class RedisBackend(ResultBackend):
-    """Results in Redis with expiry; waiters are woken by Redis pub/sub."""
+    """Results in Redis with expiry; waiters are woken by Redis pub/sub. Chords join in
+    Celery's keys with Celery's rules, so Celery and conveyor workers finish each other's."""
+
+    joins_chords = True
 
     def __init__(
         self,
@@ -434,3 +453,62 @@ class RedisBackend(ResultBackend):
                 delete, "removing old results", timeout=self._connection.socket_timeout
             )
             removed += sum(1 for n in replies[:-1] if n)
+
+    # chords
+
+    def _chord_keys(self, group_id: str) -> dict[str, str]:
+        base = f"{self._prefix}celery-taskset-meta-{group_id}"
+        return {k: f"{base}.{k}" for k in "jtsdc"}
+
+    def _chord_expires(self) -> int:
+        expires = self._host.conf.result_expires
+        return max(1, int(expires)) if expires else _CHORD_EXPIRES
+
+    async def chord_start(self, group_id: str, size: int) -> None:
+        keys = self._chord_keys(group_id)
+        client = self._redis
+
+        async def start() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete(keys["c"])
+                pipe.set(keys["s"], size, ex=self._chord_expires())
+                await pipe.execute()
+
+        await self._connection.run(
+            start, f"starting chord {group_id}", timeout=self._connection.socket_timeout
+        )
+
+    async def chord_part_done(
+        self, part: ChordPart, *, claim_seconds: float = CHORD_CLAIM_SECONDS
+    ) -> ChordJoin | None:
+        keys = self._chord_keys(part.group_id)
+        try:
+            encoded = orjson.dumps([1, part.task_id, str(part.state), part.result])
+        except TypeError as exc:
+            raise ProtocolError(
+                f"chord part {part.task_id} cannot be stored as JSON: {exc}"
+            ) from exc
+        token = uuid.uuid4().hex
+        score = "+inf" if part.group_index is None else str(part.group_index)
+        args: list[Any] = [keys[k] for k in "jtsdc"] + [part.task_id, encoded, score]
+        args += [self._chord_expires(), max(1, math.ceil(claim_seconds)), token]
+        reply = await self._connection.script(_CHORD_PART, args, f"joining chord {part.group_id}")
+        if not reply or int(reply[0]) != 1:
+            return None
+        parts = []
+        for place, raw in enumerate(reply[1]):
+            _, task_id, state, result = orjson.loads(raw)
+            parts.append(ChordPart(part.group_id, str(task_id), place, str(state), result))
+        return ChordJoin(part.group_id, token, tuple(parts))
+
+    async def chord_done(self, group_id: str, claim: str) -> bool:
+        keys = self._chord_keys(group_id)
+        args: list[Any] = [keys[k] for k in "cjtsd"] + [claim, _CHORD_DONE_MARK]
+        done = await self._connection.script(_CHORD_DONE, args, f"finishing chord {group_id}")
+        return bool(done)
+
+    async def chord_body_run(self, group_id: str, send: str) -> bool:
+        key = f"{self._prefix}celery-taskset-meta-{group_id}.b"
+        args: list[Any] = [key, send, self._chord_expires()]
+        first = await self._connection.script(_CHORD_BODY_RUN, args, f"running chord {group_id}")
+        return bool(first)

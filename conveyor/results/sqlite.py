@@ -24,8 +24,18 @@ from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from conveyor.errors import BrokerUnavailable, ConfigurationError
-from conveyor.results.base import BackendHost, ResultBackend, StoreRequest, Watch
+from conveyor.results import sqlite_chords
+from conveyor.results.base import (
+    CHORD_CLAIM_SECONDS,
+    BackendHost,
+    ChordJoin,
+    ChordPart,
+    ResultBackend,
+    StoreRequest,
+    Watch,
+)
 from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.results.sqlite_chords import CHORD_SCHEMA
 from conveyor.results.waiters import Waiters
 from conveyor.transports.sqlite import database_path
 from conveyor.transports.sqlite.database import Database, write_transaction
@@ -56,13 +66,15 @@ def sqlite_path(url: str) -> str:
 
 
 def _create_tables(db: sqlite3.Connection) -> None:
-    for statement in _SCHEMA.split(";"):
+    for statement in (_SCHEMA + CHORD_SCHEMA).split(";"):
         if statement.strip():
             db.execute(statement)
 
 
 class SQLiteBackend(ResultBackend):
     """Results in a SQLite file; ``?poll=0.5`` sets the fallback poll interval in seconds."""
+
+    joins_chords = True
 
     def __init__(self, url: str, path: str, *, poll: float = 0.5) -> None:
         self.url = url
@@ -263,4 +275,24 @@ class SQLiteBackend(ResultBackend):
     async def cleanup(self, *, older_than: float) -> int:
         return await self._run(
             self._delete, "DELETE FROM conveyor_results WHERE date_done < ?", (older_than,)
+        )
+
+    async def chord_start(self, group_id: str, size: int) -> None:
+        await self._run(write_transaction(lambda db: sqlite_chords.chord_start(db, group_id, size)))
+
+    async def chord_part_done(
+        self, part: ChordPart, *, claim_seconds: float = CHORD_CLAIM_SECONDS
+    ) -> ChordJoin | None:
+        return await self._run(
+            write_transaction(lambda db: sqlite_chords.chord_part_done(db, part, claim_seconds))
+        )
+
+    async def chord_done(self, group_id: str, claim: str) -> bool:
+        return await self._run(
+            write_transaction(lambda db: sqlite_chords.chord_done(db, group_id, claim))
+        )
+
+    async def chord_body_run(self, group_id: str, send: str) -> bool:
+        return await self._run(
+            write_transaction(lambda db: sqlite_chords.chord_body_run(db, group_id, send))
         )

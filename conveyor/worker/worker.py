@@ -70,6 +70,7 @@ from conveyor.worker.refusal import named_task, refusal_reason, unsettled_reason
 
 if TYPE_CHECKING:
     from conveyor.protocol.signing import MessageSigning
+from conveyor.worker.workflow import WorkflowStep, carries_workflow
 
 __all__ = ["DEAD_LETTER_HEADERS", "Worker"]
 
@@ -183,6 +184,7 @@ class Worker:
         self.autoscaler: Autoscaler | None = None
         if conf.task_default_rate_limit is not None:
             parse_rate(conf.task_default_rate_limit)  # a bad one fails here, not at each task
+        self._workflow = WorkflowStep(app, self.hostname)
 
     def _make_pool(self, name: str, app_spec: str | None, limits: ChildLimits) -> Pool:
         if name == "processes":
@@ -430,6 +432,21 @@ class Worker:
                 message.task,
             )
             return
+        if carries_workflow(message):
+            assert self._backend is not None
+            reason = self._workflow.refusal(message, self._backend)
+            if reason is not None:  # never run and forgotten: the caller's result says why
+                error = ProtocolError(reason)
+                meta = ResultMeta.failure(
+                    message.id, error, None, worker=self.hostname, task=task.name
+                )
+                await self._store(self._request(delivery, message), meta, delivery)
+                await self.dead_letter(delivery, reason, message.task)
+                return
+        backend = self._backend
+        if message.headers and backend and await self._workflow.second_send(message, backend):
+            await self._ack(delivery)
+            return
         await self._execute(delivery, message, task)
 
     def _request(self, delivery: Delivery, message: TaskMessage) -> Request:
@@ -543,6 +560,9 @@ class Worker:
         outcome = Outcome(State.REVOKED, error=reason)
         if store:
             await self._store(request, self._failure(message, task, outcome), delivery)
+        if carries_workflow(message):  # the chain stops and a chord counts it as failed
+            assert self._backend is not None
+            await self._workflow.failed(message, reason, None, self._backend)
         await self._ack(delivery)
         self._hook("after_task", request, outcome, reverse=True)
 
@@ -689,6 +709,14 @@ class Worker:
                 )
             if store:
                 await self._store(request, self._failure(message, task, outcome), delivery)
+        if outcome.state is not State.RETRY and carries_workflow(message):
+            assert self._backend is not None
+            if outcome.state is State.SUCCESS:
+                await self._workflow.succeeded(message, outcome.value, self._backend)
+            elif outcome.error is not None:
+                await self._workflow.failed(
+                    message, outcome.error, outcome.traceback, self._backend
+                )
         if task.acks_late:
             transport = self._transport
             assert transport is not None

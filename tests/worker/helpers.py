@@ -65,8 +65,11 @@ StartProcess = Callable[..., "WorkerProcess"]
 
 
 @contextmanager
-def running_workers(tmp: Path, broker: str, backend: str | None = None) -> Iterator[StartProcess]:
-    """Yield ``start(name, *args)``; every worker started is stopped (SIGTERM, then KILL)."""
+def running_workers(
+    tmp: Path, broker: str, backend: str | None = None, app: str = APP
+) -> Iterator[StartProcess]:
+    """Yield ``start(name, *args)`` running workers of ``app`` (an import path); every worker
+    started is stopped (SIGTERM, then KILL)."""
     started: list[WorkerProcess] = []
 
     def start(name: str, *args: str) -> WorkerProcess:
@@ -77,7 +80,7 @@ def running_workers(tmp: Path, broker: str, backend: str | None = None) -> Itera
             "-c",
             "from conveyor.cli.main import main; main()",
             "-A",
-            APP,
+            app,
             "worker",
             "--hostname",
             hostname,

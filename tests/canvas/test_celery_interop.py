@@ -1,0 +1,150 @@
+"""Workflows across Celery 5 and conveyor on RabbitMQ with Redis results, both ways: chains,
+links, groups and chords sent by one run to the end on the other's workers (protocol v2
+embeds; chords join in Celery's Redis keys)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery import chain as celery_chain
+from celery import chord as celery_chord
+from celery import group as celery_group
+
+from conveyor.app import App
+from conveyor.canvas import chord, group
+from conveyor.worker import Worker
+from tests.canvas.conftest import define
+from tests.worker.helpers import ROOT
+
+T = 30.0
+
+
+@pytest.fixture
+async def queue(rabbitmq_url: str) -> AsyncIterator[str]:
+    name = f"wf-interop-{uuid.uuid4().hex[:8]}"
+    yield name
+    cleanup = App(broker=rabbitmq_url)
+    transport = await cleanup.atransport()
+    await transport.delete_queue(name)
+    await cleanup.aclose()
+
+
+@pytest.fixture
+def celery_client(rabbitmq_url: str, redis_url: str) -> Iterator[Celery]:
+    client = Celery("client", broker=rabbitmq_url, backend=redis_url, set_as_current=False)
+    yield client
+    client.close()
+
+
+async def test_celery_chain_chord_group_and_link_run_on_a_conveyor_worker(
+    rabbitmq_url: str, redis_url: str, queue: str, celery_client: Celery
+) -> None:
+    app = App("interop", broker=rabbitmq_url, result_backend=redis_url)
+    log: list[Any] = []
+    define(app, log)
+    worker = Worker(app, queues=[queue], concurrency=4)
+    await worker.start()
+
+    def sig(name: str, *args: Any) -> Any:
+        return celery_client.signature(name, args, queue=queue)
+
+    def run() -> tuple[Any, ...]:
+        chained = celery_chain(sig("wf.add", 1, 2), sig("wf.add", 10), sig("wf.mul", 2))
+        joined = celery_chord([sig("wf.mul", i, 3) for i in range(5)], sig("wf.listed"))
+        fanned = celery_group(sig("wf.add", i, i) for i in range(4))
+        linked = sig("wf.add", 4, 4)
+        failing = celery_chain(sig("wf.add", 1, 2), sig("wf.boom"), sig("wf.add", 1))
+        with pytest.raises(ValueError, match=r"boom with \[3\]"):
+            failing.apply_async().get(timeout=T)
+        return (
+            chained.apply_async().get(timeout=T),
+            joined.apply_async().get(timeout=T),
+            fanned.apply_async().get(timeout=T),
+            linked.apply_async(link=sig("wf.record", "linked")).get(timeout=T),
+        )
+
+    try:
+        chained, joined, fanned, linked = await asyncio.to_thread(run)
+        assert chained == 26
+        assert joined == [0, 3, 6, 9, 12]
+        assert fanned == [0, 2, 4, 6]
+        assert linked == 8
+        for _ in range(200):
+            if log:
+                break
+            await asyncio.sleep(0.05)
+        assert log == [[8, "linked"]]
+    finally:
+        await worker.stop()
+
+
+async def test_conveyor_chain_group_chord_and_link_run_on_a_celery_worker(
+    rabbitmq_url: str, redis_url: str, queue: str, tmp_path: Path
+) -> None:
+    env = dict(os.environ, INTEROP_AMQP_URL=rabbitmq_url, INTEROP_REDIS_URL=redis_url)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log_path = tmp_path / "celery.log"
+    log = log_path.open("wb")
+    celery_worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.canvas.celery_side",
+        "worker",
+        "-Q",
+        queue,
+        "-n",
+        f"{queue}@%h",
+        "-P",
+        "solo",
+        "-c",
+        "1",
+        "--without-heartbeat",
+        "--without-mingle",
+        "--without-gossip",
+        "-l",
+        "WARNING",
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+    )
+    client = App("client", broker=rabbitmq_url, result_backend=redis_url)
+
+    def sig(name: str, *args: Any) -> Any:
+        return client.signature(name, args, queue=queue)
+
+    try:
+        chained = await (sig("wf.add", 1, 2) | sig("wf.add", 10) | sig("wf.mul", 2)).aapply_async()
+        header = [sig("wf.mul", i, 3) for i in range(5)]
+        joined = await chord(header, sig("wf.listed")).aapply_async()
+        fanned = await group(sig("wf.add", i, i) for i in range(4)).aapply_async()
+        linked_id = str(uuid.uuid4())
+        first = await sig("wf.add", 4, 4).aapply_async(
+            link=sig("wf.mul", 10).set(task_id=linked_id)
+        )
+        try:
+            assert await first.aget(timeout=T) == 8
+            assert await client.result(linked_id).aget(timeout=T) == 80
+            assert await chained.aget(timeout=T) == 26
+            assert await joined.aget(timeout=T) == [0, 3, 6, 9, 12]
+            assert await fanned.aget(timeout=T) == [0, 2, 4, 6]
+        except Exception:
+            log.flush()
+            pytest.fail("the Celery worker did not finish:\n" + log_path.read_text())
+    finally:
+        await client.aclose()
+        with contextlib.suppress(ProcessLookupError):
+            celery_worker.kill()
+        await celery_worker.wait()
+        log.close()
