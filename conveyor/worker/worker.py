@@ -54,6 +54,7 @@ from conveyor.results.meta import ResultMeta, State
 from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
+from conveyor.transports.unreadable import unreadable_reason
 from conveyor.worker.buffer import PriorityBuffer
 from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
@@ -363,6 +364,10 @@ class Worker:
         self._hook("dead_lettered", delivery, reason)
 
     async def _handle(self, delivery: Delivery) -> None:
+        unreadable = unreadable_reason(delivery.envelope)
+        if unreadable is not None:  # the transport could not read it: say why, not its type
+            await self.dead_letter(delivery, f"unreadable message: {unreadable}", None)
+            return
         try:
             message = decode_task(delivery.envelope, self.app.conf.accept_content)
         except ProtocolError as exc:
