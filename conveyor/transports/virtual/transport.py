@@ -9,6 +9,7 @@ declarations agree.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -45,8 +46,11 @@ from conveyor.transports.virtual.declarations import (
 from conveyor.transports.virtual.housekeeping import Housekeeper
 from conveyor.transports.virtual.publishing import Publisher, route_outgoing
 from conveyor.transports.virtual.topology_cache import TopologyCache
+from conveyor.urls import redacted
 
 __all__ = ["VirtualTransport", "virtual_capabilities"]
+
+log = logging.getLogger("conveyor.transports")
 
 
 def virtual_capabilities(*, shared: bool) -> Capabilities:
@@ -152,6 +156,9 @@ class VirtualTransport(Transport):
             idle = await self._storage.disconnect(self.connection_id)
             await self._housekeeper.remove_exclusive_queues({self.connection_id})
             await self._housekeeper.delete_auto_delete(idle)
+        except BrokerUnavailable as exc:
+            # Closing still closes: what was not said goodbye to comes back when the lease lapses.
+            log.warning("closing %s without a goodbye to its storage: %s", redacted(self.url), exc)
         finally:
             self._connected = False
             self._acks.stop()
