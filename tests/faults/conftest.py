@@ -61,11 +61,13 @@ def queue_name() -> str:
     return f"faults-{uuid.uuid4().hex[:12]}"
 
 
-def worker_env(broker: str, queue: str) -> dict[str, str]:
+def worker_env(broker: str, queue: str, backend: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["CONVEYOR_BROKER_URL"] = broker
     env["CONVEYOR_FAULTS_QUEUE"] = queue
     env.pop("CONVEYOR_RESULT_BACKEND", None)
+    if backend is not None:
+        env["CONVEYOR_RESULT_BACKEND"] = backend
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -76,7 +78,9 @@ def start_worker(tmp_path: Path, queue_name: str) -> Iterator[StartWorker]:
     started is stopped (SIGTERM, then SIGKILL) at the end."""
     started: list[WorkerProcess] = []
 
-    def start(broker: str, *args: str, name: str = "w") -> WorkerProcess:
+    def start(
+        broker: str, *args: str, name: str = "w", backend: str | None = None
+    ) -> WorkerProcess:
         log = tmp_path / f"{name}-{len(started)}.log"
         cmd = [
             sys.executable,
@@ -91,7 +95,7 @@ def start_worker(tmp_path: Path, queue_name: str) -> Iterator[StartWorker]:
         ]
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                cmd, env=worker_env(broker, queue_name), cwd=ROOT, stdout=out, stderr=out
+                cmd, env=worker_env(broker, queue_name, backend), cwd=ROOT, stdout=out, stderr=out
             )
         worker = WorkerProcess(proc, log)
         started.append(worker)
@@ -105,16 +109,17 @@ def start_worker(tmp_path: Path, queue_name: str) -> Iterator[StartWorker]:
 
 
 @pytest.fixture
-async def client_of(queue_name: str) -> AsyncIterator[Callable[[str], App]]:
+async def client_of(queue_name: str) -> AsyncIterator[Callable[..., App]]:
     """``client_of(broker)``: an App sending to the fault app's queue, closed at the end."""
     apps: list[App] = []
 
-    def make(broker: str) -> App:
+    def make(broker: str, backend: str | None = None) -> App:
         from conveyor import Queue
 
         app = App(
             "faults-client",
             broker=broker,
+            result_backend=backend,
             config={
                 "task_queues": [Queue(queue_name)],
                 "task_default_queue": queue_name,

@@ -28,3 +28,10 @@ def record(label: str, path: str) -> None:
     """Append ``label`` to the file ``path``: the test reads which tasks ran, and how often."""
     with open(path, "a") as f:
         f.write(label + "\n")
+
+
+@app.task(name="faults.echo")
+def echo(label: str, path: str, payload: str) -> str:
+    """Record ``label`` and return ``payload`` (a big one makes the worker write a big result)."""
+    record(label, path)
+    return payload
