@@ -56,11 +56,18 @@ class StaleTopology(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TopologySnapshot:
-    """The topology at ``version``, and the owning connection of each exclusive queue."""
+    """The topology at ``version``, and the owning connection of each exclusive queue.
+
+    ``epoch`` names the storage's life: it changes only when the storage lost everything it
+    held (a Redis restarted without persistence), so a connection that sees a new epoch knows
+    its declarations are gone and declares them again. Storage that cannot lose its data
+    silently leaves it empty.
+    """
 
     version: int
     topology: Topology
     owners: Mapping[str, str] = field(default_factory=dict)
+    epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True)

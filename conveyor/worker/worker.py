@@ -58,6 +58,7 @@ from conveyor.results.signed import sign_result
 from conveyor.routing.entities import Broadcast, Queue
 from conveyor.task import Request, Task
 from conveyor.transports.base import Consumer, Delivery, Transport
+from conveyor.transports.unreadable import unreadable_reason
 from conveyor.worker.autoscale import Autoscaler, parse_autoscale
 from conveyor.worker.buffer import PriorityBuffer
 from conveyor.worker.child_limits import ChildLimits, child_limits
@@ -417,6 +418,10 @@ class Worker:
         self._hook("dead_lettered", delivery, reason)
 
     async def _handle(self, delivery: Delivery) -> None:
+        unreadable = unreadable_reason(delivery.envelope)
+        if unreadable is not None:  # the transport could not read it: say why, not its type
+            await self.dead_letter(delivery, f"unreadable message: {unreadable}", None)
+            return
         try:
             if self._signing is not None:
                 self._signing.verify(delivery.envelope)

@@ -54,7 +54,10 @@ NACK = (60, 120)
 
 @dataclass(slots=True)
 class Properties:
-    """Basic properties of a received message; ``headers`` holds JSON-ready values."""
+    """Basic properties of a received message; ``headers`` holds JSON-ready values.
+
+    ``unreadable`` says why the headers could not be read (then ``headers`` is None).
+    """
 
     content_type: str | None = None
     content_encoding: str | None = None
@@ -69,6 +72,7 @@ class Properties:
     type: str | None = None
     user_id: str | None = None
     app_id: str | None = None
+    unreadable: str | None = None
 
 
 @dataclass(slots=True)
@@ -127,15 +131,8 @@ class Reader:
         self.pos += size
         return self.data[start : self.pos].decode("utf-8", errors="replace")
 
-    def table(self) -> dict[str, Any]:
-        end = self.long() + self.pos
-        result: dict[str, Any] = {}
-        while self.pos < end:
-            key = self.shortstr()
-            result[key] = self.value()
-        return result
-
-    def value(self) -> Any:
+    def scalar(self) -> Any:
+        """A field value of a kind that holds no other values (``F`` and ``A`` do)."""
         kind = self.data[self.pos]
         self.pos += 1
         if kind == 83:  # S
@@ -146,14 +143,6 @@ class Reader:
             return value
         if kind == 116:  # t
             return self.octet() != 0
-        if kind == 70:  # F
-            return self.table()
-        if kind == 65:  # A
-            end = self.long() + self.pos
-            items = []
-            while self.pos < end:
-                items.append(self.value())
-            return items
         if kind == 86:  # V
             return None
         fixed = _FIXED.get(kind)
@@ -170,7 +159,7 @@ class Reader:
             return unscaled / 10**scale
         if kind == 120:  # x: bytes, carried as text
             return self.longstr()
-        raise ValueError(f"unknown field type {chr(kind)!r} in a field table")
+        raise ProtocolError(f"unknown field type {chr(kind)!r} in a field table")
 
 
 _FIXED = {
@@ -196,8 +185,20 @@ def shortstr_at(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos + 1 : end].decode("utf-8", errors="replace"), end
 
 
-def _table(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
-    """A field table at ``pos``, as JSON-ready values, and the position after it."""
+# How deeply field tables and arrays may nest inside a header value: as deep as an envelope
+# lets headers nest, and far from Python's recursion limit (RabbitMQ passes on thousands).
+MAX_HEADER_DEPTH = 32
+# What reading a field table can raise on bytes that are not one.
+_MALFORMED = (struct.error, IndexError, ProtocolError)
+
+
+def _table(data: bytes, pos: int, depth: int = 0) -> tuple[dict[str, Any], int]:
+    """A field table at ``pos``, as JSON-ready values, and the position after it.
+
+    ``depth`` is how many tables and arrays enclose it. Raises ProtocolError for a table nested
+    deeper than MAX_HEADER_DEPTH or an unknown field type; struct.error or IndexError for a
+    table cut short.
+    """
     (size,) = _UNPACK_U32(data, pos)
     pos += 4
     end = pos + size
@@ -224,14 +225,16 @@ def _table(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
             result[key] = data[key_end + 1] != 0
             pos = key_end + 2
         else:
-            result[key], pos = _value(data, key_end)
+            result[key], pos = _value(data, key_end, depth, key)
+    if pos != end:
+        raise ProtocolError(f"a field table's entries overrun its size by {pos - end} bytes")
     return result, pos
 
 
 _KEY_NAMES: dict[bytes, str] = {}
 
 
-def _value(data: bytes, pos: int) -> tuple[Any, int]:
+def _value(data: bytes, pos: int, depth: int, key: str) -> tuple[Any, int]:
     kind = data[pos]
     pos += 1
     if kind == 83:  # S
@@ -244,23 +247,59 @@ def _value(data: bytes, pos: int) -> tuple[Any, int]:
         return _UNPACK_I32(data, pos)[0], pos + 4
     if kind == 116:  # t
         return data[pos] != 0, pos + 1
-    if kind == 70:  # F
-        return _table(data, pos)
-    if kind == 65:  # A
+    if kind == 70 or kind == 65:  # F, A
+        if depth >= MAX_HEADER_DEPTH:
+            raise ProtocolError(
+                f"header {key!r} is nested more than {MAX_HEADER_DEPTH} levels deep"
+            )
+        if kind == 70:
+            return _table(data, pos, depth + 1)
         (size,) = _UNPACK_U32(data, pos)
         pos += 4
         end = pos + size
         items = []
         while pos < end:
-            item, pos = _value(data, pos)
+            item, pos = _value(data, pos, depth + 1, key)
             items.append(item)
+        if pos != end:
+            raise ProtocolError(f"header {key!r}: an array's items overrun its size")
         return items, pos
     reader = Reader(data, pos - 1)
-    return reader.value(), reader.pos
+    value = reader.scalar()
+    if reader.pos > len(data):
+        raise IndexError("a field value runs past the end of the frame")
+    return value, reader.pos
+
+
+def _headers(data: bytes, pos: int) -> tuple[dict[str, Any] | None, str | None, int]:
+    """The headers table at ``pos``, or None and why it cannot be read; then the position
+    after it (a table's size prefix says where it ends, so the properties after it still read).
+    """
+    (size,) = _UNPACK_U32(data, pos)
+    end = pos + 4 + size
+    if end > len(data):
+        raise ProtocolError("the headers table runs past the end of the content header")
+    try:
+        headers, _ = _table(data, pos)
+    except _MALFORMED as exc:
+        return None, f"unreadable AMQP headers: {exc}", end
+    return headers, None, end
 
 
 def decode_properties(data: bytes) -> tuple[int, Properties]:
-    """Decode a content header frame: the body size and the properties."""
+    """Decode a content header frame: the body size and the properties.
+
+    Headers that cannot be read (nested deeper than MAX_HEADER_DEPTH, an unknown field type, a
+    malformed table) leave ``headers`` None and say why in ``unreadable``; the rest still
+    decodes. A frame that is not a content header at all raises ProtocolError.
+    """
+    try:
+        return _decode_properties(data)
+    except (struct.error, IndexError) as exc:
+        raise ProtocolError(f"malformed content header frame: {exc}") from exc
+
+
+def _decode_properties(data: bytes) -> tuple[int, Properties]:
     (size,) = U64.unpack_from(data, 4)
     (flags,) = U16.unpack_from(data, 12)
     pos = 14
@@ -274,7 +313,7 @@ def decode_properties(data: bytes) -> tuple[int, Properties]:
     if flags & 0x4000:
         props.content_encoding, pos = shortstr_at(data, pos)
     if flags & 0x2000:
-        props.headers, pos = _table(data, pos)
+        props.headers, props.unreadable, pos = _headers(data, pos)
     if flags & 0x1000:
         props.delivery_mode = data[pos]
         pos += 1
@@ -298,6 +337,8 @@ def decode_properties(data: bytes) -> tuple[int, Properties]:
         props.user_id, pos = shortstr_at(data, pos)
     if flags & 0x0008:
         props.app_id, pos = shortstr_at(data, pos)
+    if pos > len(data):
+        raise ProtocolError("the content header's properties run past the end of the frame")
     return size, props
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import ssl
@@ -38,6 +39,8 @@ from conveyor.transports.amqp.codec import (
 from conveyor.transports.amqp.errors import AMQPError, ConnectionClosed, retrieve
 
 __all__ = ["Connection"]
+
+log = logging.getLogger(__name__)
 
 
 class Connection(asyncio.Protocol):
@@ -214,6 +217,12 @@ class Connection(asyncio.Protocol):
                 pos = end + 1
         except ConnectionClosed as exc:
             self._shutdown(exc)
+            self.abort()
+            return
+        except Exception as exc:
+            # A frame conveyor cannot read: the connection's state is unknown from here on.
+            log.exception("cannot read a frame from RabbitMQ; closing the connection")
+            self._shutdown(ConnectionClosed(501, f"cannot read a frame from the broker: {exc}"))
             self.abort()
             return
         if buffer:

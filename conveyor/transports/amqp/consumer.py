@@ -27,6 +27,7 @@ from conveyor.transports.amqp.delays import DELAY_EXPIRATION, DELAY_TARGET, dela
 from conveyor.transports.amqp.errors import is_channel_error, reply_text
 from conveyor.transports.amqp.session import ChannelRole, Session
 from conveyor.transports.base import Consumer, Delivery
+from conveyor.transports.unreadable import unreadable_envelope
 
 __all__ = ["AMQPConsumer", "delivery_of", "envelope_of"]
 
@@ -47,8 +48,31 @@ def _finite(value: Any) -> Any:
 def envelope_of(message: Message) -> tuple[Envelope, str | None]:
     """The envelope of a received message, and the exchange a delayed message was sent to.
 
-    Raises ProtocolError for a message no envelope can hold.
+    Never raises: a message no envelope can hold (headers nested too deeply, unreadable, or
+    holding what headers cannot carry) comes as an unreadable envelope saying why (see
+    :mod:`conveyor.transports.unreadable`), for the worker to dead-letter.
     """
+    props = message.properties
+    if props.unreadable is not None:
+        return _unreadable(message, props.unreadable), None
+    try:
+        return _envelope_of(message)
+    except (ProtocolError, ValueError, TypeError, OverflowError) as exc:
+        return _unreadable(message, f"RabbitMQ message cannot be an envelope: {exc}"), None
+
+
+def _unreadable(message: Message, reason: str) -> Envelope:
+    props = message.properties
+    return unreadable_envelope(
+        message.body,
+        reason,
+        correlation_id=props.correlation_id,
+        message_id=props.message_id,
+        delivery_mode=2 if props.delivery_mode == 2 else 1,
+    )
+
+
+def _envelope_of(message: Message) -> tuple[Envelope, str | None]:
     props = message.properties
     headers: dict[str, Any] = props.headers or {}
     expiration: float | None = None
@@ -192,13 +216,7 @@ class AMQPConsumer(Consumer):
             else channel.hold(delivery_tag, queue)
         )
         delivery_count = _delivery_count(message)
-        try:
-            envelope, target = envelope_of(message)
-        except ConveyorError:
-            log.exception("dropping an undecodable message from queue %r (rejected)", queue)
-            if not self._no_ack:
-                channel.settle(delivery_tag, False)
-            return
+        envelope, target = envelope_of(message)
         self._buffer.append(
             Delivery(
                 envelope=envelope,

@@ -19,6 +19,7 @@ from conveyor.routing.entities import Binding, Exchange, FrozenMapping, Queue
 from conveyor.routing.topology import BoundBinding
 from conveyor.transports.base import DeliveryTag
 from conveyor.transports.storage import NewMessage, StoredMessage
+from conveyor.transports.unreadable import unreadable_envelope
 
 __all__ = [
     "binding_field",
@@ -140,10 +141,15 @@ def pack(message: NewMessage, ident: str) -> bytes:
 
 
 def _unpack(queue: bytes, ident: bytes, count: Any, blob: bytes | None) -> StoredMessage:
-    name = queue.decode()
-    tag = f"{ident.decode()}:{name}"
+    """The stored message of one ``dequeue`` reply entry. Never raises on what Redis holds: a
+    blob that is not conveyor's (or gone) comes as an unreadable envelope saying why, for the
+    worker to dead-letter (see :mod:`conveyor.transports.unreadable`)."""
+    name = queue.decode("utf-8", errors="replace")
+    tag = f"{ident.decode('utf-8', errors='replace')}:{name}"
+    delivery_count = int(count)
     if blob is None:
-        raise ProtocolError(f"message {tag} lost its body in Redis; was the key evicted?")
+        reason = f"message {tag} lost its body in Redis (was the key evicted?)"
+        return _unreadable(tag, name, delivery_count, b"", reason)
     try:
         pos = 0
         for _ in range(4):
@@ -153,17 +159,42 @@ def _unpack(queue: bytes, ident: bytes, count: Any, blob: bytes | None) -> Store
         (size,) = _META_SIZE.unpack_from(blob, start)
         start += _META_SIZE.size
         exchange, routing_key, priority, expires_at = orjson.loads(blob[start : start + size])
-    except (struct.error, orjson.JSONDecodeError, ValueError) as exc:
-        raise ProtocolError(f"message {tag} in Redis is not conveyor's: {exc}") from exc
+        if not (isinstance(exchange, str) and isinstance(routing_key, str)):
+            raise ValueError("its exchange or routing key is not a string")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError(f"its priority is {priority!r}")
+        if expires_at is not None and not isinstance(expires_at, (int, float)):
+            raise ValueError(f"its expiry is {expires_at!r}")
+    except (struct.error, orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        reason = f"message {tag} in Redis is not conveyor's: {exc}"
+        return _unreadable(tag, name, delivery_count, blob, reason)
+    envelope_bytes = blob[start + size :]
+    try:
+        envelope = Envelope.from_bytes(envelope_bytes)
+    except ProtocolError as exc:
+        reason = f"message {tag} in Redis is unreadable: {exc}"
+        envelope = unreadable_envelope(envelope_bytes, reason)
     return StoredMessage(
         tag=tag,
         queue=name,
-        envelope=Envelope.from_bytes(blob[start + size :]),
+        envelope=envelope,
         exchange=exchange,
         routing_key=routing_key,
         priority=priority,
-        delivery_count=int(count),
+        delivery_count=delivery_count,
         expires_at=expires_at,
+    )
+
+
+def _unreadable(tag: str, queue: str, count: int, blob: bytes, reason: str) -> StoredMessage:
+    return StoredMessage(
+        tag=tag,
+        queue=queue,
+        envelope=unreadable_envelope(blob, reason),
+        exchange="",
+        routing_key=queue,
+        priority=0,
+        delivery_count=count,
     )
 
 

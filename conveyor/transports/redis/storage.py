@@ -170,11 +170,14 @@ class RedisStorage(Storage):
                 pipe.hvals(self._key("topo", "ex"))
                 pipe.hvals(self._key("topo", "q"))
                 pipe.hgetall(self._key("topo", "b"))
+                pipe.get(self._key("epoch"))
                 return await pipe.execute()
 
-        version, exchanges, queues, bindings = await self._redis.run(
+        version, exchanges, queues, bindings, epoch = await self._redis.run(
             read, "loading the topology", timeout=self._redis.socket_timeout
         )
+        if epoch is None:
+            epoch = await self._new_epoch()
         owners: dict[str, str] = {}
         queue_list: list[Queue] = []
         for raw in queues:
@@ -188,7 +191,22 @@ class RedisStorage(Storage):
             queue_list,
             (binding_from(field) for field, _ in ordered),
         )
-        return TopologySnapshot(int(version or 0), topology, owners)
+        return TopologySnapshot(int(version or 0), topology, owners, epoch.decode())
+
+    async def _new_epoch(self) -> bytes:
+        """Name this life of the data under the prefix, unless another connection just did
+        (a first start, or a Redis that came back empty); mark the prefix as conveyor's."""
+        link = self.link
+        epoch_key, schema_key = self._key("epoch"), self._key("schema")
+        candidate = secrets.token_hex(8)
+
+        async def mark() -> Any:
+            await link.execute("SET", schema_key, SCHEMA, "NX")
+            await link.execute("SET", epoch_key, candidate, "NX")
+            return await link.execute("GET", epoch_key)
+
+        epoch = await self._redis.run(mark, "marking the data's epoch")
+        return epoch if isinstance(epoch, bytes) else str(epoch).encode()
 
     async def topology_version(self) -> int:
         link = self.link

@@ -19,10 +19,12 @@ should a wake-up be lost.
 
 URL forms: ``sqlite:///absolute/path/broker.db``, ``sqlite://relative/path/broker.db``; options
 as query parameters or ``broker_transport_options``: ``lease``, ``poll_interval``,
-``busy_timeout`` (seconds to wait for the write lock, default 30) and ``synchronous``
-(``normal`` or ``full``). :func:`default_broker_url` names the default file: one per user and
-machine, in :func:`state_directory`, so every process of that user meets on it whatever its
-working directory.
+``busy_timeout`` (seconds to wait for the write lock, default 30), ``synchronous``
+(``normal`` or ``full``) and ``file_mode`` (the permissions a new file and its ``-wal``/``-shm``
+get, default ``0600``: only its owner reads task arguments; see :mod:`.file_faults`).
+:func:`default_broker_url` names the default file: one per user and machine, in
+:func:`state_directory`, so every process of that user meets on it whatever its working
+directory.
 
 The package: :mod:`.schema` (the tables and how a file is known as conveyor's), :mod:`.codec`
 (entities and messages in rows), :mod:`.database`, :mod:`.wakeup`, :mod:`.storage` (the
@@ -41,6 +43,7 @@ import platformdirs
 
 from conveyor.errors import ConfigurationError
 from conveyor.transports.base import Capabilities
+from conveyor.transports.sqlite.file_faults import parse_file_mode
 from conveyor.transports.sqlite.schema import SCHEMA_VERSION
 from conveyor.transports.sqlite.storage import SQLiteStorage
 from conveyor.transports.virtual import VirtualTransport, virtual_capabilities
@@ -120,6 +123,7 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "poll_interval": (float, 1.0),
     "busy_timeout": (float, 30.0),
     "synchronous": (str, "normal"),
+    "file_mode": (str, "0600"),
 }
 
 
@@ -138,5 +142,10 @@ class SQLiteTransport(VirtualTransport):
                 f"option 'synchronous' of broker URL {url!r} must be 'normal' or 'full', "
                 f"got {values['synchronous']!r}"
             )
-        storage = SQLiteStorage(path, busy_timeout=values["busy_timeout"], synchronous=synchronous)
+        storage = SQLiteStorage(
+            path,
+            busy_timeout=values["busy_timeout"],
+            synchronous=synchronous,
+            file_mode=parse_file_mode(values["file_mode"], f"broker URL {url!r}"),
+        )
         return cls(url, storage, lease=values["lease"], poll_interval=values["poll_interval"])

@@ -17,6 +17,7 @@ from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import Exchange, ExchangeType, FrozenMapping, Queue
 from conveyor.routing.topology import BoundBinding
 from conveyor.transports.storage import StoredMessage
+from conveyor.transports.unreadable import unreadable_envelope
 
 __all__ = [
     "decode_envelope",
@@ -83,11 +84,7 @@ def decode_envelope(message_id: int, data: bytes) -> Envelope:
         return Envelope.from_bytes(data)
     except ProtocolError as exc:
         # Deliver what is there rather than lose it: the consumer sees the raw bytes and why.
-        return Envelope(
-            body=bytes(data),
-            content_type="application/x-conveyor-undecodable",
-            headers={"x-conveyor-error": f"stored message {message_id} is unreadable: {exc}"},
-        )
+        return unreadable_envelope(data, f"stored message {message_id} is unreadable: {exc}")
 
 
 def stored_message(row: tuple[Any, ...]) -> StoredMessage:

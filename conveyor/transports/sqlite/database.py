@@ -7,12 +7,18 @@ mode. Every call runs on the database's thread, so the event loop never blocks o
 is retried while another process holds the write lock, for up to ``busy_timeout`` seconds, with
 pauses far shorter than SQLite's own busy handler would take. sqlite3 errors come out as
 BrokerUnavailable.
+
+Storage faults (:mod:`.file_faults`): a new file is created ``0600`` (``file_mode``); a full
+disk is waited out (logged once, retried with backoff until there is space or the database is
+closed); once the path no longer names the file opened (deleted, replaced), every call raises
+FileMoved, so nothing more is confirmed into a file no other process will read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -23,6 +29,12 @@ from queue import SimpleQueue
 from typing import Any, TypeVar
 
 from conveyor.errors import BrokerUnavailable, ConfigurationError
+from conveyor.transports.sqlite.file_faults import (
+    DEFAULT_FILE_MODE,
+    FileIdentity,
+    create_private,
+    is_full,
+)
 from conveyor.transports.sqlite.schema import check_identity, create_schema
 
 __all__ = [
@@ -34,6 +46,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger("conveyor.transports")
+
+# Pauses while the disk is full: short at first (space may come back at once), then 1 s.
+_FULL_PAUSE_FIRST, _FULL_PAUSE_MAX = 0.05, 1.0
 
 
 def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -135,13 +152,17 @@ class Database:
         busy_timeout: float = 30.0,
         synchronous: str = "normal",
         what: str = "SQLite broker",
+        file_mode: int = DEFAULT_FILE_MODE,
     ) -> None:
         self.path = path
         self.what = what
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous
+        self._file_mode = file_mode
         self._thread: DatabaseThread | None = None
         self._db: sqlite3.Connection | None = None
+        self._identity: FileIdentity | None = None
+        self._closing = False
 
     @property
     def is_open(self) -> bool:
@@ -158,12 +179,44 @@ class Database:
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
-        if db is None:
+        identity = self._identity
+        if db is None or identity is None:
             raise BrokerUnavailable(f"the {self.what} {self.path} is not open")
-        try:
-            return self._retry(lambda: fn(db))
-        except sqlite3.Error as exc:
-            raise self._unavailable(exc) from exc
+        identity.check()
+        full_since: float | None = None
+        pause = _FULL_PAUSE_FIRST
+        while True:
+            try:
+                result = self._retry(lambda: fn(db))
+            except sqlite3.Error as exc:
+                identity.check()
+                if not is_full(exc) or self._closing:
+                    raise self._unavailable(exc) from exc
+                if db.in_transaction:  # a failed COMMIT can leave it open
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                if full_since is None:
+                    full_since = time.monotonic()
+                    log.warning(
+                        "the %s %s: the disk is full (%s); waiting for space, retrying every "
+                        "%g s at most",
+                        self.what,
+                        self.path,
+                        exc,
+                        _FULL_PAUSE_MAX,
+                    )
+                time.sleep(pause)
+                pause = min(pause * 2, _FULL_PAUSE_MAX)
+                continue
+            identity.check()  # committed into a file that was deleted meanwhile: say so
+            if full_since is not None:
+                log.warning(
+                    "the %s %s has space again after %.1f s; carrying on",
+                    self.what,
+                    self.path,
+                    time.monotonic() - full_since,
+                )
+            return result
 
     def _unavailable(self, exc: sqlite3.Error) -> BrokerUnavailable:
         if is_busy(exc):
@@ -196,6 +249,7 @@ class Database:
         if self._thread is not None:
             return
         self._check_path()
+        self._closing = False
         thread = DatabaseThread(f"conveyor-sqlite-{self.path.name}")
         try:
             self._db = await thread.run(self._connect)
@@ -223,6 +277,11 @@ class Database:
             )
 
     def _connect(self) -> sqlite3.Connection:
+        try:
+            create_private(self.path, self._file_mode)
+            self._identity = FileIdentity(self.path, self.what)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot create {self.what} {self.path}: {exc}") from exc
         try:
             db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=True)
         except sqlite3.Error as exc:
@@ -273,6 +332,7 @@ class Database:
         thread, self._thread = self._thread, None
         if thread is None:
             return
+        self._closing = True  # a call waiting for disk space gives up
         db, self._db = self._db, None
         if db is not None:
             with contextlib.suppress(sqlite3.Error):

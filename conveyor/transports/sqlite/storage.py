@@ -32,6 +32,7 @@ from conveyor.transports.sqlite.codec import (
     stored_message,
 )
 from conveyor.transports.sqlite.database import Database, read_transaction, write_transaction
+from conveyor.transports.sqlite.file_faults import DEFAULT_FILE_MODE
 from conveyor.transports.sqlite.schema import MESSAGE_COLUMNS
 from conveyor.transports.sqlite.wakeup import Waker
 from conveyor.transports.storage import (
@@ -78,10 +79,17 @@ class SQLiteStorage(Storage):
     """Storage primitives on one SQLite file; one sqlite3 connection on a thread of its own."""
 
     def __init__(
-        self, path: Path, *, busy_timeout: float = 30.0, synchronous: str = "normal"
+        self,
+        path: Path,
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: str = "normal",
+        file_mode: int = DEFAULT_FILE_MODE,
     ) -> None:
         self.path = path
-        self._database = Database(path, busy_timeout=busy_timeout, synchronous=synchronous)
+        self._database = Database(
+            path, busy_timeout=busy_timeout, synchronous=synchronous, file_mode=file_mode
+        )
         self._waker: Waker | None = None
         self._registered: set[str] = set()
         self._touched: dict[str, float] = {}

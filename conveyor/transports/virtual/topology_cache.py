@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from conveyor.transports.storage import Storage, TopologySnapshot
 
@@ -14,11 +15,18 @@ class TopologyCache:
 
     A cached snapshot may be stale: writes to storage are checked against its version
     (:meth:`Storage.enqueue`), and negative answers (no such queue) are checked with
-    :meth:`fresh` before they are believed.
+    :meth:`fresh` before they are believed. A load that finds a new storage epoch (the storage
+    lost everything) awaits ``on_lost`` (which declares the connection's topology again)
+    before it answers.
     """
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(
+        self, storage: Storage, on_lost: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._storage = storage
+        self._on_lost = on_lost
+        self._epoch: str | None = None
+        self._lock = asyncio.Lock()
         self.snapshot: TopologySnapshot | None = None
         self._loading: asyncio.Future[TopologySnapshot] | None = None
 
@@ -31,12 +39,22 @@ class TopologyCache:
         """Read the topology from storage and cache it."""
         # one load at a time: a burst of concurrent publishes shares it
         if self._loading is None or self._loading.done():
-            self._loading = asyncio.ensure_future(self._storage.load_topology())
+            self._loading = asyncio.ensure_future(self._load())
         loading = self._loading
         snap = await asyncio.shield(loading)
         if self._loading is loading:
             self.snapshot = snap
         return snap
+
+    async def _load(self) -> TopologySnapshot:
+        # One at a time: a load racing a restore must not answer with the half-restored topology.
+        async with self._lock:
+            snap = await self._storage.load_topology()
+            if self._epoch is not None and snap.epoch != self._epoch and self._on_lost:
+                await self._on_lost()
+                snap = await self._storage.load_topology()
+            self._epoch = snap.epoch
+            return snap
 
     async def get(self) -> TopologySnapshot:
         """The cached topology, loaded if there is none (it may be stale)."""

@@ -9,6 +9,7 @@ declarations agree.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -44,9 +45,13 @@ from conveyor.transports.virtual.declarations import (
 )
 from conveyor.transports.virtual.housekeeping import Housekeeper
 from conveyor.transports.virtual.publishing import Publisher, route_outgoing
+from conveyor.transports.virtual.redeclare import Declared
 from conveyor.transports.virtual.topology_cache import TopologyCache
+from conveyor.urls import redacted
 
 __all__ = ["VirtualTransport", "virtual_capabilities"]
+
+log = logging.getLogger("conveyor.transports")
 
 
 def virtual_capabilities(*, shared: bool) -> Capabilities:
@@ -110,7 +115,8 @@ class VirtualTransport(Transport):
         self.connection_id = f"{uuid.uuid4().hex}"
         self._connected = False
         self._consumers: dict[str, VirtualConsumer] = {}
-        self._topology = TopologyCache(storage)
+        self._declared = Declared()
+        self._topology = TopologyCache(storage, on_lost=self._declare_again)
         self._acks = AckBatcher(storage, self.connection_id)
         self._publisher = Publisher(
             storage, self._topology, self.connection_id, self._wake_housekeeper
@@ -136,7 +142,7 @@ class VirtualTransport(Transport):
             return
         await self._storage.open()
         await self._storage.renew(self.connection_id, lease=self._lease)
-        self._topology.snapshot = await self._storage.load_topology()
+        await self._topology.load()
         self._connected = True
         self._acks.start()
         self._housekeeper.start()
@@ -152,6 +158,9 @@ class VirtualTransport(Transport):
             idle = await self._storage.disconnect(self.connection_id)
             await self._housekeeper.remove_exclusive_queues({self.connection_id})
             await self._housekeeper.delete_auto_delete(idle)
+        except BrokerUnavailable as exc:
+            # Closing still closes: what was not said goodbye to comes back when the lease lapses.
+            log.warning("closing %s without a goodbye to its storage: %s", redacted(self.url), exc)
         finally:
             self._connected = False
             self._acks.stop()
@@ -165,6 +174,13 @@ class VirtualTransport(Transport):
 
     def _wake_housekeeper(self) -> None:
         self._housekeeper.wake()
+
+    async def _declare_again(self) -> None:
+        """Storage lost everything (a new epoch): declare this connection's topology again,
+        and make the connection and its consumers known again."""
+        await self._declared.restore(self._storage, f"the broker at {redacted(self.url)}")
+        await self._storage.renew(self.connection_id, lease=self._lease)
+        await self._register_consumers_again()
 
     async def _register_consumers_again(self) -> None:
         """Storage declared this connection dead: its leases and consumers are gone."""
@@ -212,6 +228,7 @@ class VirtualTransport(Transport):
             return
         stored = await self._storage.add_exchange(exchange)
         check_exchange_equivalent(stored, exchange)
+        self._declared.exchange(stored)
         cached = self._topology.snapshot
         if cached is not None and exchange.name not in cached.topology.exchanges:
             self._topology.invalidate()
@@ -228,6 +245,7 @@ class VirtualTransport(Transport):
                 f"exchange {name!r} still has queues bound to it: unbind them or drop if_unused"
             )
         await self._storage.remove_exchange(name)
+        self._declared.forget_exchange(name)
         self._topology.invalidate()
 
     async def declare_queue(self, queue: Queue, *, passive: bool = False) -> QueueStats:
@@ -262,6 +280,7 @@ class VirtualTransport(Transport):
                 "choose another name"
             )
         check_queue_equivalent(stored, plain)
+        self._declared.queue(plain, owner)
         for b in queue.all_bindings:
             if isinstance(b.exchange, Exchange):
                 if b.exchange.is_default:
@@ -269,9 +288,9 @@ class VirtualTransport(Transport):
                 await self.declare_exchange(b.exchange)
             elif not b.exchange:
                 continue
-            await self._storage.add_binding(
-                BoundBinding(b.exchange_name, queue.name, b.routing_key, b.arguments)
-            )
+            bound = BoundBinding(b.exchange_name, queue.name, b.routing_key, b.arguments)
+            await self._storage.add_binding(bound)
+            self._declared.binding(bound)
         self._topology.invalidate()
         if "x-expires" in queue.arguments:
             self._housekeeper.wake()  # it schedules the expiry
@@ -297,6 +316,7 @@ class VirtualTransport(Transport):
                 raise PreconditionFailed(
                     f"queue {name!r} has {stats.ready} message(s): purge it or drop if_empty"
                 )
+        self._declared.forget_queue(name)
         return await self._housekeeper.remove_queue(name)
 
     async def purge_queue(self, name: str) -> int:
@@ -323,7 +343,9 @@ class VirtualTransport(Transport):
             snap = await self._topology.fresh()
             if exchange not in snap.topology.exchanges:
                 raise NotFound(f"exchange {exchange!r} does not exist: declare it first")
-        await self._storage.add_binding(BoundBinding(exchange, queue, routing_key, arguments or {}))
+        bound = BoundBinding(exchange, queue, routing_key, arguments or {})
+        await self._storage.add_binding(bound)
+        self._declared.binding(bound)
         self._topology.invalidate()
 
     async def unbind_queue(
@@ -336,9 +358,9 @@ class VirtualTransport(Transport):
         self._check_open()
         if exchange == "":
             return
-        await self._storage.remove_binding(
-            BoundBinding(exchange, queue, routing_key, arguments or {})
-        )
+        bound = BoundBinding(exchange, queue, routing_key, arguments or {})
+        await self._storage.remove_binding(bound)
+        self._declared.forget_binding(bound)
         self._topology.invalidate()
         await self._housekeeper.drop_unbound_exchanges({exchange})
 
