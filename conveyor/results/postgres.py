@@ -2,7 +2,8 @@
 
 One row per task id (and per worker hostname for broadcast results) in the table ``table``
 (default ``conveyor_results``), holding the Celery-compatible JSON document; chord joins count
-their parts in ``<table>_chords``. Both are created on first use; their schema version is
+their parts in ``<table>_chords`` and ``<table>_chord_parts``
+(:mod:`~conveyor.results.postgres_chords`). Both are created on first use; their schema version is
 checked on every start (see :mod:`~conveyor.results.postgres_connection`).
 
 Storing is one transaction per batch: stores from one event loop that arrive while a batch is
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Self
 
@@ -31,8 +31,17 @@ from psycopg import sql
 
 from conveyor.errors import BrokerUnavailable
 from conveyor.results import postgres_listener
-from conveyor.results.base import BackendHost, ResultBackend, StoreRequest, Watch
+from conveyor.results.base import (
+    CHORD_CLAIM_SECONDS,
+    BackendHost,
+    ChordJoin,
+    ChordPart,
+    ResultBackend,
+    StoreRequest,
+    Watch,
+)
 from conveyor.results.meta import ResultMeta, pick_result
+from conveyor.results.postgres_chords import ChordTables
 from conveyor.results.postgres_connection import PgConnection, split_pg_url
 
 __all__ = ["PostgresBackend"]
@@ -61,6 +70,8 @@ def _payloads(task_ids: Sequence[str]) -> list[str]:
 class PostgresBackend(ResultBackend):
     """Results in PostgreSQL; waiters woken by LISTEN/NOTIFY (see module)."""
 
+    joins_chords = True
+
     def __init__(self, url: str, *, host: BackendHost) -> None:
         conninfo, options = split_pg_url(url)
         self.url = url
@@ -77,7 +88,7 @@ class PostgresBackend(ResultBackend):
         self._select = sql.SQL(
             "SELECT task_id, worker, meta FROM {} WHERE task_id = ANY(%s)"
         ).format(sql.Identifier(table))
-        self._chords = sql.Identifier(f"{table}_chords")
+        self._joins = ChordTables(table)
         self._listener: postgres_listener.Listener | None = None
         self._pending: list[tuple[StoreRequest, asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -166,34 +177,29 @@ class PostgresBackend(ResultBackend):
             self._flushing = loop.create_task(self._flush())
         await asyncio.gather(*futures)
 
-    async def _bump(self, conn: Any, group_id: str, size: int) -> bool:
-        cur = await conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (group_id, done, size, created) VALUES (%s, 1, %s, %s)"
-                " ON CONFLICT (group_id) DO UPDATE SET done = {}.done + 1 RETURNING done"
-            ).format(self._chords, self._chords),
-            (group_id, size, time.time()),
+    async def chord_start(self, group_id: str, size: int) -> None:
+        await self._db.run(
+            lambda conn: self._joins.start(conn, group_id, size), f"starting chord {group_id}"
         )
-        row = await cur.fetchone()
-        return bool(row is not None and row[0] == size)
 
-    async def chord_part_done(self, group_id: str, size: int) -> bool:
-        """Count one finished part of the chord ``group_id`` of ``size`` parts, atomically;
-        True exactly once: for the call that counts the last part."""
+    async def chord_part_done(
+        self, part: ChordPart, *, claim_seconds: float = CHORD_CLAIM_SECONDS
+    ) -> ChordJoin | None:
         return await self._db.run(
-            lambda conn: self._bump(conn, group_id, size), f"counting chord {group_id}"
+            lambda conn: self._joins.part_done(conn, part, claim_seconds),
+            f"counting a part of chord {part.group_id}",
         )
 
-    async def store_chord_part(self, request: StoreRequest, group_id: str, size: int) -> bool:
-        """Keep ``request.meta`` and count it as a part of the chord ``group_id`` in one
-        transaction: True exactly once, for the part that completes the chord."""
-        row = self._row(request)
+    async def chord_done(self, group_id: str, claim: str) -> bool:
+        return await self._db.run(
+            lambda conn: self._joins.done(conn, group_id, claim), f"finishing chord {group_id}"
+        )
 
-        async def both(conn: Any) -> bool:
-            await self._write(conn, [row])
-            return await self._bump(conn, group_id, size)
-
-        return await self._db.run(both, f"storing a part of chord {group_id}")
+    async def chord_body_run(self, group_id: str, send: str) -> bool:
+        return await self._db.run(
+            lambda conn: self._joins.body_run(conn, group_id, send),
+            f"marking the body of chord {group_id}",
+        )
 
     # reading
 
@@ -281,10 +287,8 @@ class PostgresBackend(ResultBackend):
         )
 
     async def cleanup(self, *, older_than: float) -> int:
-        await self._delete(
-            sql.SQL("DELETE FROM {} WHERE created < %s").format(self._chords),
-            (older_than,),
-            "removing old chord counters",
+        await self._db.run(
+            lambda conn: self._joins.cleanup(conn, older_than), "removing old chord joins"
         )
         return await self._delete(
             sql.SQL("DELETE FROM {} WHERE date_done < %s").format(sql.Identifier(self.table)),

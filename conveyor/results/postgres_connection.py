@@ -28,6 +28,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from conveyor.errors import BrokerUnavailable, ConfigurationError, ConveyorError
+from conveyor.results.postgres_chords import chord_schema
 from conveyor.urls import parse_options, redacted
 
 __all__ = ["SCHEMA_VERSION", "PgConnection", "PgOptions", "is_refusal", "split_pg_url"]
@@ -111,13 +112,7 @@ def _schema_sql(table: str) -> list[sql.Composed]:
         sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (date_done)").format(
             sql.Identifier(f"{table}_done"), t
         ),
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} ("
-            " group_id TEXT PRIMARY KEY,"
-            " done INTEGER NOT NULL,"
-            " size INTEGER NOT NULL,"
-            " created DOUBLE PRECISION NOT NULL)"
-        ).format(sql.Identifier(f"{table}_chords")),
+        *chord_schema(table),
     ]
 
 

@@ -12,17 +12,19 @@ import pytest
 from conveyor.app import App
 from conveyor.errors import ConfigurationError
 from conveyor.results.base import ChordPart, ResultBackend
-from tests.conftest import redis_namespace
+from tests.conftest import postgres_namespace, redis_namespace
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResultBackend]:
     if request.param == "memory":
         url = f"memory://join-{uuid.uuid4().hex}"
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'results.db'}"
-    else:
+    elif request.param == "redis":
         url = redis_namespace(request)
+    else:
+        url = postgres_namespace(request)
     app = App("joins", broker="memory://", result_backend=url)
     yield await app.abackend()
     await app.aclose()
