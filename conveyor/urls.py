@@ -30,11 +30,14 @@ def parse_options(
     url: str,
     given: Mapping[str, Any],
     spec: Mapping[str, tuple[type, Any]],
+    *,
+    what: str = "broker URL",
 ) -> dict[str, Any]:
     """Merge URL query options and ``given`` options (the latter win) into typed values.
 
     ``spec`` maps each option name to (type, default). Raises ConfigurationError naming the
-    option for an unknown name or a value of the wrong type.
+    option and the URL (called ``what`` in the message) for an unknown name or a value of the
+    wrong type.
     """
     raw: dict[str, Any] = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
     raw.update(given)
@@ -43,7 +46,7 @@ def parse_options(
         if name not in spec:
             known = ", ".join(sorted(spec))
             raise ConfigurationError(
-                f"unknown option {name!r} for broker URL {url!r}: the options are {known}"
+                f"unknown option {name!r} for {what} {url!r}: the options are {known}"
             )
         kind = spec[name][0]
         try:
@@ -56,11 +59,11 @@ def parse_options(
                 converted = kind(value)
         except (TypeError, ValueError):
             raise ConfigurationError(
-                f"option {name!r} of broker URL {url!r} must be a {kind.__name__}, got {value!r}"
+                f"option {name!r} of {what} {url!r} must be a {kind.__name__}, got {value!r}"
             ) from None
         if isinstance(converted, float) and not converted > 0:
             raise ConfigurationError(
-                f"option {name!r} of broker URL {url!r} must be more than zero, got {value!r}"
+                f"option {name!r} of {what} {url!r} must be more than zero, got {value!r}"
             )
         values[name] = converted
     return values

@@ -28,3 +28,15 @@ def test_an_unknown_query_option_is_named_with_the_known_ones() -> None:
     assert parse_options("x://h/?lease=2&fast=yes", {}, spec) == {"lease": 2.0, "fast": True}
     with pytest.raises(ConfigurationError, match=r"unknown option 'leese' .* fast, lease"):
         parse_options("x://h/?leese=2", {}, spec)
+
+
+def test_a_result_backend_url_is_named_as_one_in_option_errors() -> None:
+    from conveyor.results.sqlite import SQLiteBackend
+    from tests.results.helpers import NoBrokerHost
+
+    with pytest.raises(ConfigurationError) as caught:
+        SQLiteBackend.from_url("sqlite:///tmp/r.db?pol=1", host=NoBrokerHost())
+    assert str(caught.value) == (
+        "unknown option 'pol' for result backend URL 'sqlite:///tmp/r.db?pol=1': "
+        "the options are poll"
+    )

@@ -77,7 +77,9 @@ def split_pg_url(url: str) -> tuple[str, PgOptions]:
     theirs: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         (ours.__setitem__(name, value) if name in _OPTIONS else theirs.append((name, value)))
-    values = parse_options(parts._replace(query=urlencode(ours)).geturl(), {}, _OPTIONS)
+    values = parse_options(
+        parts._replace(query=urlencode(ours)).geturl(), {}, _OPTIONS, what="result backend URL"
+    )
     table = values["table"]
     if not table.isidentifier() or not table.isascii() or len(table) > 50:
         raise ConfigurationError(

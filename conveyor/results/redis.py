@@ -150,7 +150,7 @@ class RedisBackend(ResultBackend):
     @classmethod
     def from_url(cls, url: str, *, host: BackendHost) -> Self:
         own_url, client_url = split_url(url, _OPTIONS)
-        values = parse_options(own_url, {}, _OPTIONS)
+        values = parse_options(own_url, {}, _OPTIONS, what="result backend URL")
         return cls(
             url,
             client_url,

@@ -21,9 +21,8 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, TypeVar
-from urllib.parse import parse_qsl, urlsplit
 
-from conveyor.errors import BrokerUnavailable, ConfigurationError
+from conveyor.errors import BrokerUnavailable
 from conveyor.results import sqlite_chords
 from conveyor.results.base import (
     CHORD_CLAIM_SECONDS,
@@ -40,6 +39,7 @@ from conveyor.results.waiters import Waiters
 from conveyor.transports.sqlite import database_path
 from conveyor.transports.sqlite.database import Database, write_transaction
 from conveyor.transports.sqlite.wakeup import SocketListener, Waker
+from conveyor.urls import parse_options
 
 __all__ = ["SQLiteBackend", "sqlite_path"]
 
@@ -94,15 +94,7 @@ class SQLiteBackend(ResultBackend):
 
     @classmethod
     def from_url(cls, url: str, *, host: BackendHost) -> Self:
-        options = dict(parse_qsl(urlsplit(url).query))
-        try:
-            poll = float(options.pop("poll", 0.5))
-        except ValueError as exc:
-            raise ConfigurationError(f"result backend {url!r}: poll must be seconds") from exc
-        if options:
-            raise ConfigurationError(
-                f"result backend {url!r}: unknown option(s) {', '.join(options)}; only poll="
-            )
+        poll = parse_options(url, {}, {"poll": (float, 0.5)}, what="result backend URL")["poll"]
         return cls(url, sqlite_path(url.split("?", 1)[0]), poll=poll)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -138,7 +138,7 @@ class DjangoBackend(ResultBackend):
 
     @classmethod
     def from_url(cls, url: str, *, host: BackendHost) -> Self:
-        values = parse_options(url, {}, _OPTIONS)
+        values = parse_options(url, {}, _OPTIONS, what="result backend URL")
         alias = urlsplit(url).netloc or "default"
         return cls(url, alias=alias, poll=values["poll"])
 
