@@ -1,9 +1,9 @@
 """Real beat and worker processes on SQLite, Redis and RabbitMQ: each due time sent once.
 
 Two ``conveyor beat`` processes and a worker run a 1 s entry for 20 s from the moment one
-leads, the leader SIGKILLed half way: every due time from the first to the last reaches the worker exactly once (counted by
-the derived task ids), and the gap the kill leaves is at most the lease (3 s here) plus a second
-of polling and load.
+leads, the leader SIGKILLed half way: every due time from the first to the last reaches the
+worker exactly once (counted by the derived task ids), and the gap the kill leaves is at most
+the lease (3 s here) plus a second of polling and load.
 """
 
 from __future__ import annotations
