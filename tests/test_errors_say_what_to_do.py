@@ -23,7 +23,8 @@ from conveyor.routing.entities import Queue
 from conveyor.seconds import seconds
 
 SEND_OPTIONS = (
-    "countdown, eta, exchange, exchange_type, expires, headers, ignore_result, priority, queue, "
+    "chain, chord, countdown, eta, exchange, exchange_type, expires, group_id, group_index, "
+    "headers, ignore_result, link, link_error, parent_id, priority, queue, reply_to, root_id, "
     "routing_key, serializer, task_id, time_limit"
 )
 
@@ -40,8 +41,8 @@ def test_an_unknown_send_option_names_it_and_the_ones_that_exist(app: App) -> No
     @app.task(name="web.render")
     def render() -> None: ...
 
-    expected = f"unknown send option 'link'; the send options are: {SEND_OPTIONS}"
-    options: Any = {"link": "web.after"}
+    expected = f"unknown send option 'retry_policy'; the send options are: {SEND_OPTIONS}"
+    options: Any = {"retry_policy": {"max_retries": 3}}
     with pytest.raises(ConfigurationError) as caught:
         render.apply_async((), **options)
     assert str(caught.value) == expected
@@ -131,10 +132,10 @@ BAD_SETTINGS: list[tuple[dict[str, Any], type[ConfigurationError], str]] = [
         "memory://, redis://, rediss://, sqlite://",
     ),
     (
-        {"result_backend": "postgres:/nowhere"},
+        {"result_backend": "mongodb://nowhere"},
         ConfigurationError,
-        "result backend URL 'postgres:/nowhere' has no known scheme: use one of memory://, "
-        "redis://, rediss://, rpc://, sqlite://",
+        "result backend URL 'mongodb://nowhere' has no known scheme: use one of django://, "
+        "memory://, postgres://, postgresql://, redis://, rediss://, rpc://, sqlite://",
     ),
     (
         {"task_serializer": "yaml"},

@@ -111,7 +111,7 @@ def test_headers_an_envelope_cannot_hold_come_as_an_unreadable_envelope() -> Non
     envelope, _ = envelope_of(Message(b"[]", props, "", "q"))
     reason = unreadable_reason(envelope)
     assert reason is not None
-    assert "nested too deeply" in reason
+    assert "nested more than 32 levels deep" in reason
 
 
 def test_a_negative_delayed_expiration_does_not_escape_as_an_exception() -> None:
