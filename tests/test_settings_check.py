@@ -116,3 +116,10 @@ def test_a_rule_to_an_undeclared_queue_still_loads_for_routes_check() -> None:
         "task_create_missing_queues is off: add Queue('web_queue', ...) to task_queues, or set "
         "task_create_missing_queues = True"
     )
+
+
+def test_the_pools_checked_are_the_pools_a_worker_has() -> None:
+    from conveyor.settings_check import WORKER_POOLS
+    from conveyor.worker.pools import POOLS
+
+    assert set(WORKER_POOLS) == {*POOLS, "processes"}
