@@ -6,6 +6,7 @@ import dataclasses
 import typing
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,32 @@ def test_a_plan_falls_back_to_the_task_then_the_settings() -> None:
     assert planned(NO_OPTIONS, True) == (False, 2.0)
     assert planned(NO_OPTIONS, False) == (True, None)
     assert planned(SendOptions(ignore_result=True, time_limit=1.0), True) == (True, 1.0)
+
+
+SEND_OPTIONS = (
+    "countdown, eta, exchange, exchange_type, expires, headers, ignore_result, priority, queue, "
+    "routing_key, serializer, task_id, time_limit"
+)
+
+
+def test_an_unknown_send_option_names_it_and_the_ones_that_exist() -> None:
+    app = App("errors", broker="memory://")
+
+    @app.task(name="web.render")
+    def render() -> None: ...
+
+    expected = f"unknown send option 'link'; the send options are: {SEND_OPTIONS}"
+    options: Any = {"link": "web.after"}
+    with pytest.raises(ConfigurationError) as caught:
+        render.apply_async((), **options)
+    assert str(caught.value) == expected
+    with pytest.raises(ConfigurationError) as caught:
+        app.send_task("web.render", **options)
+    assert str(caught.value) == expected
+    typo: Any = {"countdwon": 5}
+    with pytest.raises(ConfigurationError) as caught:
+        app.send_task("web.render", **typo)
+    assert str(caught.value) == (
+        f"unknown send option 'countdwon' (did you mean 'countdown'?); the send options are: "
+        f"{SEND_OPTIONS}"
+    )

@@ -2,13 +2,18 @@
 
 Its name, broker and result backend (passwords hidden), pool, concurrency and prefetch, the
 queues it consumes with the exchange and routing key of each binding, and the tasks it knows;
-with ``-l debug`` also the settings that differ from the defaults (secrets hidden).
+with ``-l debug`` also the settings that differ from the defaults (secrets hidden). Printed on
+stdout; with ``--log-format json`` logged instead, as one record, so that every line a log
+shipper reads is JSON.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 from typing import Any
+
+import click
 
 from conveyor import __version__
 from conveyor.config import Settings
@@ -16,10 +21,19 @@ from conveyor.routing.entities import Binding, Broadcast, Exchange, Queue
 from conveyor.urls import redacted
 from conveyor.worker import Worker
 
-__all__ = ["differing_settings", "worker_banner"]
+__all__ = ["announce", "differing_settings", "worker_banner"]
 
 _SECRET_WORDS = ("password", "secret", "token")
 _URL_SETTINGS = ("broker_url", "result_backend")
+
+
+def announce(worker: Worker, *, app_spec: str | None, loglevel: str, log_format: str) -> None:
+    """Show ``worker``'s banner as the options ask (see the module's text)."""
+    text = worker_banner(worker, app_spec=app_spec, settings=loglevel.upper() == "DEBUG")
+    if log_format == "json":
+        logging.getLogger("conveyor.worker").info("%s", text)
+    else:
+        click.echo(text)
 
 
 def worker_banner(worker: Worker, *, app_spec: str | None, settings: bool = False) -> str:

@@ -6,7 +6,7 @@ import asyncio
 
 import click
 
-from conveyor.cli.banner import worker_banner
+from conveyor.cli.banner import announce
 from conveyor.cli.loading import AppRef, app_from_context
 from conveyor.cli.log_options import log_options, setup_logging
 from conveyor.worker import Worker
@@ -101,7 +101,7 @@ def worker(
         max_memory_per_child=max_memory_per_child,
     )
     spec = ref.spec if ref is not None else None
-    click.echo(worker_banner(service, app_spec=spec, settings=loglevel.upper() == "DEBUG"))
+    announce(service, app_spec=spec, loglevel=loglevel, log_format=log_format)
     if with_beat:
         from conveyor.beat.service import Beat, serve_beside
 

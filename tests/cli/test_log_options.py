@@ -92,9 +92,10 @@ def test_the_log_level_reaches_pool_processes(tmp_path: Path) -> None:
 
 def test_json_log_lines_for_log_shippers(tmp_path: Path) -> None:
     queue = f"logs-{uuid.uuid4().hex[:8]}"
-    _, log, (plain, _) = run_worker(
+    banner, log, (plain, _) = run_worker(
         tmp_path, "-P", "processes", "--log-format", "json", queue=queue
     )
+    assert banner == ""
     records = [json.loads(line) for line in log.splitlines()]
     mine = [r for r in records if r["task_id"] == plain and r["logger"] == APP]
     assert [(r["level"], r["message"], r["process"], r["task_name"]) for r in mine] == [
@@ -102,6 +103,8 @@ def test_json_log_lines_for_log_shippers(tmp_path: Path) -> None:
         ("WARNING", "careful with hi", "conveyor-pool", "logs.plain"),
     ]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", mine[0]["time"])
+    assert records[0]["message"].startswith("conveyor 0.1.0 worker ")  # the banner, as JSON
+    assert f"[queues]\n  .> {queue}  exchange={queue}(direct)" in records[0]["message"]
     worker_lines = [r for r in records if r["logger"] == "conveyor.worker"]
     assert all(r["task_id"] is None for r in worker_lines)
     assert any(r["message"].startswith(f"task logs.plain[{plain}] succeeded") for r in records)
