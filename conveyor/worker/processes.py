@@ -19,6 +19,7 @@ import sys
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from conveyor.errors import ConfigurationError, TaskError
@@ -107,6 +108,10 @@ def _child_main(conn: Connection, spec: str, path: list[str]) -> None:
             conn.send((State.FAILURE.value, None, bad, None, None, time.monotonic() - started))
 
 
+class _CannotSend(Exception):
+    """A run's request could not be pickled for the child; nothing was sent."""
+
+
 class _Child:
     def __init__(self, spec: str) -> None:
         self.conn, child_conn = _CTX.Pipe()
@@ -145,7 +150,13 @@ class _Child:
             raise ConfigurationError(f"a pool process could not load the app: {detail}")
 
     async def call(self, name: str, request: Request) -> tuple[Any, ...]:
-        self.conn.send((name, request))
+        """Run task ``name`` in the child; _CannotSend (the child untouched) if the request
+        cannot be pickled, e.g. arguments nested deeper than pickle recurses."""
+        try:
+            payload = ForkingPickler.dumps((name, request))
+        except Exception as exc:  # RecursionError, PicklingError, TypeError...
+            raise _CannotSend(f"{type(exc).__name__}: {exc}") from exc
+        self.conn.send_bytes(payload)
         reply: tuple[Any, ...] = await self._receive()
         return reply
 
@@ -234,6 +245,13 @@ class ProcessPool(Pool):
         try:
             async with asyncio.timeout(time_limit):
                 reply = await child.call(task.name, request)
+        except _CannotSend as exc:
+            idle.put_nowait(child)
+            error = TaskError(
+                f"the arguments of {task.name}[{request.id}] cannot be passed to a pool "
+                f"process: {exc}"
+            )
+            return Outcome(State.FAILURE, error=error)
         except TimeoutError:
             self._replace(child)
             assert time_limit is not None
