@@ -46,6 +46,7 @@ from conveyor.app import App
 from conveyor.errors import (
     BrokerUnavailable,
     ConfigurationError,
+    NotFound,
     ProtocolError,
     TaskRevoked,
     Unroutable,
@@ -351,12 +352,13 @@ class Worker:
                     envelope, exchange=dlx, routing_key=routing_key, mandatory=True
                 )
                 where = f"exchange {dlx!r}"
-            except Unroutable:
+            except (Unroutable, NotFound) as exc:  # a missing exchange must not strand it
                 log.warning(
-                    "dead-letter exchange %r of queue %r routes %r nowhere; using queue %r",
+                    "dead-letter exchange %r of queue %r takes nothing for %r (%s); using queue %r",
                     dlx,
                     delivery.queue,
                     routing_key,
+                    exc,
                     self.app.conf.task_dead_letter_queue,
                 )
         if not where:

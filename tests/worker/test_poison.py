@@ -284,3 +284,35 @@ async def test_arguments_a_pool_process_cannot_take_fail_the_task_not_the_pool(
         assert (stats.ready, stats.unacked) == (0, 0)
     finally:
         await app.aclose()
+
+
+async def test_a_dead_letter_exchange_that_does_not_exist_falls_back_to_the_queue(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A queue naming a dead-letter exchange nobody declared: its poison goes to the
+    ``task_dead_letter_queue`` instead of staying unacked."""
+    broker = f"memory://poison-{uuid.uuid4().hex}"
+    app = App(
+        "poison",
+        broker=broker,
+        result_backend="memory://",
+        config={
+            "task_queues": [
+                Queue("dlx-missing", queue_arguments={"x-dead-letter-exchange": "nowhere"})
+            ]
+        },
+    )
+    transport = await app.atransport()
+    await transport.declare_queue(Queue("dead_letter"))
+    worker = Worker(app, queues=["dlx-missing"], concurrency=1, shutdown_grace=1.0)
+    await worker.start()
+    try:
+        for n in range(6):
+            await transport.publish(_v2(f"bad-{n}", eta=1e20), routing_key="dlx-missing")
+        letters = await _drain(transport, "dead_letter", 6, timeout=10)
+    finally:
+        await worker.stop()
+        await app.aclose()
+    assert len(letters) == 6
+    assert "'eta' is not a time" in str(letters[0].headers["x-conveyor-dead-letter-reason"])
+    assert "dead-letter exchange 'nowhere' of queue 'dlx-missing' takes nothing" in caplog.text
