@@ -38,6 +38,7 @@ from conveyor.errors import ConfigurationError, SignatureError
 from conveyor.protocol.describe import brief
 from conveyor.protocol.envelope import Envelope
 from conveyor.protocol.task_message import STANDARD_HEADERS
+from conveyor.routing.entities import FrozenMapping
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -59,8 +60,10 @@ Verify = Callable[[bytes, bytes], None]  # (signature, data); raises InvalidSign
 
 def signed_content(envelope: Envelope) -> bytes:
     """The bytes a message's signature is over (see the module's text for what they hold)."""
-    headers = envelope.headers
-    covered = {k: headers[k] for k in STANDARD_HEADERS if k in headers}
+    given = envelope.headers
+    # A plain dict: FrozenMapping's lookups go through the Mapping mixins (slow, per message).
+    headers = given.to_dict() if type(given) is FrozenMapping else dict(given)
+    covered = {k: v for k, v in headers.items() if k in STANDARD_HEADERS}
     reply_to = envelope.reply_to
     if reply_to is not None and reply_to.startswith(_DIRECT_REPLY_TO):
         reply_to = _DIRECT_REPLY_TO  # RabbitMQ names the caller's channel on delivery

@@ -78,7 +78,8 @@ def _lookup_exception_type(module: str, qualname: str) -> type[BaseException] | 
         owner = getattr(owner, part, None)
         if owner is None:
             return None
-    if isinstance(owner, type) and issubclass(owner, BaseException):
+    # Exception, not BaseException: a stored result must not make get() raise SystemExit.
+    if isinstance(owner, type) and issubclass(owner, Exception):
         return owner
     return None
 
@@ -216,24 +217,34 @@ class ResultMeta:
         except (KeyError, ValueError) as exc:
             raise ProtocolError(f"not a result document: {exc}") from exc
         done = data.get("date_done")
-        if isinstance(done, str):
-            parsed = datetime.fromisoformat(done)
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            date_done: float | None = parsed.timestamp()
-        elif isinstance(done, (int, float)):
-            date_done = float(done)
-        else:
-            date_done = None
+        try:
+            if isinstance(done, str):
+                parsed = datetime.fromisoformat(done)
+                if parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=UTC)
+                date_done: float | None = parsed.timestamp()
+            elif isinstance(done, (int, float)) and not isinstance(done, bool):
+                date_done = float(done)
+            else:
+                date_done = None
+        except (ValueError, OverflowError, OSError) as exc:
+            raise ProtocolError(f"result document has a bad date_done: {exc}") from exc
+        retries = data.get("retries") or 0
+        if type(retries) is not int:
+            raise ProtocolError("result document has a bad retries: not an integer")
+        text = {k: data.get(k) for k in ("traceback", "worker", "name")}
+        for key, value in text.items():
+            if value is not None and not isinstance(value, str):
+                raise ProtocolError(f"result document has a bad {key}: not a string")
         return cls(
             task_id=task_id,
             state=state,
             result=data.get("result"),
-            traceback=data.get("traceback"),
+            traceback=text["traceback"],
             date_done=date_done,
-            worker=data.get("worker"),
-            task=data.get("name"),
-            retries=int(data.get("retries") or 0),
+            worker=text["worker"],
+            task=text["name"],
+            retries=retries,
             signature=data.get("signature"),
         )
 

@@ -22,6 +22,7 @@ import sys
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from conveyor.errors import ConfigurationError, TaskError
@@ -130,6 +131,10 @@ def _child_main(conn: Connection, spec: str, path: list[str], logs: LogSetup | N
             conn.send((State.FAILURE.value, None, bad, None, None, time.monotonic() - started, rss))
 
 
+class _CannotSend(Exception):
+    """A run's request could not be pickled for the child; nothing was sent."""
+
+
 class _Child:
     def __init__(self, spec: str) -> None:
         self.conn, child_conn = _CTX.Pipe()
@@ -169,7 +174,14 @@ class _Child:
             raise ConfigurationError(f"a pool process could not load the app: {detail}")
 
     async def call(self, name: str, request: Request, soft: float | None) -> tuple[Any, ...]:
-        self.conn.send((name, request, soft))
+        """Run task ``name`` in the child (``soft``: its soft time limit); _CannotSend (the
+        child untouched) if the request cannot be pickled, e.g. arguments nested deeper than
+        pickle recurses."""
+        try:
+            payload = ForkingPickler.dumps((name, request, soft))
+        except Exception as exc:  # RecursionError, PicklingError, TypeError...
+            raise _CannotSend(f"{type(exc).__name__}: {exc}") from exc
+        self.conn.send_bytes(payload)
         reply: tuple[Any, ...] = await self._receive()
         return reply
 
@@ -274,6 +286,13 @@ class ProcessPool(Pool):
         try:
             async with asyncio.timeout(time_limit):
                 reply = await child.call(task.name, request, soft)
+        except _CannotSend as exc:
+            idle.put_nowait(child)
+            error = TaskError(
+                f"the arguments of {task.name}[{request.id}] cannot be passed to a pool "
+                f"process: {exc}"
+            )
+            return Outcome(State.FAILURE, error=error)
         except TimeoutError:
             self._replace(child)
             assert time_limit is not None

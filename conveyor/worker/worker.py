@@ -10,11 +10,14 @@ Life of a delivery:
    ``concurrency`` at once. Not when a consumed queue has priorities (a task waiting in the
    pool could not be overtaken by a better one arriving after it), nor with
    ``task_track_started`` (STARTED must mean started).
-2. It is decoded. An undecodable message, or one for a task this worker does not know, is
-   dead-lettered (the queue's own dead-letter exchange, else the ``task_dead_letter_queue``)
-   with the reason, worker and queue in its headers, then acked: never dropped.
+2. Its signature is checked (message signing on), then it is decoded. A message refused or
+   undecodable for any reason (whatever the exception), or one for a task this worker does not
+   know, is dead-lettered (the queue's own dead-letter exchange, else the
+   ``task_dead_letter_queue``) with the reason, worker and queue in its headers, then acked:
+   never dropped, never left holding a prefetch slot (:mod:`conveyor.worker.refusal`).
 3. ``expires`` in the past: not run, stored as REVOKED. An ``eta`` in the future (a client
-   without delayed delivery sent it): re-published with the remaining delay.
+   without delayed delivery sent it): re-published with the remaining delay. If either fails
+   for a reason other than a lost broker (a delay RabbitMQ cannot hold), it is dead-lettered.
 4. A task with a ``rate_limit`` waits for its turn (without holding a slot; given back if the
    worker stops meanwhile). It runs in the pool within its time limit. Its result is stored,
    then it is acked (or acked before the run if the task opted out of ``acks_late``). A retry
@@ -45,6 +48,7 @@ from conveyor.app import App
 from conveyor.errors import (
     BrokerUnavailable,
     ConfigurationError,
+    NotFound,
     ProtocolError,
     TaskRevoked,
     Unroutable,
@@ -391,12 +395,13 @@ class Worker:
                     envelope, exchange=dlx, routing_key=routing_key, mandatory=True
                 )
                 where = f"exchange {dlx!r}"
-            except Unroutable:
+            except (Unroutable, NotFound) as exc:  # a missing exchange must not strand it
                 log.warning(
-                    "dead-letter exchange %r of queue %r routes %r nowhere; using queue %r",
+                    "dead-letter exchange %r of queue %r takes nothing for %r (%s); using queue %r",
                     dlx,
                     delivery.queue,
                     routing_key,
+                    exc,
                     self.app.conf.task_dead_letter_queue,
                 )
         if not where:

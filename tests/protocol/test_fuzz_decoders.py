@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from conveyor.errors import ProtocolError
 from conveyor.protocol.envelope import Envelope
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
+from conveyor.results.meta import ResultMeta
 
 EXAMPLES = int(os.environ.get("CONVEYOR_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
@@ -234,3 +235,35 @@ def test_a_far_but_real_eta_still_decodes() -> None:
         Envelope(body=b"[[], {}, null]", headers={"task": "t", "id": "1", "eta": eta.isoformat()})
     )
     assert message.eta == eta
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.binary(max_size=100),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "task_id",
+                    "status",
+                    "result",
+                    "traceback",
+                    "date_done",
+                    "worker",
+                    "name",
+                    "retries",
+                    "signature",
+                ]
+            ),
+            st.one_of(_json, st.sampled_from(["SUCCESS", "FAILURE", "PENDING"])),
+            max_size=9,
+        ).map(orjson.dumps),
+    )
+)
+def test_result_documents_decode_or_raise_protocol_error(data: bytes) -> None:
+    """Results are read back from shared storage too: a bad document is a ProtocolError."""
+    try:
+        meta = ResultMeta.from_json(data)
+    except ProtocolError:
+        return
+    meta.exception()  # what get() does with a FAILURE: must not raise either

@@ -92,14 +92,17 @@ async def names(client: App) -> AsyncIterator[tuple[str, str]]:
 
 
 @contextmanager
-def worker_process(tmp: Path, broker: str, queue: str, dead: str) -> Iterator[WorkerProcess]:
-    """``conveyor worker -c 1`` on ``queue`` in a child process, stopped afterwards."""
+def worker_process(
+    tmp: Path, broker: str, queue: str, dead: str, *extra: str
+) -> Iterator[WorkerProcess]:
+    """``conveyor worker -c 1`` (and ``extra`` options) on ``queue`` in a child process,
+    stopped afterwards."""
     log = tmp / "worker.log"
     env = worker_env(broker)
     env["CONVEYOR_TEST_DEAD_LETTERS"] = dead
     cmd = [sys.executable, "-c", "from conveyor.cli.main import main; main()"]
     cmd += ["-A", "tests.worker.poison_app", "worker", "-Q", queue, "-c", "1"]
-    cmd += ["--hostname", "poison@test"]
+    cmd += ["--hostname", "poison@test", *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=out)
     worker = WorkerProcess(proc, log, "poison@test")
@@ -244,3 +247,72 @@ async def test_an_eta_beyond_rabbitmq_delays_is_dead_lettered(
         await transport.delete_queue(queue)
         await transport.delete_queue(dead)
         await app.aclose()
+
+
+async def test_arguments_a_pool_process_cannot_take_fail_the_task_not_the_pool(
+    tmp_path: Path,
+) -> None:
+    """Arguments nested deeper than pickle recurses (JSON allows 1024 levels): with the
+    processes pool the task fails with that reason, and its pool process serves the next."""
+    broker = f"sqlite://{tmp_path}/broker.db"
+    app = App("poison-client", broker=broker, result_backend="memory://")
+    transport = await app.atransport()
+    await transport.declare_queue(Queue("deep"))
+    deep = b"[" * 1020 + b"]" * 1020
+    log = tmp_path / "ran.log"
+    try:
+        for n in range(3):  # more than the pool has processes: none may be lost
+            body = b"[[" + deep + b', "' + str(log).encode() + b'"], {}, null]'
+            await transport.publish(
+                Envelope(body=body, headers={"task": "poison.record", "id": f"deep-{n}"}),
+                routing_key="deep",
+            )
+        good = Envelope(
+            body=orjson.dumps([["good", str(log)], {}, _NO_EMBED]),
+            headers={"task": "poison.record", "id": "good"},
+        )
+        await transport.publish(good, routing_key="deep")
+        with worker_process(tmp_path, broker, "deep", "dead", "--pool", "processes") as process:
+            deadline = time.monotonic() + 60
+            while not log.exists():
+                assert time.monotonic() < deadline, process.output()
+                await asyncio.sleep(0.05)
+            output = process.output()
+        assert log.read_text().split() == ["good"]
+        assert output.count("cannot be passed to a pool process: RecursionError") == 3, output
+        stats = await transport.queue_stats("deep")
+        assert (stats.ready, stats.unacked) == (0, 0)
+    finally:
+        await app.aclose()
+
+
+async def test_a_dead_letter_exchange_that_does_not_exist_falls_back_to_the_queue(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A queue naming a dead-letter exchange nobody declared: its poison goes to the
+    ``task_dead_letter_queue`` instead of staying unacked."""
+    broker = f"memory://poison-{uuid.uuid4().hex}"
+    app = App(
+        "poison",
+        broker=broker,
+        result_backend="memory://",
+        config={
+            "task_queues": [
+                Queue("dlx-missing", queue_arguments={"x-dead-letter-exchange": "nowhere"})
+            ]
+        },
+    )
+    transport = await app.atransport()
+    await transport.declare_queue(Queue("dead_letter"))
+    worker = Worker(app, queues=["dlx-missing"], concurrency=1, shutdown_grace=1.0)
+    await worker.start()
+    try:
+        for n in range(6):
+            await transport.publish(_v2(f"bad-{n}", eta=1e20), routing_key="dlx-missing")
+        letters = await _drain(transport, "dead_letter", 6, timeout=10)
+    finally:
+        await worker.stop()
+        await app.aclose()
+    assert len(letters) == 6
+    assert "'eta' is not a time" in str(letters[0].headers["x-conveyor-dead-letter-reason"])
+    assert "dead-letter exchange 'nowhere' of queue 'dlx-missing' takes nothing" in caplog.text

@@ -3,6 +3,7 @@ retries included) and dead-letters the rest with the reason (issue 15, signing).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -183,3 +184,18 @@ async def test_results_are_signed_and_forged_ones_refused(
     await backend.store(StoreRequest(replace(meta, result=1000)))
     with pytest.raises(SignatureError, match="bad signature by key 'remote'"):
         await web.result(changed_id).aget(timeout=5)
+
+
+async def test_sync_sends_are_signed_too(apps: tuple[App, App, str, str]) -> None:
+    """``send_task`` from a thread (RabbitMQ's from-thread fast path included) signs as well."""
+    web, remote, queue, _ = apps
+    worker = Worker(remote, queues=[queue], concurrency=1, shutdown_grace=1.0)
+    await worker.start()
+    try:
+
+        def send_twice() -> list[int]:
+            return [web.send_task("remote.add", [n, 1]).get(timeout=20) for n in (1, 2)]
+
+        assert await asyncio.to_thread(send_twice) == [2, 3]
+    finally:
+        await worker.stop()
