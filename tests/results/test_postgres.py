@@ -13,7 +13,8 @@ from conveyor.app import App
 from conveyor.errors import ConfigurationError
 from conveyor.results import ResultMeta, State, StoreRequest, open_backend
 from conveyor.results.base import ChordPart
-from conveyor.results.postgres_connection import SCHEMA_VERSION
+from conveyor.results.postgres import PostgresBackend
+from conveyor.results.postgres_connection import SCHEMA_VERSION, split_pg_url
 from tests.conftest import postgres_namespace
 from tests.results.helpers import NoBrokerHost
 
@@ -107,6 +108,20 @@ async def test_an_unknown_libpq_parameter_is_a_configuration_error(postgres_url:
     await backend.close()
 
 
+def _listen_connections(url: str, table: str) -> int:
+    """How many connections LISTEN on ``table``'s channel, once there is one (30 s at most)."""
+    deadline = time.monotonic() + 30
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = %s", (f'LISTEN "{table}"',)
+            ).fetchone()
+            count = int(row[0]) if row else 0
+            if count or time.monotonic() > deadline:
+                return count
+            time.sleep(0.1)
+
+
 async def test_thousands_of_waiters_share_one_listen_connection(
     pg_url: str, postgres_url: str
 ) -> None:
@@ -116,17 +131,9 @@ async def test_thousands_of_waiters_share_one_listen_connection(
     writer = open_backend(pg_url, host=NoBrokerHost())
     try:
         ids = [f"many-{i}" for i in range(2000)]
-        waits = [asyncio.create_task(b.wait(i, timeout=60)) for b in (reader, other) for i in ids]
-        listening = None
-        deadline = time.monotonic() + 20  # the LISTEN may take a while on a loaded machine
-        while listening != (1,) and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            with psycopg.connect(postgres_url) as conn:
-                listening = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query = %s",
-                    (f'LISTEN "{table}"',),
-                ).fetchone()
-        assert listening == (1,)
+        waits = [asyncio.create_task(b.wait(i, timeout=90)) for b in (reader, other) for i in ids]
+        listening = await asyncio.to_thread(_listen_connections, postgres_url, table)
+        assert listening == 1
         await writer.store_many([ok(i, i) for i in ids])
         results = await asyncio.gather(*waits)
         assert [m.result for m in results] == ids + ids
@@ -181,3 +188,11 @@ async def test_result_expires_removes_old_results_through_the_app(pg_url: str) -
         assert await backend.get("new") is not None
     finally:
         await app.aclose()
+
+
+def test_the_url_splits_into_libpq_parameters_and_conveyors_options() -> None:
+    conninfo, options = split_pg_url(
+        "postgres://u:p%40ss@db.example:6543/shop?sslmode=require&table=results&pool_size=3"
+    )
+    assert conninfo == "postgresql://u:p%40ss@db.example:6543/shop?sslmode=require"
+    assert (options.table, options.pool_size, options.reconnect_timeout) == ("results", 3, 60.0)
