@@ -218,6 +218,8 @@ class ProcessPool(Pool):
             self._idle.put_nowait(child)
 
     async def _respawn(self) -> None:
+        if len(self._children) >= self.concurrency:  # the pool shrank meanwhile
+            return
         child = self._spawn()
         try:
             await child.started()
