@@ -228,8 +228,13 @@ class ProcessPool(Pool):
             child.kill()
             log.error("could not replace a pool process (the pool runs one short): %s", exc)
             return
-        if self._idle is not None:
-            self._idle.put_nowait(child)
+        if self._idle is None:
+            return  # closed meanwhile (close() stops it)
+        if len(self._children) > self.concurrency:  # the pool shrank while it started
+            self._children.discard(child)
+            await asyncio.to_thread(child.stop)
+            return
+        self._idle.put_nowait(child)
 
     async def close(self) -> None:
         for task in list(self._respawning):
