@@ -184,7 +184,6 @@ class ProcessPool(Pool):
         self,
         concurrency: int,
         app_spec: str,
-        *,
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
     ) -> None:

@@ -51,7 +51,7 @@ from conveyor.errors import (
 )
 from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS, dead_letter_headers
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
-from conveyor.rate_limits import RateLimits, parse_rate
+from conveyor.rate_limits import RateLimits
 from conveyor.results.base import ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State
 from conveyor.routing.entities import Broadcast, Queue
@@ -173,10 +173,8 @@ class Worker:
         self._service: list[asyncio.Task[None]] = []
         self._stop_task: asyncio.Task[None] | None = None
         self._dead_letter_declared = False
-        self._rate_limits = RateLimits()
+        self._rate_limits = RateLimits(default=conf.task_default_rate_limit)
         self.autoscaler: Autoscaler | None = None
-        if conf.task_default_rate_limit is not None:
-            parse_rate(conf.task_default_rate_limit)  # a bad one fails here, not at each task
 
     def _make_pool(self, name: str, app_spec: str | None, limits: ChildLimits) -> Pool:
         if name == "processes":
@@ -187,12 +185,7 @@ class Worker:
                     "the processes pool needs the app's import path (module:attr) so that "
                     "child processes can load the tasks; start the worker with -A"
                 )
-            return ProcessPool(
-                self.concurrency,
-                app_spec,
-                max_tasks_per_child=limits.max_tasks,
-                max_memory_per_child=limits.max_memory,
-            )
+            return ProcessPool(self.concurrency, app_spec, *limits.values())
         limits.refuse(name)
         cls = POOLS.get(name)
         if cls is None:
