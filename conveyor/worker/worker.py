@@ -41,6 +41,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from conveyor import signals
 from conveyor.app import App
 from conveyor.errors import (
     BrokerUnavailable,
@@ -103,9 +104,10 @@ class Worker:
     ``max_tasks_per_child``/``max_memory_per_child`` KiB replace its children, default the
     ``worker_max_*_per_child`` settings). ``autoscale`` ``(MAX, MIN)`` or ``"MAX,MIN"`` sizes
     the pool by demand (see ``autoscale.py``; ``concurrency`` is then MAX).
-    Hooks: the ``worker_middleware`` setting's middleware, then ``middleware``, then the one
-    sending :mod:`conveyor.signals`. Raises ConfigurationError for an unknown pool or queue,
-    or a middleware entry that cannot be loaded.
+    Hooks: the ``worker_middleware`` setting's middleware, then ``middleware``, then (while
+    any receiver is connected) the one sending :mod:`conveyor.signals`. Raises
+    ConfigurationError for an unknown pool or queue, or a middleware entry that cannot be
+    loaded.
     """
 
     def __init__(
@@ -149,11 +151,8 @@ class Worker:
         self.pool = self._make_pool(
             self.pool_name, app_spec, child_limits(conf, max_tasks_per_child, max_memory_per_child)
         )
-        self.middleware = (
-            *load_middleware(conf.worker_middleware),
-            *middleware,
-            SignalsMiddleware(),
-        )
+        self.middleware = (*load_middleware(conf.worker_middleware), *middleware)
+        self._with_signals = (*self.middleware, SignalsMiddleware())  # while any listen
         self.worker_id = f"{self.hostname}.{uuid.uuid4().hex[:8]}"
         self.consumed_queues: dict[str, Queue] = {}
         self.broadcast_queues: dict[str, Broadcast] = {}
@@ -195,9 +194,10 @@ class Worker:
         return cls(self.concurrency)
 
     def _hook(self, name: str, *args: Any, reverse: bool = False) -> None:
-        if not self.middleware:
+        hooks = self._with_signals if signals.listening() else self.middleware
+        if not hooks:
             return
-        for mw in reversed(self.middleware) if reverse else self.middleware:
+        for mw in reversed(hooks) if reverse else hooks:
             try:
                 getattr(mw, name)(self, *args)
             except Exception:
