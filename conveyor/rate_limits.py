@@ -48,9 +48,17 @@ def parse_rate(text: str | float) -> float | None:
 
 
 class RateLimits:
-    """The next free start time of each rate-limited task on one worker (event loop only)."""
+    """The next free start time of each rate-limited task on one worker (event loop only).
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    ``default`` (``task_default_rate_limit``) is only checked here, so that a bad one fails
+    when the worker is made rather than at each task: ConfigurationError.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, *, default: str | None = None
+    ) -> None:
+        if default is not None:
+            parse_rate(default)
         self._clock = clock
         self._next: dict[str, float] = {}
 

@@ -50,6 +50,7 @@ __all__ = [
     "Receiver",
     "Signal",
     "any_task_ended_receiver",
+    "listening",
     "send_task_ended",
     "send_task_prerun",
     "task_failure",
@@ -73,6 +74,20 @@ def _sender_key(sender: Any) -> Any:
     return name if isinstance(name, str) else sender
 
 
+_SIGNALS: list[Signal] = []  # every Signal made, for listening()
+_listening = False  # whether any receiver of any signal is connected (see listening())
+
+
+def listening() -> bool:
+    """Whether any signal has a receiver: a cheap check the worker makes before each hook."""
+    return _listening
+
+
+def _recount() -> None:
+    global _listening
+    _listening = any(signal.connected for signal in _SIGNALS)
+
+
 class Signal:
     """An event that receivers connect to and that conveyor sends (see the module's text)."""
 
@@ -82,6 +97,7 @@ class Signal:
         self._receivers: list[tuple[Receiver, Any]] = []
         self._lock = threading.Lock()
         self.connected = False  # whether any receiver is: a cheap check on hot paths
+        _SIGNALS.append(self)
 
     def __repr__(self) -> str:
         return f"<Signal {self.name}>"
@@ -109,6 +125,7 @@ class Signal:
                 if (fn, key) not in self._receivers:
                     self._receivers = [*self._receivers, (fn, key)]
                     self.connected = True
+                    _recount()
             return fn
 
         if receiver is not None:
@@ -123,6 +140,7 @@ class Signal:
             removed = len(kept) != len(self._receivers)
             self._receivers = kept
             self.connected = bool(kept)
+            _recount()
         return removed
 
     @property

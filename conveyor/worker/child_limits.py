@@ -22,6 +22,10 @@ class ChildLimits:
     max_memory: int | None
     explicit: bool
 
+    def values(self) -> tuple[int | None, int | None]:
+        """``(max_tasks, max_memory)``, as ProcessPool takes them."""
+        return self.max_tasks, self.max_memory
+
     def refuse(self, pool: str) -> None:
         """For a pool without children: ConfigurationError if the limits were asked for
         explicitly; a warning if they come from the settings."""

@@ -211,7 +211,6 @@ class ProcessPool(Pool):
         self,
         concurrency: int,
         app_spec: str,
-        *,
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
     ) -> None:
@@ -245,6 +244,8 @@ class ProcessPool(Pool):
             self._idle.put_nowait(child)
 
     async def _respawn(self) -> None:
+        if len(self._children) >= self.concurrency:  # the pool shrank meanwhile
+            return
         child = self._spawn()
         try:
             await child.started()
@@ -253,8 +254,13 @@ class ProcessPool(Pool):
             child.kill()
             log.error("could not replace a pool process (the pool runs one short): %s", exc)
             return
-        if self._idle is not None:
-            self._idle.put_nowait(child)
+        if self._idle is None:
+            return  # closed meanwhile (close() stops it)
+        if len(self._children) > self.concurrency:  # the pool shrank while it started
+            self._children.discard(child)
+            await asyncio.to_thread(child.stop)
+            return
+        self._idle.put_nowait(child)
 
     async def close(self) -> None:
         for task in list(self._respawning):

@@ -44,6 +44,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from conveyor import signals
 from conveyor.app import App
 from conveyor.errors import (
     BrokerUnavailable,
@@ -55,7 +56,7 @@ from conveyor.errors import (
 )
 from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS, dead_letter_headers
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
-from conveyor.rate_limits import RateLimits, parse_rate
+from conveyor.rate_limits import RateLimits
 from conveyor.results.base import ResultBackend, StoreRequest
 from conveyor.results.meta import ResultMeta, State
 from conveyor.results.signed import sign_result
@@ -114,9 +115,10 @@ class Worker:
     ``max_tasks_per_child``/``max_memory_per_child`` KiB replace its children, default the
     ``worker_max_*_per_child`` settings). ``autoscale`` ``(MAX, MIN)`` or ``"MAX,MIN"`` sizes
     the pool by demand (see ``autoscale.py``; ``concurrency`` is then MAX).
-    Hooks: the ``worker_middleware`` setting's middleware, then ``middleware``, then the one
-    sending :mod:`conveyor.signals`. Raises ConfigurationError for an unknown pool or queue,
-    or a middleware entry that cannot be loaded.
+    Hooks: the ``worker_middleware`` setting's middleware, then ``middleware``, then (while
+    any receiver is connected) the one sending :mod:`conveyor.signals`. Raises
+    ConfigurationError for an unknown pool or queue, or a middleware entry that cannot be
+    loaded.
     """
 
     def __init__(
@@ -160,11 +162,8 @@ class Worker:
         self.pool = self._make_pool(
             self.pool_name, app_spec, child_limits(conf, max_tasks_per_child, max_memory_per_child)
         )
-        self.middleware = (
-            *load_middleware(conf.worker_middleware),
-            *middleware,
-            SignalsMiddleware(),
-        )
+        self.middleware = (*load_middleware(conf.worker_middleware), *middleware)
+        self._with_signals = (*self.middleware, SignalsMiddleware())  # while any listen
         self.worker_id = f"{self.hostname}.{uuid.uuid4().hex[:8]}"
         self.consumed_queues: dict[str, Queue] = {}
         self.broadcast_queues: dict[str, Broadcast] = {}
@@ -185,10 +184,8 @@ class Worker:
         self._stop_task: asyncio.Task[None] | None = None
         self._dead_letter_declared = False
         self._signing: MessageSigning | None = None
-        self._rate_limits = RateLimits()
+        self._rate_limits = RateLimits(default=conf.task_default_rate_limit)
         self.autoscaler: Autoscaler | None = None
-        if conf.task_default_rate_limit is not None:
-            parse_rate(conf.task_default_rate_limit)  # a bad one fails here, not at each task
         self._workflow = WorkflowStep(app, self.hostname)
 
     def _make_pool(self, name: str, app_spec: str | None, limits: ChildLimits) -> Pool:
@@ -200,12 +197,7 @@ class Worker:
                     "the processes pool needs the app's import path (module:attr) so that "
                     "child processes can load the tasks; start the worker with -A"
                 )
-            return ProcessPool(
-                self.concurrency,
-                app_spec,
-                max_tasks_per_child=limits.max_tasks,
-                max_memory_per_child=limits.max_memory,
-            )
+            return ProcessPool(self.concurrency, app_spec, *limits.values())
         limits.refuse(name)
         cls = POOLS.get(name)
         if cls is None:
@@ -215,9 +207,10 @@ class Worker:
         return cls(self.concurrency)
 
     def _hook(self, name: str, *args: Any, reverse: bool = False) -> None:
-        if not self.middleware:
+        hooks = self._with_signals if signals.listening() else self.middleware
+        if not hooks:
             return
-        for mw in reversed(self.middleware) if reverse else self.middleware:
+        for mw in reversed(hooks) if reverse else hooks:
             try:
                 getattr(mw, name)(self, *args)
             except Exception:
