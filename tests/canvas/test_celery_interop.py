@@ -148,3 +148,31 @@ async def test_conveyor_chain_group_chord_and_link_run_on_a_celery_worker(
             celery_worker.kill()
         await celery_worker.wait()
         log.close()
+
+
+async def test_celery_chain_and_group_with_rpc_results_run_on_a_conveyor_worker(
+    rabbitmq_url: str, queue: str
+) -> None:
+    app = App("interop-rpc", broker=rabbitmq_url, result_backend="rpc://")
+    define(app, [])
+    worker = Worker(app, queues=[queue], concurrency=4)
+    await worker.start()
+    client = Celery("client", broker=rabbitmq_url, backend="rpc://", set_as_current=False)
+
+    def sig(name: str, *args: Any) -> Any:
+        return client.signature(name, args, queue=queue)
+
+    def run() -> tuple[Any, Any]:
+        try:
+            chained = celery_chain(sig("wf.add", 1, 2), sig("wf.mul", 5)).apply_async()
+            fanned = celery_group(sig("wf.add", i, i) for i in range(3)).apply_async()
+            return chained.get(timeout=T), fanned.get(timeout=T)
+        finally:
+            client.backend.result_consumer.stop()
+            client.backend.result_consumer.consumer = None
+            client.close()
+
+    try:
+        assert await asyncio.to_thread(run) == (15, [0, 2, 4])
+    finally:
+        await worker.stop()
