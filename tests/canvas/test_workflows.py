@@ -12,6 +12,7 @@ import pytest
 from conveyor.app import App
 from conveyor.canvas import GroupResult, chain, chord, group, signature
 from conveyor.errors import ChordError
+from conveyor.options import SEND_OPTION_NAMES
 from conveyor.worker import Worker
 from tests.canvas.conftest import Flow, define
 
@@ -237,3 +238,18 @@ async def test_chain_and_group_with_rpc_results_on_rabbitmq(rabbitmq_url: str) -
         cleanup = App(broker=rabbitmq_url)
         await (await cleanup.atransport()).delete_queue(queue)
         await cleanup.aclose()
+
+
+def test_an_option_that_is_not_a_send_option_is_a_warning_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from conveyor.canvas.signatures import send_options
+
+    options = send_options({"queu": "q", "countdown": 3, "stamps": {}})
+    assert options.countdown == 3
+    assert options.queue is None
+    assert [r.getMessage() for r in caplog.records if "queu" in r.getMessage()] == [
+        "signature option 'queu' is not a send option and is ignored; the send options are: "
+        + ", ".join(SEND_OPTION_NAMES)
+    ]
+    assert not any("stamps" in r.getMessage() for r in caplog.records)
