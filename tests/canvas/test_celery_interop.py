@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -65,6 +66,13 @@ async def test_celery_chain_chord_group_and_link_run_on_a_conveyor_worker(
         failing = celery_chain(sig("wf.add", 1, 2), sig("wf.boom"), sig("wf.add", 1))
         with pytest.raises(ValueError, match=r"boom with \[3\]"):
             failing.apply_async().get(timeout=T)
+        broken = celery_chord([sig("wf.add", 1, 1), sig("wf.boom", 5)], sig("wf.listed"))
+        sent = broken.apply_async()
+        with pytest.raises(ValueError, match=r"boom with \[5\]"):
+            sent.get(timeout=T)  # Celery raises a failed header task's error first
+        body_error = celery_client.AsyncResult(sent.id).get(timeout=T, propagate=False)
+        assert type(body_error).__name__ == "ChordError"
+        assert re.search(r"Dependency .* raised ValueError", str(body_error))
         return (
             chained.apply_async().get(timeout=T),
             joined.apply_async().get(timeout=T),
