@@ -253,3 +253,11 @@ def test_an_option_that_is_not_a_send_option_is_a_warning_naming_it(
         + ", ".join(SEND_OPTION_NAMES)
     ]
     assert not any("stamps" in r.getMessage() for r in caplog.records)
+
+
+async def test_group_inside_a_chord_header_is_flattened_into_the_body_list(flow: Flow) -> None:
+    header = [flow.add.s(1, 1), group(flow.mul.s(5, 5), flow.mul.s(6, 6))]
+    result = await chord(header, flow.listed.s()).aapply_async()
+    values = await result.aget(timeout=T)
+    assert values[0] == 2
+    assert sorted(values[1:]) == [25, 36]
