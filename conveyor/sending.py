@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor._frozen import fast_init
 from conveyor.errors import ConfigurationError, Unroutable
+from conveyor.options import NO_OPTIONS
 from conveyor.protocol.envelope import Envelope
 from conveyor.protocol.task_message import TaskMessage, encode_task
 from conveyor.results.async_result import AsyncResult, ResultSource
@@ -164,7 +165,7 @@ def _signatures(given: Signatures | None, what: str) -> list[dict[str, Any]] | N
 
 
 def _carries_workflow(options: SendOptions) -> bool:
-    return not (
+    return options is not NO_OPTIONS and not (
         options.link is None
         and options.link_error is None
         and options.chain is None

@@ -35,7 +35,22 @@ log = logging.getLogger("conveyor.canvas")
 _SEND_OPTIONS = frozenset(SEND_OPTION_NAMES)
 # Options a Celery signature may carry that do not change how conveyor sends it.
 _IGNORED_OPTIONS = frozenset(
-    {"subtask_type", "add_to_parent", "producer", "connection", "shadow", "soft_time_limit"}
+    {
+        "subtask_type",
+        "add_to_parent",
+        "producer",
+        "connection",
+        "shadow",
+        "soft_time_limit",
+        "stamped_headers",
+        "stamps",
+        "compression",
+        "retries",
+        "retry",
+        "retry_policy",
+        "delivery_mode",
+        "mandatory",
+    }
 )
 
 
@@ -51,7 +66,11 @@ def send_options(options: Mapping[str, Any]) -> SendOptions:
             if value is not None:
                 known[key] = value
         elif key not in _IGNORED_OPTIONS:
-            log.debug("signature option %r is not used by conveyor", key)
+            log.warning(
+                "signature option %r is not a send option and is ignored; the send options are: %s",
+                key,
+                ", ".join(SEND_OPTION_NAMES),
+            )
     eta = known.get("eta")
     if isinstance(eta, str):
         known["eta"] = parse_time(eta, "eta")

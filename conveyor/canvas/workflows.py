@@ -245,16 +245,18 @@ class group(Signature):
         backend: ResultBackend | None,
         group_id: str | None,
         chord_body: Mapping[str, Any] | None,
+        place: int | None = None,
     ) -> GroupResult:
         """Choose the group's id (``group_id`` for a chord's header) and its members' ids,
-        marking each with its place; return the GroupResult."""
+        marking each with its place (``place`` for all: a group nested at that place in a
+        chord's header); return the GroupResult."""
         from conveyor.canvas.results import GroupResult
 
         gid = group_id or self.options.setdefault("task_id", new_task_id())
         self.options["task_id"] = gid
         handles = []
         for index, member in enumerate(self.tasks):
-            member.options.update(group_id=gid, group_index=index)
+            member.options.update(group_id=gid, group_index=index if place is None else place)
             if chord_body is not None:
                 member.options["chord"] = chord_body
             handles.append(member.freeze(app, backend=backend))
@@ -276,14 +278,14 @@ class group(Signature):
             return await made._apply(app, args, kwargs, {**merged, "chain": outer_chain[:-1]})
         chord_body = merged.pop("chord", None)
         gid = merged.pop("group_id", None) if chord_body is not None else None
-        merged.pop("group_index", None)
+        place = merged.pop("group_index", None) if chord_body is not None else None
         merged.pop("task_id", None)
         backend = await app.abackend()
         if "reply_to" not in merged:
             reply_to = await backend.prepare_reply()
             if reply_to:
                 merged["reply_to"] = reply_to
-        result = self._freeze_members(app, backend, gid, chord_body)
+        result = self._freeze_members(app, backend, gid, chord_body, place)
         members = self.tasks
         # Sent a batch at a time: each send waits for the broker's confirm, not for the last.
         for start in range(0, len(members), _SEND_BATCH):

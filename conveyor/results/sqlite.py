@@ -265,6 +265,8 @@ class SQLiteBackend(ResultBackend):
         await self._run(self._delete, "DELETE FROM conveyor_results WHERE task_id = ?", (task_id,))
 
     async def cleanup(self, *, older_than: float) -> int:
+        """Remove results done before ``older_than``, and the joins of chords started then."""
+        await self._run(write_transaction(lambda db: sqlite_chords.forget_chords(db, older_than)))
         return await self._run(
             self._delete, "DELETE FROM conveyor_results WHERE date_done < ?", (older_than,)
         )

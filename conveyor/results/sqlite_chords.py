@@ -16,7 +16,14 @@ import orjson
 
 from conveyor.results.base import ChordJoin, ChordPart
 
-__all__ = ["CHORD_SCHEMA", "chord_body_run", "chord_done", "chord_part_done", "chord_start"]
+__all__ = [
+    "CHORD_SCHEMA",
+    "chord_body_run",
+    "chord_done",
+    "chord_part_done",
+    "chord_start",
+    "forget_chords",
+]
 
 CHORD_SCHEMA = """
 CREATE TABLE IF NOT EXISTS conveyor_chords (
@@ -25,7 +32,8 @@ CREATE TABLE IF NOT EXISTS conveyor_chords (
     claim TEXT,
     claim_until REAL NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0,
-    body_send TEXT
+    body_send TEXT,
+    started REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS conveyor_chord_parts (
     group_id TEXT NOT NULL,
@@ -42,10 +50,10 @@ _NO_INDEX = -1  # a part whose place is unknown (sorts last when read)
 def chord_start(db: sqlite3.Connection, group_id: str, size: int) -> None:
     """Record the chord's size and forget an earlier run of it (inside a write transaction)."""
     db.execute(
-        "INSERT INTO conveyor_chords (group_id, size) VALUES (?, ?) ON CONFLICT (group_id) "
-        "DO UPDATE SET size = excluded.size, claim = NULL, claim_until = 0, done = 0, "
-        "body_send = NULL",
-        (group_id, size),
+        "INSERT INTO conveyor_chords (group_id, size, started) VALUES (?, ?, ?) "
+        "ON CONFLICT (group_id) DO UPDATE SET size = excluded.size, claim = NULL, "
+        "claim_until = 0, done = 0, body_send = NULL, started = excluded.started",
+        (group_id, size, time.time()),
     )
     db.execute("DELETE FROM conveyor_chord_parts WHERE group_id = ?", (group_id,))
 
@@ -108,11 +116,22 @@ def chord_body_run(db: sqlite3.Connection, group_id: str, send: str) -> bool:
     """Record ``send`` as the body's first send unless one is; whether it is that one
     (inside a write transaction)."""
     db.execute(
-        "INSERT INTO conveyor_chords (group_id, body_send) VALUES (?, ?) ON CONFLICT (group_id) "
-        "DO UPDATE SET body_send = COALESCE(body_send, excluded.body_send)",
-        (group_id, send),
+        "INSERT INTO conveyor_chords (group_id, body_send, started) VALUES (?, ?, ?) "
+        "ON CONFLICT (group_id) DO UPDATE SET body_send = COALESCE(body_send, excluded.body_send)",
+        (group_id, send, time.time()),
     )
     row = db.execute(
         "SELECT body_send FROM conveyor_chords WHERE group_id = ?", (group_id,)
     ).fetchone()
     return bool(row[0] == send)
+
+
+def forget_chords(db: sqlite3.Connection, older_than: float) -> int:
+    """Remove the joins of chords started before ``older_than`` (epoch seconds), done or not,
+    with their parts; how many (inside a write transaction)."""
+    db.execute(
+        "DELETE FROM conveyor_chord_parts WHERE group_id IN "
+        "(SELECT group_id FROM conveyor_chords WHERE started < ?)",
+        (older_than,),
+    )
+    return int(db.execute("DELETE FROM conveyor_chords WHERE started < ?", (older_than,)).rowcount)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from conveyor.app import App
+from conveyor.canvas import signature
 from conveyor.task import Task
 from conveyor.worker import Worker
 from tests.conftest import redis_namespace
@@ -67,7 +68,21 @@ def define(app: App, log: list[Any]) -> dict[str, Task]:
         log.append(list(args))
         return list(args)
 
-    return {"add": add, "mul": mul, "tsum": tsum, "listed": listed, "boom": boom, "record": record}
+    @app.task(name="wf.forward")
+    async def forward(sig: dict[str, Any], value: Any) -> str:
+        """Send the signature it was given (a task argument) with ``value``; its task id."""
+        sent = await signature(sig, app=app).adelay(value)
+        return str(sent.id)
+
+    return {
+        "add": add,
+        "mul": mul,
+        "tsum": tsum,
+        "listed": listed,
+        "boom": boom,
+        "record": record,
+        "forward": forward,
+    }
 
 
 def urls(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:

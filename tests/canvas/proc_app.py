@@ -1,16 +1,21 @@
 """The app real worker processes load in the workflow fault tests (-A tests.canvas.proc_app).
 
-Broker and results come from CONVEYOR_BROKER_URL and CONVEYOR_RESULT_BACKEND.
+Broker and results come from CONVEYOR_BROKER_URL and CONVEYOR_RESULT_BACKEND, the queue from
+WF_QUEUE (a fresh one per test on a shared broker).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from conveyor import App
 
-app = App("wfproc", config={"task_acks_late": True})
+app = App(
+    "wfproc",
+    config={"task_acks_late": True, "task_default_queue": os.environ.get("WF_QUEUE", "default")},
+)
 
 
 @app.task(name="wfproc.value")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -65,6 +66,13 @@ async def test_celery_chain_chord_group_and_link_run_on_a_conveyor_worker(
         failing = celery_chain(sig("wf.add", 1, 2), sig("wf.boom"), sig("wf.add", 1))
         with pytest.raises(ValueError, match=r"boom with \[3\]"):
             failing.apply_async().get(timeout=T)
+        broken = celery_chord([sig("wf.add", 1, 1), sig("wf.boom", 5)], sig("wf.listed"))
+        sent = broken.apply_async()
+        with pytest.raises(ValueError, match=r"boom with \[5\]"):
+            sent.get(timeout=T)  # Celery raises a failed header task's error first
+        body_error = celery_client.AsyncResult(sent.id).get(timeout=T, propagate=False)
+        assert type(body_error).__name__ == "ChordError"
+        assert re.search(r"Dependency .* raised ValueError", str(body_error))
         return (
             chained.apply_async().get(timeout=T),
             joined.apply_async().get(timeout=T),
@@ -90,6 +98,8 @@ async def test_celery_chain_chord_group_and_link_run_on_a_conveyor_worker(
 async def test_conveyor_chain_group_chord_and_link_run_on_a_celery_worker(
     rabbitmq_url: str, redis_url: str, queue: str, tmp_path: Path
 ) -> None:
+    """Also: chords whose header tasks run half on the Celery worker, half on a conveyor one,
+    sent by conveyor and by Celery, complete (both join in Celery's Redis keys)."""
     env = dict(os.environ, INTEROP_AMQP_URL=rabbitmq_url, INTEROP_REDIS_URL=redis_url)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log_path = tmp_path / "celery.log"
@@ -120,9 +130,27 @@ async def test_conveyor_chain_group_chord_and_link_run_on_a_celery_worker(
         stderr=log,
     )
     client = App("client", broker=rabbitmq_url, result_backend=redis_url)
+    # A conveyor worker too, on a queue of its own: mixed chords have parts on both.
+    conveyor_queue = f"{queue}-conveyor"
+    conveyor_side = App("conveyor-side", broker=rabbitmq_url, result_backend=redis_url)
+    define(conveyor_side, [])
+    conveyor_worker = Worker(conveyor_side, queues=[conveyor_queue], concurrency=2)
+    await conveyor_worker.start()
+    celery_client = Celery("client", broker=rabbitmq_url, backend=redis_url, set_as_current=False)
 
     def sig(name: str, *args: Any) -> Any:
         return client.signature(name, args, queue=queue)
+
+    def mixed_header(make: Any) -> list[Any]:
+        return [make("wf.mul", (i, 3), queue=queue if i % 2 else conveyor_queue) for i in range(6)]
+
+    def celery_sends_a_mixed_chord() -> Any:
+        try:
+            header = mixed_header(celery_client.signature)
+            body = celery_client.signature("wf.listed", queue=queue)
+            return celery_chord(header, body).apply_async().get(timeout=T)
+        finally:
+            celery_client.close()
 
     try:
         chained = await (sig("wf.add", 1, 2) | sig("wf.add", 10) | sig("wf.mul", 2)).aapply_async()
@@ -136,6 +164,12 @@ async def test_conveyor_chain_group_chord_and_link_run_on_a_celery_worker(
         try:
             assert await first.aget(timeout=T) == 8
             assert await client.result(linked_id).aget(timeout=T) == 80
+            mixed = mixed_header(
+                lambda name, args, queue: client.signature(name, args, queue=queue)
+            )
+            joined_mixed = await chord(mixed, sig("wf.listed")).aapply_async()
+            assert await joined_mixed.aget(timeout=T) == [0, 3, 6, 9, 12, 15]
+            assert await asyncio.to_thread(celery_sends_a_mixed_chord) == [0, 3, 6, 9, 12, 15]
             assert await chained.aget(timeout=T) == 26
             assert await joined.aget(timeout=T) == [0, 3, 6, 9, 12]
             assert await fanned.aget(timeout=T) == [0, 2, 4, 6]
@@ -144,7 +178,39 @@ async def test_conveyor_chain_group_chord_and_link_run_on_a_celery_worker(
             pytest.fail("the Celery worker did not finish:\n" + log_path.read_text())
     finally:
         await client.aclose()
+        await conveyor_worker.stop()
+        cleanup = App(broker=rabbitmq_url)
+        await (await cleanup.atransport()).delete_queue(conveyor_queue)
+        await cleanup.aclose()
         with contextlib.suppress(ProcessLookupError):
             celery_worker.kill()
         await celery_worker.wait()
         log.close()
+
+
+async def test_celery_chain_and_group_with_rpc_results_run_on_a_conveyor_worker(
+    rabbitmq_url: str, queue: str
+) -> None:
+    app = App("interop-rpc", broker=rabbitmq_url, result_backend="rpc://")
+    define(app, [])
+    worker = Worker(app, queues=[queue], concurrency=4)
+    await worker.start()
+    client = Celery("client", broker=rabbitmq_url, backend="rpc://", set_as_current=False)
+
+    def sig(name: str, *args: Any) -> Any:
+        return client.signature(name, args, queue=queue)
+
+    def run() -> tuple[Any, Any]:
+        try:
+            chained = celery_chain(sig("wf.add", 1, 2), sig("wf.mul", 5)).apply_async()
+            fanned = celery_group(sig("wf.add", i, i) for i in range(3)).apply_async()
+            return chained.get(timeout=T), fanned.get(timeout=T)
+        finally:
+            client.backend.result_consumer.stop()
+            client.backend.result_consumer.consumer = None
+            client.close()
+
+    try:
+        assert await asyncio.to_thread(run) == (15, [0, 2, 4])
+    finally:
+        await worker.stop()

@@ -20,17 +20,21 @@ from tests.canvas.conftest import define, urls
 from tests.worker.helpers import running_workers, wait_consuming, wait_for_file
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "amqp"])
 async def test_sigkill_of_the_worker_running_the_last_header_runs_the_body_once(
-    tmp_path: Path,
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    broker, backend = urls(kind, request, tmp_path)
+    queue = f"wf-kill-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("WF_QUEUE", queue)
     started = tmp_path / "started"
     runs = tmp_path / "runs"
-    app = App("client", broker=url, result_backend=url)
+    app = App("client", broker=broker, result_backend=backend)
+    app.conf.task_default_queue = queue
     try:
-        with running_workers(tmp_path, url, url, app="tests.canvas.proc_app") as start:
+        with running_workers(tmp_path, broker, backend, app="tests.canvas.proc_app") as start:
             doomed = start("doomed", "-c", "1")
-            await wait_consuming(app, "default")
+            await wait_consuming(app, queue)
             header = [
                 app.signature("wfproc.value", (1,)),
                 app.signature("wfproc.value", (2,)),
@@ -42,10 +46,13 @@ async def test_sigkill_of_the_worker_running_the_last_header_runs_the_body_once(
             doomed.signal(signal.SIGKILL)
             doomed.wait(10)
             start("survivor", "-c", "2")
-            assert await result.aget(timeout=40) == [1, 2, 3]
+            assert await result.aget(timeout=60) == [1, 2, 3]
             await asyncio.sleep(1.0)  # a second body, if any, would land by now
             assert runs.read_text().splitlines() == ["[1, 2, 3]"]
     finally:
+        if kind != "sqlite":
+            transport = await app.atransport()
+            await transport.delete_queue(queue)
         await app.aclose()
 
 

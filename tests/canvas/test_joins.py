@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -90,5 +91,20 @@ async def test_rpc_refuses_a_chord_at_send_time(rabbitmq_url: str) -> None:
         workflow = chord([app.signature("wf.add", (1, 1))], app.signature("wf.tsum"))
         with pytest.raises(ConfigurationError, match=r"chord needs a result backend.*rpc://"):
             await workflow.aapply_async()
+    finally:
+        await app.aclose()
+
+
+async def test_sqlite_cleanup_forgets_old_chord_joins(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    app = App("joins", broker="memory://", result_backend=url)
+    backend = await app.abackend()
+    try:
+        gid = uuid.uuid4().hex
+        await backend.chord_start(gid, 2)
+        assert await backend.chord_part_done(part(gid, 0, "a")) is None
+        await backend.cleanup(older_than=time.time() + 1)
+        # forgotten: the size is gone, so the join never completes
+        assert await backend.chord_part_done(part(gid, 1, "b")) is None
     finally:
         await app.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -11,7 +12,9 @@ import pytest
 from conveyor.app import App
 from conveyor.canvas import GroupResult, chain, chord, group, signature
 from conveyor.errors import ChordError
-from tests.canvas.conftest import Flow
+from conveyor.options import SEND_OPTION_NAMES
+from conveyor.worker import Worker
+from tests.canvas.conftest import Flow, define
 
 T = 20.0
 
@@ -210,3 +213,51 @@ async def test_a_signature_reused_in_two_workflows_runs_in_each(flow: Flow) -> N
     assert first.id != second.id
     assert double.id is None
     assert (await first.aget(timeout=T), await second.aget(timeout=T)) == (4, 8)
+
+
+async def test_a_signature_can_be_a_task_argument(flow: Flow) -> None:
+    forwarded = await flow.forward.s(flow.mul.s(7), 6).aapply_async()
+    sent_id = await forwarded.aget(timeout=T)
+    assert await flow.app.result(sent_id).aget(timeout=T) == 42
+
+
+async def test_chain_and_group_with_rpc_results_on_rabbitmq(rabbitmq_url: str) -> None:
+    queue = f"wf-rpc-{uuid.uuid4().hex[:12]}"
+    app = App("rpc", broker=rabbitmq_url, result_backend="rpc://")
+    app.conf.task_default_queue = queue
+    tasks = define(app, [])
+    worker = Worker(app, concurrency=4)
+    await worker.start()
+    try:
+        chained = await (tasks["add"].s(1, 2) | tasks["mul"].s(5)).aapply_async()
+        fanned = await group(tasks["add"].s(i, i) for i in range(4)).aapply_async()
+        assert await chained.aget(timeout=T) == 15
+        assert await fanned.aget(timeout=T) == [0, 2, 4, 6]
+    finally:
+        await worker.stop()
+        cleanup = App(broker=rabbitmq_url)
+        await (await cleanup.atransport()).delete_queue(queue)
+        await cleanup.aclose()
+
+
+def test_an_option_that_is_not_a_send_option_is_a_warning_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from conveyor.canvas.signatures import send_options
+
+    options = send_options({"queu": "q", "countdown": 3, "stamps": {}})
+    assert options.countdown == 3
+    assert options.queue is None
+    assert [r.getMessage() for r in caplog.records if "queu" in r.getMessage()] == [
+        "signature option 'queu' is not a send option and is ignored; the send options are: "
+        + ", ".join(SEND_OPTION_NAMES)
+    ]
+    assert not any("stamps" in r.getMessage() for r in caplog.records)
+
+
+async def test_group_inside_a_chord_header_is_flattened_into_the_body_list(flow: Flow) -> None:
+    header = [flow.add.s(1, 1), group(flow.mul.s(5, 5), flow.mul.s(6, 6))]
+    result = await chord(header, flow.listed.s()).aapply_async()
+    values = await result.aget(timeout=T)
+    assert values[0] == 2
+    assert sorted(values[1:]) == [25, 36]
