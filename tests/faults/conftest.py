@@ -157,10 +157,12 @@ def _free_port() -> int:
 
 
 class PrivateRedis:
-    """A ``redis-server`` of the test's own, with no persistence: a restart comes back empty."""
+    """A ``redis-server`` of the test's own. Without ``persistent`` a restart comes back empty;
+    with it, every write is in the append-only file (fsync always) before Redis answers."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
         self.directory = directory
+        self.persistent = persistent
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -183,7 +185,9 @@ class PrivateRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.directory),
             ],
@@ -208,10 +212,15 @@ class PrivateRedis:
             proc.kill()
             proc.wait(timeout=10)
 
-    def restart_empty(self) -> None:
-        """Kill it and start it again on the same port: everything it held is gone."""
+    def restart(self) -> None:
+        """SIGKILL it and start it again on the same port (empty unless ``persistent``)."""
         self.stop()
         self.start()
+
+    def restart_empty(self) -> None:
+        """Kill it and start it again on the same port: everything it held is gone."""
+        assert not self.persistent
+        self.restart()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ that name plus ``.dead``.
 from __future__ import annotations
 
 import os
+import time
 
 from conveyor import App, Queue
 
@@ -35,3 +36,10 @@ def echo(label: str, path: str, payload: str) -> str:
     """Record ``label`` and return ``payload`` (a big one makes the worker write a big result)."""
     record(label, path)
     return payload
+
+
+@app.task(name="faults.nap")
+def nap(label: str, path: str, seconds: float) -> None:
+    """Work for ``seconds``, then record ``label``: a stream slow enough to be cut mid-way."""
+    time.sleep(seconds)
+    record(label, path)

@@ -160,3 +160,26 @@ async def test_unreadable_messages_are_dead_lettered_with_their_cause_and_the_wo
     finally:
         await transport.delete_queue(dead_queue)
         await transport.delete_queue(queue_name)
+
+
+async def test_get_reads_a_5000_level_header_message_from_rabbitmq(
+    rabbitmq_url: str, queue_name: str, client_of: Callable[[str], App]
+) -> None:
+    client = client_of(rabbitmq_url)
+    transport = await client.atransport()
+    await client.declare(transport, client.router.queue(queue_name))
+    try:
+        await publish_raw(rabbitmq_url, queue_name, nested_headers(5000), b"body")
+        delivery = None
+        for _ in range(100):
+            if (delivery := await transport.get(queue_name)) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert delivery is not None
+        assert delivery.envelope.body == b"body"
+        reason = str(delivery.envelope.headers[UNREADABLE_REASON])
+        assert "nested more than 32 levels deep" in reason
+        await transport.ack(delivery)
+        assert (await transport.queue_stats(queue_name)).ready == 0
+    finally:
+        await transport.delete_queue(queue_name)

@@ -182,7 +182,6 @@ class Database:
         identity = self._identity
         if db is None or identity is None:
             raise BrokerUnavailable(f"the {self.what} {self.path} is not open")
-        identity.check()
         full_since: float | None = None
         pause = _FULL_PAUSE_FIRST
         while True:
