@@ -1,6 +1,6 @@
 """Settings, under the names the seeds use (``task_routes``, ``task_queues``, ...).
 
-``Settings`` is a plain, typed, mutable object: ``app.conf.task_default_queue = "default"``.
+``Settings`` is a plain, typed, mutable object: ``app.conf.task_default_queue = "default"`` (Celery's default, ``"celery"``, otherwise).
 Load values from a dict, an object or a module with :meth:`Settings.update_from`; unknown names
 raise ConfigurationError with the closest known name, so a typo never passes silently.
 """
@@ -31,7 +31,7 @@ class Settings:
 
     task_routes: Any = None
     task_queues: Sequence[Queue | Broadcast] = ()
-    task_default_queue: str = "default"
+    task_default_queue: str = "celery"
     task_default_exchange: str | None = None
     task_default_exchange_type: str = "direct"
     task_default_routing_key: str | None = None

@@ -27,7 +27,8 @@ def configure_logging(level: str) -> None:
     "-Q",
     "--queues",
     metavar="Q1,Q2",
-    help="Comma-separated queues to consume (default: the task_default_queue setting).",
+    help="Comma-separated queues to consume (default: every queue in task_queues, else "
+    "task_default_queue, as Celery's worker).",
 )
 @click.option(
     "-n",

@@ -88,8 +88,9 @@ def _retried(message: TaskMessage, countdown: float) -> TaskMessage:
 
 
 class Worker:
-    """Consumes ``queues`` (names resolved by the app's router; default ``task_default_queue``)
-    and runs the app's tasks.
+    """Consumes ``queues`` (names resolved by the app's router; default: every queue declared in
+    ``task_queues``, or ``task_default_queue`` when none is, as Celery's worker does) and runs
+    the app's tasks.
 
     ``hostname`` may use ``%h``/``%n``/``%d``. ``concurrency`` bounds tasks running at once
     (default ``worker_concurrency``, else the CPU count); ``pool`` is ``asyncio``, ``threads``
@@ -112,7 +113,8 @@ class Worker:
     ) -> None:
         conf = app.conf
         self.app = app
-        self.queue_names = tuple(queues) if queues else (conf.task_default_queue,)
+        declared = tuple(entity.name for entity in conf.task_queues)
+        self.queue_names = tuple(queues) if queues else declared or (conf.task_default_queue,)
         self.hostname = expand_hostname(hostname) if hostname else default_hostname()
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
         if self.concurrency < 1:
