@@ -140,8 +140,8 @@ class App:
     """A conveyor application: settings (``conf``), registered tasks and the broker they use.
 
     ``broker`` and ``result_backend`` are URLs (they override ``broker_url`` / ``result_backend``
-    in ``config``); ``config`` is a dict, an object or a module whose setting names are loaded
-    into :attr:`conf`. Raises ConfigurationError for an unknown setting name.
+    in ``config``); ``config`` is a dict, an object, a module or a module path whose settings
+    are loaded into :attr:`conf` (an unknown name is a ConfigurationWarning naming it).
     """
 
     def __init__(
@@ -174,9 +174,13 @@ class App:
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}>"
 
-    def config_from_object(self, source: Mapping[str, Any] | object) -> None:
-        """Load settings from a dict, an object or a module (see :meth:`Settings.update_from`)."""
-        self.conf.update_from(source)
+    def config_from_object(
+        self, source: Mapping[str, Any] | object, *, namespace: str | None = None
+    ) -> None:
+        """Load settings from a dict, an object, a module or a module path such as
+        ``"proj.celeryconfig"``; with ``namespace="CELERY"`` only ``CELERY_*`` names, as Celery
+        (see :meth:`Settings.update_from`). Unknown names are ConfigurationWarnings."""
+        self.conf.update_from(source, namespace=namespace)
 
     @property
     def tasks(self) -> Mapping[str, Task]:

@@ -18,6 +18,8 @@
         ├── Retry                   control flow: a bound task asked to be retried
         └── RemoteTaskError         the task failed on a worker and its type is not importable here
 
+    ConfigurationWarning            (a warning, not an error) a setting was ignored; it names it
+
 Errors from client libraries are mapped to these at the transport boundary with
 ``raise ... from exc``, so callers never need to import a broker client library to handle them.
 Each message says what happened and what to do about it.
@@ -28,6 +30,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerUnavailable",
     "ConfigurationError",
+    "ConfigurationWarning",
     "ConveyorError",
     "NotFound",
     "NotRegistered",
@@ -52,6 +55,11 @@ class ConveyorError(Exception):
 
 class ConfigurationError(ConveyorError):
     """A setting, URL or definition is wrong; the message names it and the fix."""
+
+
+class ConfigurationWarning(UserWarning):
+    """A setting was ignored (an unknown name, an option with no effect); the message names it
+    and, where there is one, the closest known name."""
 
 
 class TopologyError(ConfigurationError):

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "conveyor.task",
             "conveyor.canvas",
             "conveyor.config",
+            "conveyor.settings_load",
             "conveyor.options",
             "conveyor.sending",
             "conveyor.sync_loop",
