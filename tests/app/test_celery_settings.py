@@ -25,7 +25,8 @@ def test_module_path_string_loads_the_module() -> None:
 
 
 def test_module_attribute_paths() -> None:
-    for path in ("tests.app.celeryconfigs.objects:Config", "tests.app.celeryconfigs.objects.Config"):
+    module = "tests.app.celeryconfigs.objects"
+    for path in (f"{module}:Config", f"{module}.Config"):
         app = App("svc")
         app.config_from_object(path)
         assert (app.conf.broker_url, app.conf.task_default_queue) == (
@@ -37,7 +38,7 @@ def test_module_attribute_paths() -> None:
 
 
 def test_a_module_path_that_cannot_be_imported_is_an_error_naming_it() -> None:
-    with pytest.raises(ConfigurationError, match="'tests.app.celeryconfigs.nowhere'"):
+    with pytest.raises(ConfigurationError, match=r"'tests\.app\.celeryconfigs\.nowhere'"):
         App("svc").config_from_object("tests.app.celeryconfigs.nowhere")
     with pytest.raises(ConfigurationError, match="has no 'NOPE'"):
         App("svc").config_from_object("tests.app.celeryconfigs.lower:NOPE")
