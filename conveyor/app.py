@@ -35,7 +35,7 @@ from conveyor.config import Settings
 from conveyor.errors import ConfigurationError, Unroutable
 from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskArgs, TaskOptions
 from conveyor.protocol.envelope import Envelope
-from conveyor.results import ResultBackend, open_backend
+from conveyor.results import ResultBackend, backend_url, open_backend
 from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
 from conveyor.routing.router import Route, Router
@@ -205,8 +205,10 @@ class App:
 
     @property
     def backend_url(self) -> str:
-        """``conf.result_backend``, else the default for the broker (see default_backend_url)."""
-        return self.conf.result_backend or default_backend_url(self.broker_url)
+        """``conf.result_backend`` (Celery's bare names such as ``"rpc"`` read as URLs), else
+        the default for the broker (see default_backend_url)."""
+        configured = self.conf.result_backend
+        return backend_url(configured) if configured else default_backend_url(self.broker_url)
 
     def _wait_for(self, wakeup: Wakeup, timeout: float | None) -> bool:
         """Block this thread until ``wakeup`` is set by what the private loop reads (True) or
