@@ -16,6 +16,7 @@
         ├── TaskRevoked             the task was revoked or expired before it ran
         ├── TimeLimitExceeded       the task ran past its time limit
         ├── Retry                   control flow: a bound task asked to be retried
+        ├── MaxRetriesExceeded      a task asked to be retried once more than max_retries
         └── RemoteTaskError         the task failed on a worker and its type is not importable here
 
     ConfigurationWarning            (a warning, not an error) a setting was ignored; it names it
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "ConfigurationWarning",
     "ConveyorError",
+    "MaxRetriesExceeded",
     "NotFound",
     "NotRegistered",
     "PreconditionFailed",
@@ -128,6 +130,10 @@ class Retry(TaskError):
         super().__init__(message or "task asked to be retried")
         self.countdown = countdown
         self.exc = exc
+
+
+class MaxRetriesExceeded(TaskError):
+    """A task called ``retry`` after ``max_retries`` retries, without an ``exc`` to raise."""
 
 
 class RemoteTaskError(TaskError):

@@ -43,6 +43,7 @@ from conveyor.app import App
 from conveyor.errors import (
     BrokerUnavailable,
     ConfigurationError,
+    NotRegistered,
     ProtocolError,
     TaskRevoked,
     Unroutable,
@@ -377,11 +378,18 @@ class Worker:
             return
         task = self.app.tasks.get(message.task)
         if task is None:
-            await self.dead_letter(
-                delivery,
-                f"unknown task {message.task!r}: not registered on this worker",
-                message.task,
-            )
+            reason = f"unknown task {message.task!r}: not registered on this worker"
+            if not message.ignore_result:
+                # The caller hears at once, as from a Celery worker, instead of timing out.
+                unknown = NotRegistered(
+                    f"task {message.task!r} is not registered on worker {self.hostname} "
+                    f"(queue {delivery.queue!r}); the message was dead-lettered"
+                )
+                meta = ResultMeta.failure(
+                    message.id, unknown, None, worker=self.hostname, task=message.task
+                )
+                await self._store(self._request(delivery, message), meta, delivery)
+            await self.dead_letter(delivery, reason, message.task)
             return
         await self._execute(delivery, message, task)
 
