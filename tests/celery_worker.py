@@ -21,10 +21,16 @@ async def celery_worker(
     *,
     backend_url: str = "rpc://",
     pool: str = "solo",
+    keyprefix: str = "",
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """A Celery worker consuming ``queues`` on ``broker_url``, its output in ``log``; killed
     on exit (Celery's own shutdown takes seconds and holds nothing a test needs)."""
-    env = dict(os.environ, INTEROP_BROKER_URL=broker_url, INTEROP_BACKEND_URL=backend_url)
+    env = dict(
+        os.environ,
+        INTEROP_BROKER_URL=broker_url,
+        INTEROP_BACKEND_URL=backend_url,
+        INTEROP_KEYPREFIX=keyprefix,
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(

@@ -187,6 +187,8 @@ class Worker:
         BrokerUnavailable if the broker cannot be reached.
         """
         transport = self._transport = await self.app.atransport()
+        if transport.capabilities.lowest_priority_first:
+            self._buffer = PriorityBuffer(lowest_first=True)
         self._backend = await self.app.abackend()
         await self.pool.start()
         router = self.app.router

@@ -18,7 +18,9 @@ if str(app.conf.broker_url).startswith("redis"):
     app.conf.broker_transport_options = {
         "queue_order_strategy": "priority",
         "priority_steps": list(range(10)),
+        "global_keyprefix": os.environ.get("INTEROP_KEYPREFIX", ""),
     }
+    app.conf.worker_prefetch_multiplier = 1
 
 
 @app.task(name="interop.mul")
@@ -41,3 +43,12 @@ def sleepy() -> None:
 @app.task(name="interop.give_up", bind=True, max_retries=0)
 def give_up(self: Any) -> None:
     self.retry(countdown=0)
+
+
+@app.task(name="interop.record")
+def record(key: str, value: str) -> None:
+    """Append ``value`` to the Redis list ``key`` of the broker's database (run order)."""
+    import redis
+
+    with redis.Redis.from_url(str(app.conf.broker_url)) as client:
+        client.rpush(key, value)

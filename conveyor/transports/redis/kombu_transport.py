@@ -114,6 +114,7 @@ class KombuRedisTransport(Transport):
         delayed_delivery=True,
         direct_reply_to=False,
         shared=True,
+        lowest_priority_first=True,
     )
 
     def __init__(
