@@ -158,3 +158,47 @@ async def test_both_workers_on_one_queue_share_it(
             await worker.stop()
     assert values == [i * 2 for i in range(20)]
     assert 0 < worker.processed < 20, worker.processed  # each worker ran some
+
+
+async def test_rpc_replies_cross_on_the_kombu_layout(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """The seeds' ``CELERY_RESULT_BACKEND = 'rpc'`` with a Redis broker: replies travel as
+    kombu messages to the caller's reply queue, both ways."""
+    options = {"layout": "kombu", "global_keyprefix": prefix}
+    app = App(
+        "rpc-side",
+        config={
+            "broker_url": redis_url,
+            "CELERY_RESULT_BACKEND": "rpc",
+            "broker_transport_options": options,
+        },
+    )
+
+    @app.task(name="interop.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    worker = Worker(app, queues=["kombu-rpc-v"], concurrency=1)
+    await worker.start()
+    client = Celery("client", broker=redis_url, backend="rpc://", set_as_current=False)
+    client.conf.broker_transport_options = {"global_keyprefix": prefix}
+
+    def celery_calls() -> Any:
+        try:
+            return client.send_task("interop.add", (20, 22), queue="kombu-rpc-v").get(timeout=20)
+        finally:
+            client.backend.result_consumer.stop()
+            client.backend.result_consumer.consumer = None
+            client.close()
+
+    try:
+        assert await asyncio.to_thread(celery_calls) == 42
+        async with celery_worker(
+            redis_url, ["kombu-rpc-c"], tmp_path / "celery.log", keyprefix=prefix
+        ):
+            product = await app.asend_task("interop.mul", [6, 7], queue="kombu-rpc-c")
+            assert await product.aget(timeout=30) == 42, (tmp_path / "celery.log").read_text()
+    finally:
+        await worker.stop()
+        await app.aclose()
