@@ -13,6 +13,7 @@ import pytest
 from conveyor.app import App
 from conveyor.errors import (
     NotFound,
+    NotRegistered,
     RemoteTaskError,
     ResultTimeout,
     TaskRevoked,
@@ -202,7 +203,12 @@ async def test_unknown_task_is_dead_lettered_not_dropped(
     app: App, start_worker: StartWorker
 ) -> None:
     worker = await start_worker(hostname="w1@%h")
-    await app.asend_task("nobody.knows.me", args=[1])
+    result = await app.asend_task("nobody.knows.me", args=[1])
+    # The caller hears at once, naming the task, the queue and the worker.
+    with pytest.raises(NotRegistered, match=r"'nobody\.knows\.me'") as info:
+        await result.aget(timeout=5)
+    assert worker.hostname in str(info.value)
+    assert "queue 'celery'" in str(info.value)
     transport = await app.atransport()
     deadline = time.monotonic() + 5
     delivery = None
