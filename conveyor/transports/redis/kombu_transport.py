@@ -15,6 +15,8 @@ set. What kombu gives, this gives; what it lacks, conveyor adds beside it under
   declared is direct, as kombu assumes); queue records and consumer counts are conveyor's own;
 - ``publish(delay=...)`` keeps the message in ``_conveyor.kombu.delayed`` until due; any
   connected conveyor transport moves due ones into their lists;
+- the default exchange ``""`` delivers to the list named by the routing key, declared here or
+  not, as kombu does (a Celery caller's reply queue is never declared on this side);
 - fanout exchanges deliver to the bound queues' lists (kombu sends fanout over pub/sub, so a
   Celery *broadcast* consumer does not see a conveyor broadcast);
 - headers exchanges, alternate exchanges, TTLs, ``x-expires``, ``x-max-length`` and
