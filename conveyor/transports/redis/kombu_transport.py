@@ -36,6 +36,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from importlib.resources import files
 from typing import Any, ClassVar, Self
 
 import orjson
@@ -55,6 +56,7 @@ from conveyor.routing.entities import Exchange, ExchangeType, Queue
 from conveyor.transports.base import Capabilities, Consumer, Delivery, QueueStats, Transport
 from conveyor.transports.redis import kombu_layout as layout
 from conveyor.transports.redis.client import make_client, run, split_url
+from conveyor.transports.redis.kombu_consumer import KombuConsumer
 from conveyor.urls import parse_options, redacted
 
 __all__ = ["KombuRedisTransport"]
@@ -77,17 +79,11 @@ _KEPT_ARGUMENTS = frozenset(
     {"x-max-priority", "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-queue-type"}
 )
 
-_PROMOTE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
-for _, member in ipairs(due) do
-  local item = cjson.decode(member)
-  for _, key in ipairs(item['keys']) do
-    redis.call('LPUSH', ARGV[2] .. key, item['payload'])
-  end
-  redis.call('ZREM', KEYS[1], member)
-end
-return #due
-"""
+_SCRIPTS = files("conveyor.transports.redis") / "scripts"
+# kombu_take.lua: pop up to a prefetch room of messages in priority order, recording each in
+# kombu's unacked hash and index verbatim; kombu_promote.lua: move due delayed messages.
+_TAKE = (_SCRIPTS / "kombu_take.lua").read_text(encoding="utf-8")
+_PROMOTE = (_SCRIPTS / "kombu_promote.lua").read_text(encoding="utf-8")
 
 
 def _options(url: str, given: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[int, ...]]:
@@ -134,10 +130,12 @@ class KombuRedisTransport(Transport):
         self.connection_id = uuid.uuid4().hex
         self._client: aioredis.Redis | None = None
         self._exchange_types: dict[str, ExchangeType] = {}
-        self._held: dict[str, tuple[str, _KombuConsumer | None]] = {}
-        self._consumers: list[_KombuConsumer] = []
+        self._held: dict[str, tuple[str, KombuConsumer | None]] = {}
+        self._consumers: list[KombuConsumer] = []
         self._owned_queues: set[str] = set()
         self._housekeeper: asyncio.Task[None] | None = None
+        self._acks: list[str] = []
+        self._ack_flush: asyncio.Task[None] | None = None
         self._closed = False
 
     @classmethod
@@ -179,6 +177,9 @@ class KombuRedisTransport(Transport):
             return
         for consumer in list(self._consumers):
             await consumer.cancel()
+        if self._ack_flush is not None:
+            with contextlib.suppress(Exception):
+                await self._ack_flush
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -498,6 +499,46 @@ class KombuRedisTransport(Transport):
         name = key.decode()[len(self.prefix) :].rsplit(layout.SEP, 1)[0]
         return name, key, raw
 
+    async def _take(self, queues: Sequence[str], room: int, no_ack: bool) -> list[Delivery]:
+        """Up to ``room`` ready messages of ``queues`` (priority steps first), popped and
+        recorded as unacked in one script; none waits."""
+        keys = [self._k(k) for step in self.steps for k in _step_keys(queues, step)]
+        flat = await self._call(
+            "taking messages",
+            lambda c: c.eval(
+                _TAKE,
+                2 + len(keys),
+                self._k("unacked"),
+                self._k("unacked_index"),
+                *keys,
+                room,
+                time.time(),
+                "0" if no_ack else "1",
+            ),
+        )
+        deliveries: list[Delivery] = []
+        for index in range(0, len(flat), 3):
+            key, raw, tag = flat[index], flat[index + 1], flat[index + 2].decode()
+            queue = key.decode()[len(self.prefix) :].rsplit(layout.SEP, 1)[0]
+            if not tag:
+                deliveries.append(await self._record(raw, queue, no_ack))
+                continue
+            message = layout.from_payload(raw)
+            if not no_ack:
+                self._held[tag] = (queue, None)
+            deliveries.append(
+                Delivery(
+                    message.envelope,
+                    queue,
+                    message.exchange,
+                    message.routing_key,
+                    message.redelivered,
+                    2 if message.redelivered else 1,
+                    tag,
+                )
+            )
+        return deliveries
+
     async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
         await self._existing(queue)
         for key in layout.queue_keys(queue, self.steps):
@@ -516,12 +557,12 @@ class KombuRedisTransport(Transport):
     ) -> Consumer:
         for name in queues:
             await self._existing(name)
-        consumer = _KombuConsumer(self, self._order(queues), prefetch, no_ack, tag)
+        consumer = KombuConsumer(self, self._order(queues), prefetch, no_ack, tag)
         self._consumers.append(consumer)
         await self._register(consumer)
         return consumer
 
-    async def _register(self, consumer: _KombuConsumer) -> None:
+    async def _register(self, consumer: KombuConsumer) -> None:
         expiry = time.time() + max(10.0, 5 * self.poll_interval)
         member = f"{self.connection_id}:{consumer.tag}"
 
@@ -533,7 +574,7 @@ class KombuRedisTransport(Transport):
 
         await self._call("registering a consumer", register)
 
-    async def _unregister(self, consumer: _KombuConsumer) -> None:
+    async def _unregister(self, consumer: KombuConsumer) -> None:
         member = f"{self.connection_id}:{consumer.tag}"
         for name in consumer.queues:
             key = self._k(f"_conveyor.kombu.consumers.{name}")
@@ -541,7 +582,7 @@ class KombuRedisTransport(Transport):
 
     # settling
 
-    def _settled(self, tag: Any) -> tuple[str, _KombuConsumer | None] | None:
+    def _settled(self, tag: Any) -> tuple[str, KombuConsumer | None] | None:
         held = self._held.pop(str(tag), None)
         for consumer in self._consumers:
             consumer.settled(str(tag))
@@ -557,8 +598,33 @@ class KombuRedisTransport(Transport):
         await self._call("acking", forget)
 
     async def ack(self, delivery: Delivery) -> None:
-        if self._settled(delivery.tag) is not None:
-            await self._forget(str(delivery.tag))
+        """Settle ``delivery``; the removal from ``unacked`` is written in the background,
+        batched with other acks (flushed by :meth:`close`). If it never lands, the message
+        comes back after the visibility timeout: at least once, never lost."""
+        if self._settled(delivery.tag) is None:
+            return
+        self._acks.append(str(delivery.tag))
+        if self._ack_flush is None or self._ack_flush.done():
+            self._ack_flush = asyncio.get_running_loop().create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            tags, self._acks = self._acks, []
+
+            async def forget(c: aioredis.Redis, tags: list[str] = tags) -> None:
+                async with c.pipeline(transaction=True) as pipe:
+                    pipe.zrem(self._k("unacked_index"), *tags)
+                    pipe.hdel(self._k("unacked"), *tags)
+                    await pipe.execute()
+
+            try:
+                await self._call("acking", forget)
+            except Exception as exc:
+                log.warning(
+                    "could not ack %d message(s) (%s); they come back after the visibility timeout",
+                    len(tags),
+                    exc,
+                )
 
     async def nack(self, delivery: Delivery, *, requeue: bool = True) -> None:
         if self._settled(delivery.tag) is None:
@@ -704,77 +770,3 @@ def _cmd(name: str, *args: Any) -> Callable[[aioredis.Redis], Awaitable[Any]]:
 
 def _step_keys(queues: Sequence[str], step: int) -> list[str]:
     return [f"{q}{layout.SEP}{step}" if step else q for q in queues]
-
-
-class _KombuConsumer(Consumer):
-    """BRPOPs its queues' lists in priority-step order, keeping at most ``prefetch`` deliveries
-    unsettled."""
-
-    def __init__(
-        self,
-        transport: KombuRedisTransport,
-        queues: list[str],
-        prefetch: int,
-        no_ack: bool,
-        tag: str | None,
-    ) -> None:
-        self.transport = transport
-        self.queues = tuple(queues)
-        self._order = list(queues)
-        self.prefetch = prefetch
-        self.no_ack = no_ack
-        self.tag = tag or f"ctag-{uuid.uuid4().hex[:12]}"
-        self._outstanding: set[str] = set()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._cancelled = asyncio.Event()
-
-    def settled(self, tag: str) -> None:
-        if tag in self._outstanding:
-            self._outstanding.discard(tag)
-            self._room.set()
-
-    def __aiter__(self) -> AsyncIterator[Delivery]:
-        return self._deliveries()
-
-    async def _deliveries(self) -> AsyncIterator[Delivery]:
-        transport = self.transport
-        while not self._cancelled.is_set() and not transport._closed:
-            if self.prefetch and len(self._outstanding) >= self.prefetch:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            popped = await transport._pop(self._order, transport.poll_interval)
-            if popped is None:
-                continue
-            queue, key, raw = popped
-            if self._cancelled.is_set():
-                await transport._push_back(key.decode(), raw)
-                return
-            delivery = await transport._record(raw, queue, self.no_ack)
-            if transport.strategy == "round_robin" and queue in self._order:
-                self._order.remove(queue)
-                self._order.append(queue)
-            if not self.no_ack:
-                self._outstanding.add(str(delivery.tag))
-            yield Delivery(
-                delivery.envelope,
-                delivery.queue,
-                delivery.exchange,
-                delivery.routing_key,
-                delivery.redelivered,
-                delivery.delivery_count,
-                delivery.tag,
-                self.tag,
-            )
-
-    async def cancel(self) -> None:
-        if self._cancelled.is_set():
-            return
-        self._cancelled.set()
-        self._room.set()
-        transport = self.transport
-        if self in transport._consumers:
-            transport._consumers.remove(self)
-        with contextlib.suppress(Exception):
-            await transport._unregister(self)
