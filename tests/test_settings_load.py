@@ -15,7 +15,7 @@ def test_module_path_string_loads_the_module() -> None:
     app = App("svc")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        app.config_from_object("tests.app.celeryconfigs.lower")
+        app.config_from_object("tests.celeryconfigs.lower")
     assert app.conf.broker_url == "memory://celeryconfig-lower"
     assert app.conf.result_backend == "rpc"
     assert app.conf.task_default_queue == "default"
@@ -25,7 +25,7 @@ def test_module_path_string_loads_the_module() -> None:
 
 
 def test_module_attribute_paths() -> None:
-    module = "tests.app.celeryconfigs.objects"
+    module = "tests.celeryconfigs.objects"
     for path in (f"{module}:Config", f"{module}.Config"):
         app = App("svc")
         app.config_from_object(path)
@@ -33,21 +33,21 @@ def test_module_attribute_paths() -> None:
             "memory://celeryconfig-object",
             "default",
         )
-    config = App("svc", config="tests.app.celeryconfigs.lower")
+    config = App("svc", config="tests.celeryconfigs.lower")
     assert config.conf.broker_url == "memory://celeryconfig-lower"
 
 
 def test_a_module_path_that_cannot_be_imported_is_an_error_naming_it() -> None:
-    with pytest.raises(ConfigurationError, match=r"'tests\.app\.celeryconfigs\.nowhere'"):
-        App("svc").config_from_object("tests.app.celeryconfigs.nowhere")
+    with pytest.raises(ConfigurationError, match=r"'tests\.celeryconfigs\.nowhere'"):
+        App("svc").config_from_object("tests.celeryconfigs.nowhere")
     with pytest.raises(ConfigurationError, match="has no 'NOPE'"):
-        App("svc").config_from_object("tests.app.celeryconfigs.lower:NOPE")
+        App("svc").config_from_object("tests.celeryconfigs.lower:NOPE")
 
 
 def test_upper_case_names_old_and_new() -> None:
     app = App("svc")
     with pytest.warns(ConfigurationWarning) as caught:
-        app.config_from_object("tests.app.celeryconfigs.upper")
+        app.config_from_object("tests.celeryconfigs.upper")
     assert app.conf.broker_url == "memory://celeryconfig-upper"
     assert app.conf.result_backend == "rpc"
     assert app.conf.task_routes == {"feed.*": {"queue": "feeds"}}
@@ -61,7 +61,7 @@ def test_upper_case_names_old_and_new() -> None:
 def test_namespace_reads_only_its_names_and_warns_for_unknown_ones() -> None:
     app = App("svc")
     with pytest.warns(ConfigurationWarning) as caught:
-        app.config_from_object("tests.app.celeryconfigs.django_settings", namespace="CELERY")
+        app.config_from_object("tests.celeryconfigs.django_settings", namespace="CELERY")
     assert app.conf.broker_url == "memory://celeryconfig-django"
     assert app.conf.result_backend == "rpc"
     assert app.conf.task_routes == {"feed.*": {"queue": "feeds"}}
