@@ -44,6 +44,9 @@ class KombuConsumer(Consumer):
         self._room.set()
         self._cancelled = asyncio.Event()
         self._ready: deque[Delivery] = deque()  # taken, not yet yielded
+        self._pops: set[asyncio.Task[Delivery | None]] = set()
+        self._returns: set[asyncio.Task[bool]] = set()
+        self._orphaned = False  # the reader was cancelled in the middle of a BRPOP
 
     def settled(self, tag: str) -> None:
         if tag in self._outstanding:
@@ -71,19 +74,53 @@ class KombuConsumer(Consumer):
             return
         taken = await transport._take(self._order, room, self.no_ack)
         if not taken:
-            popped = await transport._pop(self._order, transport.poll_interval)
+            # A BRPOP cut off half way may still take a message: it runs to its end in a task
+            # of its own, and what it took goes back if nobody is left to receive it.
+            pop = asyncio.get_running_loop().create_task(self._pop_or_return())
+            self._pops.add(pop)
+            pop.add_done_callback(self._pops.discard)
+            try:
+                popped = await asyncio.shield(pop)
+            except asyncio.CancelledError:
+                self._orphaned = True
+                pop.add_done_callback(self._give_back)
+                raise
             if popped is None:
                 return
-            queue, key, raw = popped
-            if self._cancelled.is_set():
-                await transport._push_back(key.decode(), raw)
-                return
-            taken = [await transport._record(raw, queue, self.no_ack)]
+            taken = [popped]
         for delivery in taken:
             if not self.no_ack:
                 self._outstanding.add(str(delivery.tag))
             self._ready.append(delivery)
         self._rotate(taken[-1].queue)
+
+    async def _pop_or_return(self) -> Delivery | None:
+        """One BRPOP and the record of what it took; a message it took after the consumer was
+        cancelled (or its reader was) goes back to the head of its list instead."""
+        transport = self.transport
+        popped = await transport._pop(self._order, transport.poll_interval)
+        if popped is None:
+            return None
+        queue, key, raw = popped
+        if self._cancelled.is_set() or self._orphaned:
+            await transport._push_back(key.decode(), raw)
+            return None
+        return await transport._record(raw, queue, self.no_ack)
+
+    def _give_back(self, pop: asyncio.Task[Delivery | None]) -> None:
+        """A delivery recorded for a reader that was cancelled meanwhile goes back."""
+        if pop.cancelled() or pop.exception() is not None or pop.result() is None:
+            return
+        delivery = pop.result()
+        assert delivery is not None
+        transport = self.transport
+        if transport._settled(delivery.tag) is None:
+            return
+        back = asyncio.get_running_loop().create_task(
+            transport._restore(str(delivery.tag), delivery.queue)
+        )
+        self._returns.add(back)
+        back.add_done_callback(self._returns.discard)
 
     async def _deliveries(self) -> AsyncIterator[Delivery]:
         transport = self.transport
@@ -112,6 +149,10 @@ class KombuConsumer(Consumer):
             return
         self._cancelled.set()
         self._room.set()
+        if self._pops:  # let a BRPOP in flight end (within poll_interval) and give back
+            await asyncio.wait(list(self._pops))
+        if self._returns:
+            await asyncio.wait(list(self._returns))
         transport = self.transport
         if self in transport._consumers:
             transport._consumers.remove(self)

@@ -199,3 +199,26 @@ async def test_the_conveyor_layout_warns_about_kombu_structures_it_consumes(
     (record,) = [r for r in caplog.records if "kombu" in r.getMessage()]
     assert repr(queue) in record.getMessage()
     assert "'layout': 'kombu'" in record.getMessage()
+
+
+async def test_a_reader_cancelled_in_the_middle_of_a_brpop_loses_nothing(
+    kombu: KombuRedisTransport,
+) -> None:
+    await kombu.declare_queue(Queue("waiting"))
+    consumer = await kombu.consume(["waiting"], prefetch=1)
+
+    async def read() -> None:
+        async for _ in consumer:
+            raise AssertionError("the reader was cancelled before anything arrived")
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.3)  # blocked in BRPOP (poll_interval 1 s)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    await kombu.publish(Envelope(b"arrives late"), routing_key="waiting")
+    await consumer.cancel()  # waits for the BRPOP in flight, which gives the message back
+    again = await kombu.get("waiting")
+    assert again is not None
+    assert again.envelope.body == b"arrives late"
+    await kombu.ack(again)
