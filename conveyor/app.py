@@ -35,7 +35,7 @@ from conveyor.config import Settings
 from conveyor.errors import ConfigurationError, Unroutable
 from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskArgs, TaskOptions
 from conveyor.protocol.envelope import Envelope
-from conveyor.results import ResultBackend, open_backend
+from conveyor.results import ResultBackend, backend_url, open_backend
 from conveyor.results.async_result import AsyncResult
 from conveyor.routing.entities import Broadcast, Exchange, Queue
 from conveyor.routing.router import Route, Router
@@ -148,9 +148,10 @@ class App:
     """A conveyor application: settings (``conf``), registered tasks and the broker they use.
 
     ``broker`` and ``result_backend`` are URLs (they override ``broker_url`` / ``result_backend``
-    in ``config``); ``config`` is a dict, an object or a module whose setting names are loaded
-    into :attr:`conf`. Raises ConfigurationError for an unknown setting name, and for a wrong
-    value (see :func:`conveyor.settings_check.check_settings`): here, not at the first send.
+    in ``config``); ``config`` is a dict, an object, a module or a module path whose settings
+    are loaded into :attr:`conf`. An unknown setting name is a ConfigurationWarning naming it;
+    a wrong value raises ConfigurationError (see :func:`conveyor.settings_check.check_settings`):
+    here, not at the first send.
     """
 
     # What :meth:`task` makes; an integration may give its tasks more methods (a subclass).
@@ -193,10 +194,14 @@ class App:
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}>"
 
-    def config_from_object(self, source: Mapping[str, Any] | object) -> None:
-        """Load settings from a dict, an object or a module (see :meth:`Settings.update_from`);
-        raises ConfigurationError for an unknown name or a wrong value, as :class:`App` does."""
-        self.conf.update_from(source)
+    def config_from_object(
+        self, source: Mapping[str, Any] | object, *, namespace: str | None = None
+    ) -> None:
+        """Load settings from a dict, an object, a module or a module path such as
+        ``"proj.celeryconfig"``; with ``namespace="CELERY"`` only ``CELERY_*`` names, as Celery
+        (see :meth:`Settings.update_from`). Unknown names are ConfigurationWarnings;
+        a wrong value raises ConfigurationError, as :class:`App` does."""
+        self.conf.update_from(source, namespace=namespace)
         self._check_settings()
 
     @property
@@ -228,8 +233,10 @@ class App:
 
     @property
     def backend_url(self) -> str:
-        """``conf.result_backend``, else the default for the broker (see default_backend_url)."""
-        return self.conf.result_backend or default_backend_url(self.broker_url)
+        """``conf.result_backend`` (Celery's bare names such as ``"rpc"`` read as URLs), else
+        the default for the broker (see default_backend_url)."""
+        configured = self.conf.result_backend
+        return backend_url(configured) if configured else default_backend_url(self.broker_url)
 
     def _wait_for(self, wakeup: Wakeup, timeout: float | None) -> bool:
         """Block this thread until ``wakeup`` is set by what the private loop reads (True) or

@@ -1,21 +1,21 @@
 """Settings, under the names the seeds use (``task_routes``, ``task_queues``, ...).
 
-``Settings`` is a plain, typed, mutable object: ``app.conf.task_default_queue = "default"``.
-Load values from a dict, an object or a module with :meth:`Settings.update_from`; unknown names
-raise ConfigurationError with the closest known name, so a typo never passes silently.
+``Settings`` is a plain, typed, mutable object: ``app.conf.task_default_queue = "default"``
+(the default queue is ``"celery"``, as in Celery). Load values from a dict, an object, a module
+or a module path with :meth:`Settings.update_from` (Celery's upper-case names and ``namespace=``
+work too); an unknown name is a ConfigurationWarning with the closest known name, so a typo
+never passes silently.
 """
 
 from __future__ import annotations
 
-import difflib
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from conveyor.errors import ConfigurationError
 from conveyor.routing.entities import Broadcast, Queue
 from conveyor.routing.settings import RoutingSettings
+from conveyor.settings_load import read_settings
 
 __all__ = ["Settings"]
 
@@ -31,7 +31,7 @@ class Settings:
 
     task_routes: Any = None
     task_queues: Sequence[Queue | Broadcast] = ()
-    task_default_queue: str = "default"
+    task_default_queue: str = "celery"
     task_default_exchange: str | None = None
     task_default_exchange_type: str = "direct"
     task_default_routing_key: str | None = None
@@ -90,33 +90,19 @@ class Settings:
         """Every setting name."""
         return frozenset(f.name for f in fields(cls))
 
-    def update_from(self, source: Mapping[str, Any] | object) -> None:
-        """Set values from a dict, an object or a module (its lowercase public attributes).
+    def update_from(
+        self, source: Mapping[str, Any] | object, *, namespace: str | None = None
+    ) -> None:
+        """Set values from a dict, an object, a module or a module path string
+        (``"pkg.celeryconfig"``), with the names Celery reads (see :mod:`conveyor.settings_load`:
+        lower-case names, Celery's upper-case names, or only ``NAMESPACE_*`` names).
 
-        Raises ConfigurationError for a name that is not a setting, suggesting the nearest one.
+        Every name that is not a setting is a ConfigurationWarning naming it (and the nearest
+        setting); ConfigurationError for a module path that cannot be imported.
         """
-        if isinstance(source, Mapping):
-            items = dict(source)
-            strict = True
-        else:
-            items = {
-                name: getattr(source, name)
-                for name in dir(source)
-                if not name.startswith("_") and name.islower()
-            }
-            # A module or object also holds imports and helpers; only names that look like
-            # settings (those starting with a known prefix) are checked strictly.
-            strict = False
-        known = self.names()
-        prefixes = ("task_", "worker_", "broker_", "result_", "beat_", "security_")
-        for name, value in items.items():
-            if name in known:
-                setattr(self, name, value)
-                continue
-            if isinstance(value, types.ModuleType) or (
-                not strict and not name.startswith(prefixes)
-            ):
-                continue
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigurationError(f"unknown setting {name!r}{hint}")
+        for name, value in read_settings(source, self.names(), namespace=namespace).items():
+            setattr(self, name, value)
+
+    def update(self, values: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        """Celery's ``app.conf.update(...)``: :meth:`update_from` of ``values`` and ``more``."""
+        self.update_from({**(values or {}), **more})

@@ -19,8 +19,11 @@
         ├── TimeLimitExceeded       the task ran past its time limit
         ├── SoftTimeLimitExceeded   raised inside a task at its soft time limit; catch it to tidy up
         ├── Retry                   control flow: a bound task asked to be retried
+        ├── MaxRetriesExceeded      a task asked to be retried once more than max_retries
         ├── RemoteTaskError         the task failed on a worker and its type is not importable here
         └── ChordError              a chord's header task failed, so its body did not run
+
+    ConfigurationWarning            (a warning, not an error) a setting was ignored; it names it
 
 Errors from client libraries are mapped to these at the transport boundary with
 ``raise ... from exc``, so callers never need to import a broker client library to handle them.
@@ -33,7 +36,9 @@ __all__ = [
     "BrokerUnavailable",
     "ChordError",
     "ConfigurationError",
+    "ConfigurationWarning",
     "ConveyorError",
+    "MaxRetriesExceeded",
     "NotFound",
     "NotRegistered",
     "PreconditionFailed",
@@ -60,6 +65,11 @@ class ConveyorError(Exception):
 
 class ConfigurationError(ConveyorError):
     """A setting, URL or definition is wrong; the message names it and the fix."""
+
+
+class ConfigurationWarning(UserWarning):
+    """A setting was ignored (an unknown name, an option with no effect); the message names it
+    and, where there is one, the closest known name."""
 
 
 class TopologyError(ConfigurationError):
@@ -139,6 +149,10 @@ class Retry(TaskError):
         super().__init__(message or "task asked to be retried")
         self.countdown = countdown
         self.exc = exc
+
+
+class MaxRetriesExceeded(TaskError):
+    """A task called ``retry`` after ``max_retries`` retries, without an ``exc`` to raise."""
 
 
 class RemoteTaskError(TaskError):

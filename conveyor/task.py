@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 from conveyor._frozen import fast_init
-from conveyor.errors import ConfigurationError, Retry, TaskError
+from conveyor.errors import ConfigurationError, MaxRetriesExceeded, Retry
 from conveyor.options import NO_OPTIONS, SendArgs, SendOptions, TaskOptions
 from conveyor.seconds import seconds
 
@@ -268,14 +268,16 @@ class Task:
         """End this run and have the worker send the task again after ``countdown`` seconds.
 
         Call as ``raise self.retry(exc=exc)`` (it raises by itself too). When the task has been
-        retried ``max_retries`` times already, ``exc`` (or a TaskError) is raised instead, so the
-        run fails for good.
+        retried ``max_retries`` times already, ``exc`` (or MaxRetriesExceeded) is raised
+        instead, so the run fails for good.
         """
         req = self.request
         limit = self.max_retries if max_retries is _UNSET else max_retries
         if limit is not None and req.retries >= limit:
             if exc is not None:
                 raise exc
-            raise TaskError(f"task {self.name!r} gave up after max_retries={limit} retries")
+            raise MaxRetriesExceeded(
+                f"task {self.name!r} gave up after max_retries={limit} retries"
+            )
         delay = countdown if countdown is not None else self.retry_delay(req.retries)
         raise Retry(f"retry of {self.name!r} in {seconds(delay)}", countdown=delay, exc=exc)

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "conveyor.task",
             "conveyor.canvas",
             "conveyor.config",
+            "conveyor.settings_load",
             "conveyor.options",
             "conveyor.sending",
             "conveyor.eager",

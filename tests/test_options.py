@@ -103,7 +103,7 @@ def test_a_plan_reads_the_clock_only_for_times_and_resolves_them() -> None:
         (1,),
         {"a": 2},
         None,
-        "default",
+        "celery",
         "json",
     )
     assert planned(SendOptions(countdown=5)) == (5.0, now + timedelta(seconds=5), None)

@@ -19,7 +19,8 @@ __all__ = ["worker"]
     "-Q",
     "--queues",
     metavar="Q1,Q2",
-    help="Comma-separated queues to consume (default: the task_default_queue setting).",
+    help="Comma-separated queues to consume (default: every queue in task_queues, else "
+    "task_default_queue, as Celery's worker).",
 )
 @click.option(
     "-n",

@@ -6,6 +6,7 @@ The URL's scheme picks the backend: ``memory://``, ``sqlite:///path``, ``rpc://`
 
 from __future__ import annotations
 
+from conveyor.results.aliases import backend_url as _backend_url
 from conveyor.results.base import BackendHost, ResultBackend, StoreRequest
 from conveyor.results.meta import READY_STATES, ResultMeta, State
 from conveyor.urls import class_for_url
@@ -18,6 +19,7 @@ __all__ = [
     "ResultMeta",
     "State",
     "StoreRequest",
+    "backend_url",
     "open_backend",
 ]
 
@@ -35,12 +37,21 @@ BACKENDS: dict[str, str] = {
 }
 
 
+def backend_url(value: str) -> str:
+    """``value`` as conveyor's URL: Celery's bare names (``"rpc"``) and ``db+``/``cache+``
+    forms are read as Celery does (see :mod:`conveyor.results.aliases`); ConfigurationError for
+    a Celery backend conveyor does not have."""
+    return _backend_url(value, BACKENDS)
+
+
 def backend_class(url: str) -> type[ResultBackend]:
-    """The ResultBackend class serving ``url``; ConfigurationError for an unknown scheme."""
-    cls: type[ResultBackend] = class_for_url(url, BACKENDS, what="result backend")
+    """The ResultBackend class serving ``url`` (or a name :func:`backend_url` reads);
+    ConfigurationError for an unknown scheme."""
+    cls: type[ResultBackend] = class_for_url(backend_url(url), BACKENDS, what="result backend")
     return cls
 
 
 def open_backend(url: str, *, host: BackendHost) -> ResultBackend:
     """Build the (unconnected) backend for ``url``; ConfigurationError for a bad URL."""
+    url = backend_url(url)
     return backend_class(url).from_url(url, host=host)

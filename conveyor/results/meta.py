@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from conveyor.errors import ProtocolError, RemoteTaskError, TaskRevoked
+from conveyor.results.celery_errors import celery_name, conveyor_type
 
 __all__ = [
     "READY_STATES",
@@ -60,11 +61,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def exception_to_result(exc: BaseException) -> dict[str, Any]:
-    """Describe ``exc`` as Celery's JSON backends do: type, module and arguments."""
+    """Describe ``exc`` as Celery's JSON backends do: type, module and arguments (the errors
+    both have under Celery's names, see :mod:`conveyor.results.celery_errors`)."""
     cls = type(exc)
+    module, name = celery_name(cls) or (cls.__module__, cls.__qualname__)
     return {
-        "exc_type": cls.__qualname__,
-        "exc_module": cls.__module__,
+        "exc_type": name,
+        "exc_module": module,
         "exc_message": [_jsonable(arg) for arg in exc.args],
     }
 
@@ -87,9 +90,10 @@ def _lookup_exception_type(module: str, qualname: str) -> type[BaseException] | 
 def exception_from_result(value: Any, traceback: str | None) -> BaseException:
     """Rebuild the exception described by ``value`` (see :func:`exception_to_result`).
 
-    The original type is used when its module is imported in this process and the type accepts
-    the stored arguments; otherwise the result is a RemoteTaskError naming the type. Either way
-    the remote traceback text is attached as ``remote_traceback`` and as a note.
+    Celery's names of the errors both have give conveyor's types; otherwise the original
+    type is used when its module is imported in this process and the type accepts the stored
+    arguments; otherwise the result is a RemoteTaskError naming the type. Either way the remote
+    traceback text is attached as ``remote_traceback`` and as a note.
     """
     if not isinstance(value, Mapping):
         return RemoteTaskError(
@@ -100,7 +104,7 @@ def exception_from_result(value: Any, traceback: str | None) -> BaseException:
     raw_args = value.get("exc_message")
     args = tuple(raw_args) if isinstance(raw_args, (list, tuple)) else (raw_args,)
     full_name = qualname if module == "builtins" else f"{module}.{qualname}"
-    cls = _lookup_exception_type(module, qualname)
+    cls = conveyor_type(module, qualname) or _lookup_exception_type(module, qualname)
     exc: BaseException | None = None
     if cls is not None:
         try:

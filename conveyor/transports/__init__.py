@@ -7,8 +7,10 @@ Implementations are imported lazily, so a SQLite user never imports a RabbitMQ c
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from conveyor.transports.base import (
     Capabilities,
@@ -22,6 +24,7 @@ from conveyor.transports.base import (
 from conveyor.urls import class_for_url
 
 __all__ = [
+    "LAYOUTS",
     "TRANSPORTS",
     "Capabilities",
     "Consumer",
@@ -44,8 +47,31 @@ TRANSPORTS: dict[str, str] = {
 }
 
 
-def transport_class(url: str) -> type[Transport]:
-    """The Transport class that serves ``url``; ConfigurationError for an unknown scheme."""
+# (scheme, layout) -> "module:Class", for brokers whose storage layout is an option.
+LAYOUTS: dict[tuple[str, str], str] = {
+    ("redis", "kombu"): "conveyor.transports.redis.kombu_transport:KombuRedisTransport",
+    ("rediss", "kombu"): "conveyor.transports.redis.kombu_transport:KombuRedisTransport",
+}
+
+
+def _layout(url: str, options: Mapping[str, Any] | None) -> str | None:
+    if options and "layout" in options:
+        return str(options["layout"])
+    for name, value in parse_qsl(urlsplit(url).query):
+        if name == "layout":
+            return value
+    return None
+
+
+def transport_class(url: str, options: Mapping[str, Any] | None = None) -> type[Transport]:
+    """The Transport class that serves ``url`` (with the ``layout`` option, if it names one of
+    :data:`LAYOUTS`); ConfigurationError for an unknown scheme."""
+    layout = _layout(url, options)
+    scheme = urlsplit(url).scheme.lower()
+    if layout is not None and (scheme, layout) in LAYOUTS:
+        module_name, _, class_name = LAYOUTS[scheme, layout].partition(":")
+        chosen: type[Transport] = getattr(importlib.import_module(module_name), class_name)
+        return chosen
     cls: type[Transport] = class_for_url(url, TRANSPORTS, what="broker")
     return cls
 
@@ -55,4 +81,4 @@ def open_transport(url: str, options: Mapping[str, Any] | None = None) -> Transp
 
     Raises ConfigurationError for an unknown scheme or a malformed URL.
     """
-    return transport_class(url).from_url(url, options)
+    return transport_class(url, options).from_url(url, options)

@@ -60,6 +60,8 @@ class Capabilities:
     ``delayed_delivery``: ``publish(delay=...)`` works without a consumer holding the message.
     ``direct_reply_to``: replies can use RabbitMQ's ``amq.rabbitmq.reply-to`` pseudo-queue.
     ``shared``: several processes can use the same broker (false only for ``memory://``).
+    ``lowest_priority_first``: priority 0 is the most urgent (kombu's Redis layout, as the
+    routing guide says of Redis); elsewhere the highest priority goes first.
     """
 
     native_exchanges: bool
@@ -67,6 +69,7 @@ class Capabilities:
     delayed_delivery: bool
     direct_reply_to: bool
     shared: bool
+    lowest_priority_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,9 @@ __all__ = ["PriorityBuffer"]
 class PriorityBuffer:
     """A heap of deliveries by (priority desc, arrival asc), with an awaitable ``pop``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, lowest_first: bool = False) -> None:
+        """``lowest_first``: priority 0 comes out first (the transport orders that way)."""
+        self._sign = 1 if lowest_first else -1
         self._heap: list[tuple[int, int, Delivery]] = []
         self._order = itertools.count()
         self._changed = asyncio.Event()
@@ -30,7 +32,7 @@ class PriorityBuffer:
     def push(self, delivery: Delivery) -> None:
         """Add ``delivery``; a message without a priority counts as 0."""
         priority = delivery.envelope.priority or 0
-        heapq.heappush(self._heap, (-priority, next(self._order), delivery))
+        heapq.heappush(self._heap, (self._sign * priority, next(self._order), delivery))
         self._changed.set()
 
     async def pop(self) -> Delivery:

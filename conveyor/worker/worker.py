@@ -50,6 +50,7 @@ from conveyor.errors import (
     BrokerUnavailable,
     ConfigurationError,
     NotFound,
+    NotRegistered,
     ProtocolError,
     TaskRevoked,
     Unroutable,
@@ -106,8 +107,9 @@ def _retried(message: TaskMessage, countdown: float) -> TaskMessage:
 
 
 class Worker:
-    """Consumes ``queues`` (names resolved by the app's router; default ``task_default_queue``)
-    and runs the app's tasks.
+    """Consumes ``queues`` (names resolved by the app's router; default: every queue declared in
+    ``task_queues``, or ``task_default_queue`` when none is, as Celery's worker does) and runs
+    the app's tasks.
 
     ``hostname`` may use ``%h``/``%n``/``%d``. ``concurrency`` bounds tasks running at once
     (default ``worker_concurrency``, else the CPU count); ``pool`` is ``asyncio``, ``threads``
@@ -142,7 +144,8 @@ class Worker:
         self.autoscale = parse_autoscale(autoscale) if autoscale is not None else None
         if self.autoscale is not None:
             concurrency = self.autoscale[0]  # prefetch and slots for the most it may run
-        self.queue_names = tuple(queues) if queues else (conf.task_default_queue,)
+        declared = tuple(entity.name for entity in conf.task_queues)
+        self.queue_names = tuple(queues) if queues else declared or (conf.task_default_queue,)
         self.hostname = expand_hostname(hostname) if hostname else default_hostname()
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
         if self.concurrency < 1:
@@ -224,6 +227,8 @@ class Worker:
         """
         self._signing = self.app.signing
         transport = self._transport = await self.app.atransport()
+        if transport.capabilities.lowest_priority_first:
+            self._buffer = PriorityBuffer(lowest_first=True)
         self._backend = await self.app.abackend()
         if self.autoscale is not None:
             await self.pool.resize(self.autoscale[1])  # it starts small
@@ -429,22 +434,29 @@ class Worker:
             return
         task = self.app.tasks.get(message.task)
         if task is None:
-            await self.dead_letter(
-                delivery,
-                f"unknown task {message.task!r}: not registered on this worker",
-                message.task,
-            )
+            reason = f"unknown task {message.task!r}: not registered on this worker"
+            if not message.ignore_result:
+                # The caller hears at once, as from a Celery worker, instead of timing out.
+                unknown = NotRegistered(
+                    f"task {message.task!r} is not registered on worker {self.hostname} "
+                    f"(queue {delivery.queue!r}); the message was dead-lettered"
+                )
+                meta = ResultMeta.failure(
+                    message.id, unknown, None, worker=self.hostname, task=message.task
+                )
+                await self._store(self._request(delivery, message), meta, delivery)
+            await self.dead_letter(delivery, reason, message.task)
             return
         if carries_workflow(message):
             assert self._backend is not None
-            reason = self._workflow.refusal(message, self._backend)
-            if reason is not None:  # never run and forgotten: the caller's result says why
-                error = ProtocolError(reason)
+            refusal = self._workflow.refusal(message, self._backend)
+            if refusal is not None:  # never run and forgotten: the caller's result says why
+                error = ProtocolError(refusal)
                 meta = ResultMeta.failure(
                     message.id, error, None, worker=self.hostname, task=task.name
                 )
                 await self._store(self._request(delivery, message), meta, delivery)
-                await self.dead_letter(delivery, reason, message.task)
+                await self.dead_letter(delivery, refusal, message.task)
                 return
         backend = self._backend
         if message.headers and backend and await self._workflow.second_send(message, backend):

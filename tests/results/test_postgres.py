@@ -13,7 +13,6 @@ from conveyor.app import App
 from conveyor.errors import ConfigurationError
 from conveyor.results import ResultMeta, State, StoreRequest, open_backend
 from conveyor.results.base import ChordPart
-from conveyor.results.postgres import PostgresBackend
 from conveyor.results.postgres_connection import SCHEMA_VERSION, split_pg_url
 from tests.conftest import postgres_namespace
 from tests.results.helpers import NoBrokerHost

@@ -11,6 +11,7 @@ app = App(
     "shop",
     broker="memory://",
     config={
+        "task_default_queue": "default",
         "task_default_exchange": "tasks",
         "task_default_exchange_type": "topic",
         "task_default_routing_key": "task.default",
@@ -56,6 +57,7 @@ broken = App(
     broker="memory://",
     config={
         "task_create_missing_queues": False,
+        "task_default_queue": "default",
         "task_queues": [Queue("default"), Queue("plain")],
         "task_routes": (
             [

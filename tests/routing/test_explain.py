@@ -160,6 +160,7 @@ def test_registered_tasks_falling_to_the_default_queue_are_listed() -> None:
 
 def test_routes_that_reach_no_queue_are_errors() -> None:
     settings = Settings(
+        task_default_queue="default",
         task_queues=[Queue("default", routing_key="task.#")],
         task_default_exchange="tasks",
         task_default_exchange_type="topic",

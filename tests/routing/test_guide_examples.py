@@ -38,15 +38,15 @@ def test_feeds_route_and_default_queue_for_everything_else() -> None:
     assert route.decided_by == "task_routes['feed.tasks.import_feed']"
     assert reached(r, route) == {"feeds"}
     other = r.route("web.tasks.render")
-    assert (other.queue_name, other.decided_by) == ("default", "default")
-    assert reached(r, other) == {"default"}
+    assert (other.queue_name, other.decided_by) == ("celery", "default")
+    assert reached(r, other) == {"celery"}
 
 
 def test_glob_sends_the_whole_namespace() -> None:
     r = router(task_routes={"feed.tasks.*": {"queue": "feeds"}})
     assert r.route("feed.tasks.import_feed").queue_name == "feeds"
     assert r.route("feed.tasks.parse").queue_name == "feeds"
-    assert r.route("feed.other").queue_name == "default"
+    assert r.route("feed.other").queue_name == "celery"
 
 
 ITEMS = (
@@ -65,7 +65,7 @@ ITEMS = (
         ("web.tasks.render", "web", "task_routes[0][1] 'web.tasks.*'"),
         ("video.tasks.compress", "media", r"task_routes[0][2] /(video|image)\.tasks\..*/"),
         ("image.tasks.thumbnail", "media", r"task_routes[0][2] /(video|image)\.tasks\..*/"),
-        ("audio.tasks.encode", "default", "default"),
+        ("audio.tasks.encode", "celery", "default"),
     ],
 )
 def test_ordered_items_list_with_a_regex(name: str, queue: str, decided_by: str) -> None:

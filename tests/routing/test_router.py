@@ -31,7 +31,7 @@ def router(**settings: Any) -> Router:
 def test_missing_queue_creation_off_names_the_queue_and_the_fix() -> None:
     r = router(
         task_create_missing_queues=False,
-        task_queues=[Queue("default")],
+        task_queues=[Queue("celery")],
         task_routes={"feed.*": "feeds"},
     )
     with pytest.raises(RoutingError) as err:
@@ -43,15 +43,15 @@ def test_missing_queue_creation_off_names_the_queue_and_the_fix() -> None:
     assert "Queue('feeds'" in message
     with pytest.raises(RoutingError, match="'other'"):
         r.queue("other")
-    assert r.route("web.page").queue_name == "default"
+    assert r.route("web.page").queue_name == "celery"
 
 
 def test_default_queue_must_be_declared_when_task_queues_is_not_empty_and_creation_is_off() -> None:
     r = router(task_create_missing_queues=False, task_queues=[Queue("only")])
-    with pytest.raises(RoutingError, match="'default'"):
+    with pytest.raises(RoutingError, match="'celery'"):
         r.route("x")
     # With no task_queues at all, the default queue is declared implicitly.
-    assert router(task_create_missing_queues=False).route("x").queue_name == "default"
+    assert router(task_create_missing_queues=False).route("x").queue_name == "celery"
 
 
 def test_default_priority_and_priority_limits() -> None:
@@ -76,7 +76,7 @@ def test_routing_key_over_255_bytes_in_options_is_refused() -> None:
 
 def test_options_the_router_does_not_read_are_ignored() -> None:
     route = router().route("x", options={"countdown": 10, "queue": None, "expires": 3})
-    assert route.queue_name == "default"
+    assert route.queue_name == "celery"
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_router_function_failures_are_routing_errors() -> None:
 def test_router_function_receives_the_call_and_can_return_a_queue_name() -> None:
     r = router(task_routes=("tests.routing.routers_fixture:by_size",))
     assert r.route("resize", kwargs={"size": 500}).queue_name == "big"
-    assert r.route("resize", kwargs={"size": 5}).queue_name == "default"
+    assert r.route("resize", kwargs={"size": 5}).queue_name == "celery"
 
 
 def test_dict_tries_exact_names_before_patterns() -> None:
@@ -125,9 +125,9 @@ def test_dict_tries_exact_names_before_patterns() -> None:
 def test_glob_matches_the_whole_name_and_regex_matches_from_the_start() -> None:
     r = router(task_routes=([("feed.*", "g"), (re.compile(r"web\."), "r")],))
     assert r.route("feed.x").queue_name == "g"
-    assert r.route("xfeed.x").queue_name == "default"
+    assert r.route("xfeed.x").queue_name == "celery"
     assert r.route("web.anything.else").queue_name == "r"
-    assert r.route("my.web.x").queue_name == "default"
+    assert r.route("my.web.x").queue_name == "celery"
 
 
 def test_higher_source_naming_a_queue_takes_nothing_from_lower_ones() -> None:
@@ -169,7 +169,7 @@ def test_declared_queues_resolve_exchange_and_key_defaults() -> None:
         task_default_exchange_type="topic",
         task_default_routing_key="task.default",
         task_queues=[
-            Queue("default"),
+            Queue("celery"),
             Queue("plain"),
             Queue("keyed", routing_key="k.#"),
             Queue("own", Exchange("own", ExchangeType.FANOUT)),
@@ -185,7 +185,7 @@ def test_declared_queues_resolve_exchange_and_key_defaults() -> None:
         if isinstance(q, Queue)
     }
     assert got == {
-        "default": [("tasks", "task.default")],
+        "celery": [("tasks", "task.default")],
         "plain": [("tasks", "plain")],
         "keyed": [("tasks", "k.#")],
         "own": [("own", "own")],
@@ -287,7 +287,7 @@ def test_repeated_routes_still_ask_router_functions_every_time() -> None:
         "feeds",
         "big",
     ]
-    assert later.route("web", (1,)).queue_name == "default"
+    assert later.route("web", (1,)).queue_name == "celery"
 
 
 def test_repeated_routes_see_changed_options_and_task_attributes() -> None:
@@ -322,9 +322,9 @@ _glob = st.lists(st.one_of(_segment, st.just("*")), min_size=1, max_size=3).map(
 def test_items_list_routes_to_the_first_matching_glob(globs: list[str], name: str) -> None:
     items = [(g, f"q{i}") for i, g in enumerate(globs)]
     route = router(task_routes=(items,)).route(name)
-    expected = next((q for g, q in items if fnmatch.fnmatchcase(name, g)), "default")
+    expected = next((q for g, q in items if fnmatch.fnmatchcase(name, g)), "celery")
     assert route.queue_name == expected
-    if expected == "default":
+    if expected == "celery":
         assert route.decided_by == "default"
     else:
         index = int(expected[1:])

@@ -13,6 +13,7 @@ from pathlib import Path
 from conveyor import App, Broadcast, Queue, Task
 
 CONFIG = {
+    "task_default_queue": "default",
     "task_queues": [Queue("default", max_priority=10), Broadcast("everyone")],
     "task_track_started": True,
 }

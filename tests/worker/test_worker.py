@@ -13,6 +13,7 @@ import pytest
 from conveyor.app import App
 from conveyor.errors import (
     NotFound,
+    NotRegistered,
     RemoteTaskError,
     ResultUnavailable,
     TaskRevoked,
@@ -202,13 +203,18 @@ async def test_unknown_task_is_dead_lettered_not_dropped(
     app: App, start_worker: StartWorker
 ) -> None:
     worker = await start_worker(hostname="w1@%h")
-    await app.asend_task("nobody.knows.me", args=[1])
+    result = await app.asend_task("nobody.knows.me", args=[1])
+    # The caller hears at once, naming the task, the queue and the worker.
+    with pytest.raises(NotRegistered, match=r"'nobody\.knows\.me'") as info:
+        await result.aget(timeout=5)
+    assert worker.hostname in str(info.value)
+    assert "queue 'celery'" in str(info.value)
     transport = await app.atransport()
     deadline = time.monotonic() + 5
     delivery = None
     while delivery is None and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-        if (await transport.queue_stats("default")).ready == 0:
+        if (await transport.queue_stats("celery")).ready == 0:
             with_dl = await transport.get("dead_letter")
             delivery = with_dl
     assert delivery is not None
@@ -216,7 +222,7 @@ async def test_unknown_task_is_dead_lettered_not_dropped(
     assert headers["task"] == "nobody.knows.me"
     reason, who, queue = (headers[h] for h in DEAD_LETTER_HEADERS)
     assert "unknown task 'nobody.knows.me'" in reason
-    assert (who, queue) == (worker.hostname, "default")
+    assert (who, queue) == (worker.hostname, "celery")
 
 
 async def test_undecodable_message_is_dead_lettered_and_worker_keeps_running(
@@ -233,7 +239,7 @@ async def test_undecodable_message_is_dead_lettered_and_worker_keeps_running(
     await transport.publish(
         Envelope(body=b"\x80garbage", headers={"task": "ok", "id": "x"}),
         exchange="",
-        routing_key="default",
+        routing_key="celery",
     )
     assert await (await ok.adelay()).aget(timeout=5) == "ok"
     deadline = time.monotonic() + 5
@@ -263,7 +269,8 @@ async def test_queue_with_its_own_dead_letter_exchange_uses_it(
     try:
         transport = await app.atransport()
         await transport.declare_queue(Queue("jobs.dead", exchange=dlx, routing_key="jobs"))
-        await start_worker(app)
+        # Without -Q a worker would consume every declared queue, jobs.dead included.
+        await start_worker(app, queues=["jobs"])
         await app.asend_task("unknown.task")
         deadline = time.monotonic() + 5
         while (await transport.queue_stats("jobs.dead")).ready == 0:
@@ -281,7 +288,7 @@ async def test_priority_buffer_runs_a_later_high_priority_task_first(
     app = App(
         broker=memory_url,
         result_backend=memory_url,
-        config={"task_queues": [Queue("default", max_priority=10)]},
+        config={"task_queues": [Queue("celery", max_priority=10)]},
     )
     order: list[str] = []
     gate = asyncio.Event()
@@ -324,7 +331,7 @@ async def test_broadcast_runs_on_every_worker_and_collects_each_result(
     app = App(
         broker=memory_url,
         result_backend=memory_url,
-        config={"task_queues": [Queue("default"), Broadcast("everyone")]},
+        config={"task_queues": [Queue("celery"), Broadcast("everyone")]},
     )
 
     @app.task(name="ping", bind=True)
@@ -332,8 +339,8 @@ async def test_broadcast_runs_on_every_worker_and_collects_each_result(
         return f"pong from {self.request.hostname}"
 
     try:
-        await start_worker(app, queues=["default", "everyone"], hostname="a@h")
-        await start_worker(app, queues=["default", "everyone"], hostname="b@h")
+        await start_worker(app, queues=["celery", "everyone"], hostname="a@h")
+        await start_worker(app, queues=["celery", "everyone"], hostname="b@h")
         result = await app.asend_task("ping", queue="everyone")
         replies = await result.acollect(timeout=5, expected=2)
         assert replies == {"a@h": "pong from a@h", "b@h": "pong from b@h"}
@@ -402,7 +409,7 @@ async def test_early_ack_acks_before_the_task_runs(app: App, start_worker: Start
         release.clear()
         result = await task.adelay()
         await asyncio.wait_for(running.wait(), 5)
-        assert (await transport.queue_stats("default")).unacked == unacked
+        assert (await transport.queue_stats("celery")).unacked == unacked
         release.set()
         await result.aget(timeout=5)
 
@@ -415,7 +422,7 @@ async def test_worker_stops_with_an_error_when_the_broker_goes_away(app: App) ->
     running = asyncio.create_task(worker.run())
     transport = await app.atransport()
     deadline = time.monotonic() + 5
-    while not await _consumed(transport, "default"):
+    while not await _consumed(transport, "celery"):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
     await transport.close()

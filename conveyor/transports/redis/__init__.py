@@ -32,6 +32,9 @@ connection with backoff for up to ``reconnect_timeout`` seconds; a publish or fe
 was lost is recognized when sent again, not applied twice. ``schema`` marks the prefix as
 conveyor's, so foreign or newer data is refused untouched.
 
+``layout='kombu'`` (URL query or ``broker_transport_options``) picks kombu's layout instead
+(:mod:`.kombu_transport`), to share the broker with Celery services.
+
 Options (URL query or ``broker_transport_options``): ``key_prefix``, ``lease`` (seconds a dead
 worker's messages stay leased, default 30), ``poll_interval`` (default 1), ``reconnect_timeout``
 (default 60), ``socket_timeout`` (default 10). Other URL query parameters go to redis-py.
@@ -39,11 +42,17 @@ worker's messages stay leased, default 30), ``poll_interval`` (default 1), ``rec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
+from urllib.parse import parse_qsl, urlsplit
 
-from conveyor.transports.base import Capabilities
+from conveyor.transports.base import Capabilities, Consumer
 from conveyor.transports.redis.client import split_url
+from conveyor.transports.redis.kombu_probe import (
+    KOMBU_PRIORITY_OPTIONS,
+    conveyor_layout_options,
+    warn_kombu_keys,
+)
 from conveyor.transports.redis.storage import RedisStorage
 from conveyor.transports.virtual import VirtualTransport, virtual_capabilities
 from conveyor.urls import parse_options
@@ -66,12 +75,34 @@ class RedisTransport(VirtualTransport):
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Self:
-        own_url, client_url = split_url(url, _OPTIONS)
-        values = parse_options(own_url, options or {}, _OPTIONS)
+        own_url, client_url = split_url(url, {*_OPTIONS, "layout", *KOMBU_PRIORITY_OPTIONS})
+        query = {k: v for k, v in parse_qsl(urlsplit(own_url).query) if k not in _OPTIONS}
+        values = parse_options(
+            own_url, conveyor_layout_options({**query, **(options or {})}), _OPTIONS
+        )
         storage = RedisStorage(
             client_url,
             key_prefix=values["key_prefix"],
             reconnect_timeout=values["reconnect_timeout"],
             socket_timeout=values["socket_timeout"],
         )
-        return cls(url, storage, lease=values["lease"], poll_interval=values["poll_interval"])
+        transport = cls(url, storage, lease=values["lease"], poll_interval=values["poll_interval"])
+        transport._client_url = client_url
+        return transport
+
+    _client_url = ""
+
+    async def consume(
+        self,
+        queues: Sequence[str],
+        *,
+        prefetch: int = 0,
+        no_ack: bool = False,
+        tag: str | None = None,
+    ) -> Consumer:
+        """Consume as the virtual broker does; a queue that also has kombu's structures in
+        this Redis is logged as a warning (see :mod:`.kombu_probe`)."""
+        consumer = await super().consume(queues, prefetch=prefetch, no_ack=no_ack, tag=tag)
+        if self._client_url:
+            await warn_kombu_keys(self._client_url, [queues] if isinstance(queues, str) else queues)
+        return consumer
