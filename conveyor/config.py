@@ -45,6 +45,7 @@ class Settings:
     task_ignore_result: bool = False
     task_time_limit: float | None = None
     task_track_started: bool = False
+    task_publish_window: int = 1000  # sync sends that may return before the broker confirms
 
     worker_prefetch_multiplier: int = 4
     worker_concurrency: int | None = None

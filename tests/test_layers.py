@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "conveyor.results",
             "conveyor.testing",
             "conveyor.logs",
+            "conveyor.unconfirmed",
         ),
     ),
     ("services", ("conveyor.worker", "conveyor.beat")),
