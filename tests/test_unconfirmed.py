@@ -22,7 +22,7 @@ from conveyor import App
 from conveyor.errors import Unroutable
 from tests.rabbitmqctl import close_connections_named, needs_rabbitmqctl
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
