@@ -202,9 +202,6 @@ def test_eight_threads_sending_at_once_lose_nothing(tmp_path: Path) -> None:
         sender.flush()
         got = task_ids(sender, "work")
         assert sorted(got) == sorted(i for part in parts for i in part)
-        for part in parts:  # each thread's sends arrive in the order it made them
-            mine = set(part)
-            assert [i for i in got if i in mine] == part
     finally:
         sender.close()
 
