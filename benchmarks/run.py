@@ -134,7 +134,9 @@ class Run:
             "BENCH_QUEUE": self.queue,
             "BENCH_PREFIX": self.prefix,
             "BENCH_DONE_FILE": str(self.done_file),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(self.tmp), os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(self.tmp), os.environ.get("PYTHONPATH")])
+            ),
             "dramatiq_queue_prefetch": str(8 * peers.PREFETCH_MULTIPLIER),
         }
         self.producer = peers.Producer(broker, framework, self.queue, self.prefix)
@@ -281,7 +283,9 @@ def raw_ceiling(broker: str, messages: int) -> float:
     elif broker == "redis":
         import redis
 
-        client = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"))
+        client = redis.Redis.from_url(
+            os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+        )
         started = time.perf_counter()
         for _ in range(messages):
             client.lpush(name, body)
@@ -355,14 +359,24 @@ def print_table(broker: str, figures: dict[str, dict[str, float]]) -> None:
         row = [figures[f].get(scenario) for f in frameworks]
         if all(v is None for v in row):
             continue
-        cells = "".join(f"{'-' if v is None else f'{v:,.2f}' if v < 100 else f'{v:,.0f}':>16}" for v in row)
+        cells = "".join(
+            f"{'-' if v is None else f'{v:,.2f}' if v < 100 else f'{v:,.0f}':>16}" for v in row
+        )
         lower = scenario in UNITS
         mine = figures.get("conveyor", {}).get(scenario)
         if scenario in ("async500", "io"):  # conveyor's best form of it
             best = [figures.get(f, {}).get(scenario) for f in ("conveyor", "conveyor-async")]
             mine = max((b for b in best if b), default=None)
-        vs_c = ratio(mine, figures.get("celery", {}).get(scenario if scenario != "async500" else "loop"), lower)
-        vs_d = ratio(mine, figures.get("dramatiq", {}).get(scenario if scenario != "async500" else "loop"), lower)
+        vs_c = ratio(
+            mine,
+            figures.get("celery", {}).get(scenario if scenario != "async500" else "loop"),
+            lower,
+        )
+        vs_d = ratio(
+            mine,
+            figures.get("dramatiq", {}).get(scenario if scenario != "async500" else "loop"),
+            lower,
+        )
         label = f"{scenario} ({UNITS[scenario]})" if lower else scenario
         print(f"{label:20}{cells}{vs_c:>12}{vs_d:>13}")
 
@@ -374,7 +388,12 @@ def draw(results: dict[str, dict[str, dict[str, float]]], meta: dict[str, Any], 
     import matplotlib.pyplot as plt
 
     throughput = ["loop", "threads8", "async500", "io", "cpu"]
-    colours = {"conveyor": "#1f77b4", "conveyor-async": "#6baed6", "celery": "#2ca02c", "dramatiq": "#d62728"}
+    colours = {
+        "conveyor": "#1f77b4",
+        "conveyor-async": "#6baed6",
+        "celery": "#2ca02c",
+        "dramatiq": "#d62728",
+    }
     fig, axes = plt.subplots(2, len(results), figsize=(5.5 * len(results), 8), squeeze=False)
     for col, (broker, figures) in enumerate(results.items()):
         ax = axes[0][col]
@@ -382,20 +401,38 @@ def draw(results: dict[str, dict[str, dict[str, float]]], meta: dict[str, Any], 
         width = 0.8 / max(len(frameworks), 1)
         for i, f in enumerate(frameworks):
             values = [figures[f].get(s, 0) for s in throughput]
-            ax.bar([x + i * width for x in range(len(throughput))], values, width, label=f, color=colours[f])
+            ax.bar(
+                [x + i * width for x in range(len(throughput))],
+                values,
+                width,
+                label=f,
+                color=colours[f],
+            )
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(throughput))], throughput)
         ax.set_yscale("log")
         ax.set_title(f"{broker}: tasks/s (log scale)")
         ax.legend(fontsize=8)
         ax = axes[1][col]
         labels = [f for f in frameworks if figures[f].get("roundtrip")]
-        ax.bar(labels, [figures[f]["roundtrip"] for f in labels], color=[colours[f] for f in labels])
+        ax.bar(
+            labels, [figures[f]["roundtrip"] for f in labels], color=[colours[f] for f in labels]
+        )
         ax.set_title(f"{broker}: round trip p50 (ms); worker peak MiB in labels")
         for i, f in enumerate(labels):
-            ax.text(i, figures[f]["roundtrip"], f"{figures[f].get('memory', 0):.0f} MiB", ha="center", va="bottom", fontsize=8)
+            ax.text(
+                i,
+                figures[f]["roundtrip"],
+                f"{figures[f].get('memory', 0):.0f} MiB",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         if "raw" in figures.get("conveyor", {}):
             ax.set_xlabel(f"raw client ceiling: {figures['conveyor']['raw']:,.0f} msg/s")
-    fig.suptitle(f"{meta['date']} - {meta['machine']} - load {meta['load']} - {meta['versions_text']}", fontsize=9)
+    fig.suptitle(
+        f"{meta['date']} - {meta['machine']} - load {meta['load']} - {meta['versions_text']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -456,7 +493,9 @@ def main() -> None:
     }
     for b, figures in results.items():
         print_table(b, figures)
-    print(f"\n{meta['date']}; {meta['machine']}; load averages (1/5/15 min) at each round's start and the end: {meta['load']}")
+    print(
+        f"\n{meta['date']}; {meta['machine']}; load averages (1/5/15 min) at each round's start and the end: {meta['load']}"
+    )
     print(meta["versions_text"])
     Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     draw(results, meta, Path(args.chart))

@@ -569,8 +569,9 @@ class App:
             # Pipelined: written from here and left to the loop until confirmed, if it can be.
             unconfirmed = res.unconfirmed
             unconfirmed.raise_failure()
-            if unconfirmed.transport is transport and unconfirmed.publish_from_thread(
-                transport, plan, tid, envelope
+            if unconfirmed.transport is transport and (
+                unconfirmed.publish_from_thread(transport, plan, tid, envelope)
+                or unconfirmed.hand_over(plan, tid, envelope)
             ):
                 return AsyncResult(tid, app=self, task_name=name, backend=backend, loop=loop)
             return self.run_sync(self._publish_early(plan, tid, envelope, backend))

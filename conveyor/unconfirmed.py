@@ -30,6 +30,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import Unroutable
+from conveyor.sync_loop import SYNC_LOOP
 from conveyor.transports.base import Published, Wakeup
 
 if TYPE_CHECKING:
@@ -103,6 +104,9 @@ class Unconfirmed:
         self._failures: deque[tuple[str, str, BaseException]] = deque()
         self._changed: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Publishes sending threads handed to the private loop (hand_over), not started yet.
+        self._handed: deque[tuple[Plan, str, Envelope]] = deque()
+        self._taking = False
 
     def attach(self, transport: Transport | None) -> None:
         """On the loop: the transport that publishes are resent on, and whose sends threads
@@ -111,7 +115,7 @@ class Unconfirmed:
         self._loop = asyncio.get_running_loop()
 
     def __len__(self) -> int:
-        return len(self._pending) + len(self._from_threads)
+        return len(self._pending) + len(self._from_threads) + len(self._handed)
 
     async def add(self, publishing: Coroutine[Any, Any, Any], task_id: str, name: str) -> None:
         """Start ``publishing`` (the publish of task ``task_id`` named ``name``) and keep it
@@ -154,6 +158,30 @@ class Unconfirmed:
         if send.answered:  # the loop read the answer before ``published`` was set
             self._loop.call_soon_threadsafe(self._thread_settled, send)
         return True
+
+    def hand_over(self, plan: Plan, task_id: str, envelope: Envelope) -> bool:
+        """From a sending thread, for the private loop's sends: leave the publish to that
+        loop, which starts it soon (the thread neither runs nor waits for the loop); False if
+        ``window`` publishes are pending (send through the loop, which waits for room)."""
+        if len(self) >= self.window or self.transport is None:
+            return False
+        self._handed.append((plan, task_id, envelope))
+        if not self._taking:
+            self._taking = True
+            SYNC_LOOP.call_soon(self._take_handed)
+        return True
+
+    def _take_handed(self) -> None:
+        """On the loop: start the publishes handed over, in the order they came."""
+        self._taking = False  # first: a thread handing one over from now on calls again
+        handed, transport = self._handed, self.transport
+        while handed:
+            plan, task_id, envelope = handed[0]
+            if transport is None:
+                self._failed(task_id, plan.name, RuntimeError("the App's transport was closed"))
+            else:
+                self._start(publish_planned(transport, plan, envelope), task_id, plan.name)
+            handed.popleft()  # after: the window counts it until it is pending
 
     def _thread_settled(self, send: _ThreadSend) -> None:
         """On the loop: the broker answered a thread's publish (or its connection went)."""
@@ -223,6 +251,8 @@ class Unconfirmed:
     async def drain(self) -> None:
         """Wait until every pending publish has settled (failures stay for raise_failure).
         A thread's publish unconfirmed after its ``timeout`` fails (as a waited one would)."""
+        if self._handed:
+            self._take_handed()
         while len(self):
             timeout = None
             now = time.monotonic()
@@ -241,6 +271,7 @@ class Unconfirmed:
 
     def cancel(self) -> None:
         """Cancel what is still pending (the loop is going away); each failure is logged."""
+        self._take_handed()
         for task in list(self._pending):
             task.cancel()
         for send in list(self._from_threads):
