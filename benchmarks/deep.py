@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,6 +74,10 @@ async def drain_rate(transport: Transport, queue: str, count: int) -> float:
     return count / elapsed
 
 
+def files_size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir())
+
+
 async def redis_memory() -> int:
     import redis.asyncio as aioredis
 
@@ -110,17 +115,14 @@ async def main(broker: str, waiting: int, sample: int) -> None:
             if broker == "redis":
                 cost = f"Redis used_memory {(await redis_memory() - before) / waiting:.0f} B"
             elif broker == "sqlite":
-                size = sum(p.stat().st_size for p in tmp.iterdir())
-                cost = f"SQLite file (+WAL) {size / waiting:.0f} B"
+                cost = f"SQLite file (+WAL) {files_size(tmp) / waiting:.0f} B"
             else:
                 cost = "(RabbitMQ's memory: see rabbitmqctl list_queues memory)"
             deep_publish = await publish_rate(transport, queue, sample)
             deep_drain = await drain_rate(transport, queue, sample)
         finally:
             await transport.delete_queue(queue)
-    for p in tmp.iterdir():
-        p.unlink()
-    tmp.rmdir()
+    shutil.rmtree(tmp)
     print(f"{broker}: {stats.ready:,} waiting (filled at {fill:,.0f} msg/s); {cost} a message")
     print(f"{'':10} {'empty':>10} {'deep':>10} {'deep/empty':>11}")
     for label, empty, deep in (

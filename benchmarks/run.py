@@ -64,7 +64,8 @@ def load_broker(name: str) -> tuple[peers.Broker, str]:
     script, _ = BROKERS[name]
     path = HERE / script
     spec = importlib.util.spec_from_file_location(f"{path.stem}_bench", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.BROKER, str(path)
