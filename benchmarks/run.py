@@ -495,7 +495,8 @@ def main() -> None:
     for b, figures in results.items():
         print_table(b, figures)
     print(
-        f"\n{meta['date']}; {meta['machine']}; load averages (1/5/15 min) at each round's start and the end: {meta['load']}"
+        f"\n{meta['date']}; {meta['machine']}; load averages (1/5/15 min) at each round's "
+        f"start and the end: {meta['load']}"
     )
     print(meta["versions_text"])
     Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
