@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import Unroutable
 from conveyor.sync_loop import SYNC_LOOP
-from conveyor.transports.base import Published, Wakeup
+from conveyor.transports.base import Outgoing, Published, Wakeup
 
 if TYPE_CHECKING:
     from conveyor.protocol.envelope import Envelope
@@ -57,6 +57,15 @@ async def publish_planned(transport: Transport, plan: Plan, envelope: Envelope) 
         )
     except Unroutable as exc:
         raise plan.unroutable(exc) from exc
+
+
+_BATCH = 500
+
+
+def _target(plan: Plan) -> tuple[str, str] | None:
+    """Where a planned message goes, if it can share a batch (not delayed)."""
+    route = plan.route
+    return (route.exchange.name, route.routing_key) if plan.delay is None else None
 
 
 class _ThreadSend(Wakeup):
@@ -99,7 +108,9 @@ class Unconfirmed:
         self.window = window
         """How many publishes may be pending at once (0: none, every send waits)."""
         self.transport: Transport | None = None
-        self._pending: dict[asyncio.Task[Any], tuple[str, str]] = {}
+        # Each publishing task and the (task id, name) of the messages it publishes.
+        self._pending: dict[asyncio.Task[Any], list[tuple[str, str]]] = {}
+        self._in_tasks = 0  # messages in _pending's tasks
         self._from_threads: dict[_ThreadSend, None] = {}
         self._failures: deque[tuple[str, str, BaseException]] = deque()
         self._changed: asyncio.Future[None] | None = None
@@ -115,7 +126,7 @@ class Unconfirmed:
         self._loop = asyncio.get_running_loop()
 
     def __len__(self) -> int:
-        return len(self._pending) + len(self._from_threads) + len(self._handed)
+        return self._in_tasks + len(self._from_threads) + len(self._handed)
 
     async def add(self, publishing: Coroutine[Any, Any, Any], task_id: str, name: str) -> None:
         """Start ``publishing`` (the publish of task ``task_id`` named ``name``) and keep it
@@ -128,9 +139,12 @@ class Unconfirmed:
             raise
         self._start(publishing, task_id, name)
 
-    def _start(self, publishing: Coroutine[Any, Any, Any], task_id: str, name: str) -> None:
+    def _start(
+        self, publishing: Coroutine[Any, Any, Any], task_id: str, name: str, *more: tuple[str, str]
+    ) -> None:
         task = asyncio.get_running_loop().create_task(publishing)
-        self._pending[task] = (task_id, name)
+        self._pending[task] = [(task_id, name), *more]
+        self._in_tasks += 1 + len(more)
         task.add_done_callback(self._settled)
 
     def publish_from_thread(
@@ -176,12 +190,41 @@ class Unconfirmed:
         self._taking = False  # first: a thread handing one over from now on calls again
         handed, transport = self._handed, self.transport
         while handed:
-            plan, task_id, envelope = handed[0]
+            plan, task_id, envelope = handed.popleft()
             if transport is None:
                 self._failed(task_id, plan.name, RuntimeError("the App's transport was closed"))
-            else:
+                continue
+            batch = [(plan, task_id, envelope)]
+            # A run of messages to one exchange and routing key goes in one publish_many.
+            target = _target(plan)
+            while handed and len(batch) < _BATCH and target and _target(handed[0][0]) == target:
+                batch.append(handed.popleft())
+            if len(batch) == 1:
                 self._start(publish_planned(transport, plan, envelope), task_id, plan.name)
-            handed.popleft()  # after: the window counts it until it is pending
+            else:
+                self._start(
+                    self._publish_batch(transport, batch),
+                    task_id,
+                    plan.name,
+                    *((t, p.name) for p, t, _ in batch[1:]),
+                )
+
+    async def _publish_batch(
+        self, transport: Transport, batch: list[tuple[Plan, str, Envelope]]
+    ) -> None:
+        """Publish a run of planned messages to one exchange and routing key (no delay) in
+        one ``publish_many``; each that reached no queue fails alone (Unroutable), whatever
+        else fails the publish fails them all."""
+        route = batch[0][0].route
+        exchange, routing_key = route.exchange.name, route.routing_key
+        # Not mandatory: an unroutable message counts 0 instead of stopping the batch there.
+        counts = await transport.publish_many(
+            [Outgoing(envelope, exchange, routing_key) for _, _, envelope in batch]
+        )
+        for (plan, task_id, _), count in zip(batch, counts, strict=True):
+            if not count:
+                unroutable = Unroutable("", exchange=exchange, routing_key=routing_key)
+                self._failed(task_id, plan.name, plan.unroutable(unroutable))
 
     def _thread_settled(self, send: _ThreadSend) -> None:
         """On the loop: the broker answered a thread's publish (or its connection went)."""
@@ -206,15 +249,16 @@ class Unconfirmed:
         self._notify()
 
     def _settled(self, task: asyncio.Task[Any]) -> None:
-        task_id, name = self._pending.pop(task, ("?", "?"))
+        messages = self._pending.pop(task, [])
+        self._in_tasks -= len(messages)
+        error: BaseException | None = None
         if task.cancelled():
-            self._failed(
-                task_id,
-                name,
-                asyncio.CancelledError("its publish was cancelled before the broker confirmed it"),
-            )
-        elif (error := task.exception()) is not None:
-            self._failed(task_id, name, error)
+            error = asyncio.CancelledError("its publish was cancelled before the broker confirmed")
+        else:
+            error = task.exception()
+        if error is not None:
+            for task_id, name in messages:
+                self._failed(task_id, name, error)
         self._notify()
 
     def _failed(self, task_id: str, name: str, error: BaseException) -> None:
@@ -236,9 +280,11 @@ class Unconfirmed:
 
     def raise_failure(self) -> None:
         """Raise the oldest failure not raised yet (once), naming its task in a note."""
+        if not self._failures:
+            return
         try:
             task_id, name, error = self._failures.popleft()
-        except IndexError:
+        except IndexError:  # another thread took it first
             return
         more = len(self._failures)
         error.add_note(
@@ -256,7 +302,7 @@ class Unconfirmed:
         while len(self):
             timeout = None
             now = time.monotonic()
-            for send in list(self._from_threads):
+            for send in list(self._from_threads.copy()):
                 published = send.published
                 if published is None:
                     continue
@@ -274,7 +320,7 @@ class Unconfirmed:
         self._take_handed()
         for task in list(self._pending):
             task.cancel()
-        for send in list(self._from_threads):
+        for send in list(self._from_threads.copy()):
             self._from_threads.pop(send, None)
             self._failed(
                 send.task_id,

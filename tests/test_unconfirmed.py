@@ -259,3 +259,28 @@ def test_rabbitmq_refused_send_from_a_thread_raises_at_flush(rabbitmq_url: str) 
         assert any(lost.id in note for note in raised.value.__notes__)
     finally:
         sender.close()
+
+
+def test_every_refused_send_is_logged_and_raised_once(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.send_task("t.first", queue="doomed")
+    app.run_sync(_delete_queue(app, "doomed"))
+    lost: list[str] = []
+    raised: list[Unroutable] = []
+    while len(lost) < 20:  # a send raises an earlier one's failure instead of sending
+        try:
+            lost.append(app.send_task("t.lost", (len(lost),), queue="doomed").id)
+        except Unroutable as exc:
+            raised.append(exc)
+    while True:
+        try:
+            app.flush()
+            break
+        except Unroutable as exc:
+            raised.append(exc)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    for task_id in lost:
+        assert sum(task_id in message for message in errors) == 1
+        assert sum(task_id in "".join(exc.__notes__) for exc in raised) == 1
+    assert len(raised) == len(lost)
