@@ -203,12 +203,24 @@ class Run:
         self.send("done")()
         return tasks / (self.marked(worker) - started)
 
+    def warm_up(self, count: int) -> None:
+        """``count`` round trips once the worker answers (it may take a while to start)."""
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.producer.round_trip(0)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+        for n in range(count):
+            self.producer.round_trip(n)
+
     def measure(self, args: argparse.Namespace) -> dict[str, float]:
         got: dict[str, float] = {}
         only = set(args.only.split(","))
         with self.worker("noop") as worker:
-            for n in range(20):
-                self.producer.round_trip(n)
+            self.warm_up(20)
             if "loop" in only:
                 got["loop"] = self.end_to_end(worker, args.tasks, 1)
             if "threads8" in only:
@@ -233,8 +245,7 @@ class Run:
             if shape not in only or (shape == "cpu" and self.framework == "conveyor-async"):
                 continue
             with self.worker(shape) as worker:
-                for n in range(3):
-                    self.producer.round_trip(n)  # the worker is up
+                self.warm_up(3)
                 send = self.send(name, task_args)
                 started = time.time()
                 for _ in range(tasks):
@@ -462,10 +473,11 @@ def main() -> None:
                 run = Run(*loaded[b], framework)
                 try:
                     got = run.measure(args)
-                except BaseException:
+                except Exception as exc:  # one failed run does not end the others
+                    print(f"   FAILED: {type(exc).__name__}: {exc}", flush=True)
                     for log in sorted(run.tmp.glob("*.log")):
-                        print(f"--- {log.name}:\n{log.read_text()[-3000:]}", file=sys.stderr)
-                    raise
+                        print(f"--- {log.name}:\n{log.read_text()[-1500:]}", file=sys.stderr)
+                    continue
                 finally:
                     run.close()
                 print("   " + ", ".join(f"{k} {v:,.2f}" for k, v in got.items()), flush=True)
