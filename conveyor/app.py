@@ -549,6 +549,8 @@ class App:
         res = self._loops.get(loop) if loop is not None else None
         if res is None or res.transport is None or SYNC_LOOP.in_loop_thread():
             return None
+        unconfirmed = res.unconfirmed
+        unconfirmed.raise_failure()
         plan = self._plan(name, args, kwargs, options, task)
         route = plan.route
         if plan.delay is not None or res.declared_routes.get(id(route)) is not route:
@@ -567,8 +569,7 @@ class App:
             and (route.exchange.name, route.routing_key) in res.confirmed_routes
         ):
             # Pipelined: written from here and left to the loop until confirmed, if it can be.
-            unconfirmed = res.unconfirmed
-            unconfirmed.raise_failure()
+            unconfirmed.window = self.conf.task_publish_window
             if unconfirmed.transport is transport and (
                 unconfirmed.publish_from_thread(transport, plan, tid, envelope)
                 or unconfirmed.hand_over(plan, tid, envelope)
