@@ -393,6 +393,40 @@ def print_table(broker: str, figures: dict[str, dict[str, float]]) -> None:
         print(f"{label:20}{cells}{vs_c:>12}{vs_d:>13}")
 
 
+def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The figures as one Markdown table per broker, with conveyor's ratios."""
+    out = []
+    for broker, figures in results.items():
+        frameworks = [f for f in FRAMEWORKS if f in figures]
+        peers_here = [f for f in ("celery", "dramatiq") if f in figures]
+        out.append(f"**{broker}**\n")
+        out.append(
+            "| | "
+            + " | ".join(frameworks)
+            + "".join(f" | conveyor vs {p.capitalize()}" for p in peers_here)
+            + " |"
+        )
+        out.append("|---" * (1 + len(frameworks) + len(peers_here)) + "|")
+        for scenario in [*SCENARIOS, "raw"]:
+            row = [figures[f].get(scenario) for f in frameworks]
+            if all(v is None for v in row):
+                continue
+            lower = scenario in UNITS
+            mine = figures.get("conveyor", {}).get(scenario)
+            if scenario in ("async500", "io"):
+                best = [figures.get(f, {}).get(scenario) for f in ("conveyor", "conveyor-async")]
+                mine = max((b for b in best if b), default=None)
+            against = "loop" if scenario == "async500" else scenario
+            ratios = [ratio(mine, figures[p].get(against), lower) for p in peers_here]
+            cells = ["-" if v is None else f"{v:,.2f}" if v < 100 else f"{v:,.0f}" for v in row]
+            label = f"{scenario} ({UNITS[scenario]})" if lower else f"{scenario} (tasks/s)"
+            if scenario == "raw":
+                label = "raw client (msg/s)"
+            out.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def draw(results: dict[str, dict[str, dict[str, float]]], meta: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -442,7 +476,8 @@ def draw(results: dict[str, dict[str, dict[str, float]]], meta: dict[str, Any], 
         if "raw" in figures.get("conveyor", {}):
             ax.set_xlabel(f"raw client ceiling: {figures['conveyor']['raw']:,.0f} msg/s")
     fig.suptitle(
-        f"{meta['date']} - {meta['machine']} - load {meta['load']} - {meta['versions_text']}",
+        f"{meta['date']}; {meta['machine']}; load (1/5/15 min) {meta['load']}\n"
+        f"{meta['versions_text']}",
         fontsize=9,
     )
     fig.tight_layout()
@@ -459,7 +494,17 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS), help="scenarios to run")
     parser.add_argument("--json", default=str(HERE / "results.json"))
     parser.add_argument("--chart", default=str(HERE / "results.png"))
+    parser.add_argument(
+        "--report", metavar="JSON", help="only print and draw the figures of an earlier run"
+    )
     args = parser.parse_args()
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        for b, figures in saved["results"].items():
+            print_table(b, figures)
+        print("\n" + markdown(saved["results"]))
+        draw(saved["results"], saved["meta"], Path(args.chart))
+        return
     brokers = [b for b in args.brokers.split(",") if answers(b)]
     loaded = {b: load_broker(b) for b in brokers}
     rounds: dict[str, dict[str, list[dict[str, float]]]] = {b: {} for b in brokers}
@@ -511,6 +556,7 @@ def main() -> None:
         f"start and the end: {meta['load']}"
     )
     print(meta["versions_text"])
+    print("\n" + markdown(results))
     Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     draw(results, meta, Path(args.chart))
     print(f"figures: {args.json}; chart: {args.chart}")
