@@ -26,7 +26,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 # This directory also holds redis.py, which would shadow the redis package (redis-py) that the
 # frameworks import: take it off the path once the script has found this module.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+# (A worker's copy lives beside ``redis_bench.py`` instead, and keeps its directory on the path
+# for the process pool's children.)
+if (HERE / "redis.py").exists():
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 FRAMEWORK = os.environ.get("BENCH_FRAMEWORK", "")
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 PREFIX = os.environ.get("BENCH_PREFIX", "bench:")
@@ -59,6 +62,26 @@ def _mark_done() -> None:
     partial = Path(f"{DONE_FILE}.partial")
     partial.write_text(repr(at))
     os.replace(partial, DONE_FILE)  # the benchmark never reads a half-written file
+
+
+_count_fd: int | None = None
+
+
+def _count_one() -> None:
+    """Append one byte to the run's count file: the benchmark waits for its size (O_APPEND
+    writes of one byte never interleave, from any thread or process)."""
+    global _count_fd
+    if _count_fd is None:
+        _count_fd = os.open(f"{DONE_FILE}.count", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.write(_count_fd, b"x")
+
+
+def burn(rounds: int) -> int:
+    """CPU-bound work of the CPU mix: about 10 ms of Python arithmetic at 200,000 rounds."""
+    total = 0
+    for i in range(rounds):
+        total += i * i % 7
+    return total
 
 
 def make_conveyor(broker: Broker, queue: str, prefix: str) -> Any:
@@ -94,6 +117,21 @@ def make_conveyor(broker: Broker, queue: str, prefix: str) -> Any:
     async def adone() -> None:
         _mark_done()
 
+    @app.task(name="bench.io", ignore_result=True)
+    def io() -> None:
+        time.sleep(0.01)
+        _count_one()
+
+    @app.task(name="bench.aio", ignore_result=True)
+    async def aio() -> None:
+        await asyncio.sleep(0.01)
+        _count_one()
+
+    @app.task(name="bench.cpu", ignore_result=True)
+    def cpu(rounds: int) -> None:
+        burn(rounds)
+        _count_one()
+
     return app
 
 
@@ -123,6 +161,16 @@ def make_celery(broker: Broker, queue: str, prefix: str) -> Any:
     def done() -> None:
         _mark_done()
 
+    @app.task(name="bench.io", ignore_result=True)
+    def io() -> None:
+        time.sleep(0.01)
+        _count_one()
+
+    @app.task(name="bench.cpu", ignore_result=True)
+    def cpu(rounds: int) -> None:
+        burn(rounds)
+        _count_one()
+
     return app
 
 
@@ -144,7 +192,24 @@ def make_dramatiq(broker: Broker, queue: str, prefix: str) -> dict[str, Any]:
     def done() -> None:
         _mark_done()
 
-    return {"broker": dramatiq_broker, "noop": noop, "echo": echo, "done": done}
+    @dramatiq.actor(queue_name=queue, actor_name="bench_io")
+    def io() -> None:
+        time.sleep(0.01)
+        _count_one()
+
+    @dramatiq.actor(queue_name=queue, actor_name="bench_cpu")
+    def cpu(rounds: int) -> None:
+        burn(rounds)
+        _count_one()
+
+    return {
+        "broker": dramatiq_broker,
+        "noop": noop,
+        "echo": echo,
+        "done": done,
+        "io": io,
+        "cpu": cpu,
+    }
 
 
 def worker_app(broker: Broker) -> Any:

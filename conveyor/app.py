@@ -46,6 +46,7 @@ from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
+from conveyor.unconfirmed import Unconfirmed, publish_planned
 
 if TYPE_CHECKING:
     from conveyor.canvas.signatures import Signature
@@ -116,6 +117,13 @@ async def _confirmed_or_replied(
             confirm.result()
 
 
+def _remember(routes: dict[int, Route], route: Route) -> None:
+    """Add ``route`` to a cache of routes by identity (the router reuses them), kept small."""
+    if len(routes) >= 1024:
+        routes.clear()
+    routes[id(route)] = route
+
+
 class _LoopResources:
     """What an App holds for one event loop: its transport, its backend, what it declared."""
 
@@ -126,16 +134,26 @@ class _LoopResources:
         self.declared: set[Any] = set()
         # Routes whose exchange and queue are declared, by identity (the router reuses them).
         self.declared_routes: dict[int, Route] = {}
+        # (exchange, routing key) that a send had confirmed on this transport: later sync sends
+        # there return before their confirm (see conveyor.unconfirmed).
+        self.confirmed_routes: set[tuple[str, str]] = set()
+        self.unconfirmed = Unconfirmed(0)
         # What reply_from (the backend) last gave as the reply address (prepare_reply).
         self.reply_to: str | None = None
         self.reply_from: ResultBackend | None = None
 
     async def close(self) -> None:
         SYNC_LOOP.forget(self)
+        try:
+            await self.unconfirmed.drain()
+        except asyncio.CancelledError:
+            self.unconfirmed.cancel()  # each is logged with its task id as it ends
+            raise
         backend, transport = self.backend, self.transport
         self.backend = self.transport = self.reply_from = None
         self.declared.clear()
         self.declared_routes.clear()
+        self.confirmed_routes.clear()
         try:
             if backend is not None:
                 await backend.close()
@@ -279,6 +297,7 @@ class App:
                 res.transport = transport
                 res.declared.clear()
                 res.declared_routes.clear()
+                res.confirmed_routes.clear()
             return res.transport
 
     async def abackend(self) -> ResultBackend:
@@ -304,6 +323,22 @@ class App:
         self._last_resources = None
         if res is not None:
             await res.close()
+            res.unconfirmed.raise_failure()
+
+    async def aflush(self) -> None:
+        """Wait until the broker has confirmed every send the sync API returned from early on
+        this event loop (see :mod:`conveyor.unconfirmed`); raise the first that failed."""
+        res = self._resources()
+        await res.unconfirmed.drain()
+        res.unconfirmed.raise_failure()
+
+    def flush(self) -> None:
+        """Block until the broker has confirmed every task this process sent through the sync
+        API (``send_task``, ``delay``, ``apply_async`` return before the confirm once a route
+        has had one); raise the first send that failed after returning (Unroutable,
+        BrokerUnavailable...), logged already with its task id."""
+        if SYNC_LOOP.current() is not None and not SYNC_LOOP.in_loop_thread():
+            self.run_sync(self.aflush())
 
     def close(self) -> None:
         """Close what the sync API opened (the private loop's transport and backend)."""
@@ -344,9 +379,7 @@ class App:
             await self.declare(transport, route.queue)
         res = self._resources()
         if res.transport is transport:
-            if len(res.declared_routes) >= 1024:
-                res.declared_routes.clear()
-            res.declared_routes[id(route)] = route
+            _remember(res.declared_routes, route)
         return transport
 
     def asend_task(
@@ -396,10 +429,61 @@ class App:
             backend = res.backend if res.backend is not None else await self.abackend()
             reply_to = await backend.prepare_reply()
             res.reply_to, res.reply_from = reply_to, backend
+        tid, envelope = self._compose(plan, reply_to)
+        return await self._publish_task(plan, tid, envelope, backend)
+
+    async def _asend_early(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
+        task: Task | None,
+    ) -> AsyncResult:
+        """The sync API's send: :meth:`asend`, returning early (see :meth:`_publish_early`)."""
+        plan = self._plan(name, args, kwargs, options, task)
+        res = self._resources()
+        backend = None
+        reply_to = None
+        if not plan.ignore_result:
+            backend = res.backend if res.backend is not None else await self.abackend()
+            reply_to = await backend.prepare_reply()
+            res.reply_to, res.reply_from = reply_to, backend
+        tid, envelope = self._compose(plan, reply_to)
+        return await self._publish_early(plan, tid, envelope, backend)
+
+    async def _publish_early(
+        self, plan: sending.Plan, tid: str, envelope: Envelope, backend: ResultBackend | None
+    ) -> AsyncResult:
+        """:meth:`_publish_task` for the sync API: on a route that already had a send
+        confirmed on this transport, return once the publish has started, and leave it to
+        :mod:`conveyor.unconfirmed` until the broker confirms it (at most
+        ``task_publish_window`` at once). Raises first the oldest earlier send that failed
+        after returning."""
+        loop = asyncio.get_running_loop()
+        res = self._resources(loop)
+        unconfirmed = res.unconfirmed
+        unconfirmed.raise_failure()
+        unconfirmed.window = self.conf.task_publish_window
+        route = plan.route
+        transport = res.transport
+        if (
+            transport is None
+            or unconfirmed.window <= 0
+            or (route.exchange.name, route.routing_key) not in res.confirmed_routes
+        ):
+            result = await self._publish_task(plan, tid, envelope, backend)
+            unconfirmed.attach(res.transport)
+            return result
+        await unconfirmed.add(publish_planned(transport, plan, envelope), tid, plan.name)
+        return plan.result(tid, self, backend, loop)
+
+    def _compose(self, plan: sending.Plan, reply_to: str | None) -> tuple[str, Envelope]:
+        """The task id and the message of ``plan``, signed when signing is on."""
         tid, envelope = plan.message(reply_to)
         if (signing := self.signing) is not None:
             envelope = signing.sign(envelope)
-        return await self._publish_task(plan, tid, envelope, backend)
+        return tid, envelope
 
     async def _publish_task(
         self, plan: sending.Plan, tid: str, envelope: Envelope, backend: ResultBackend | None
@@ -439,6 +523,10 @@ class App:
             if replied is not None:
                 assert backend is not None
                 backend.unwatch_replies(tid, replied)
+        if res.transport is transport:
+            if len(res.confirmed_routes) >= 1024:
+                res.confirmed_routes.clear()
+            res.confirmed_routes.add((route.exchange.name, route.routing_key))
         return plan.result(tid, self, backend, loop)
 
     def _plan(
@@ -486,7 +574,7 @@ class App:
         sent = self._send_from_thread(name, args, kwargs, options, task)
         if sent is not None:
             return sent
-        return self.run_sync(self.asend(name, args, kwargs, options, task=task))
+        return self.run_sync(self._asend_early(name, args, kwargs, options, task))
 
     def _send_from_thread(
         self,
@@ -510,6 +598,8 @@ class App:
         res = self._loops.get(loop) if loop is not None else None
         if res is None or res.transport is None or SYNC_LOOP.in_loop_thread():
             return None
+        unconfirmed = res.unconfirmed
+        unconfirmed.raise_failure()
         plan = self._plan(name, args, kwargs, options, task)
         route = plan.route
         if plan.delay is not None or res.declared_routes.get(id(route)) is not route:
@@ -522,9 +612,19 @@ class App:
             if backend is None or res.reply_from is not backend:
                 return None
             reply_to = res.reply_to
-        tid, envelope = plan.message(reply_to)
-        if (signing := self.signing) is not None:
-            envelope = signing.sign(envelope)
+        tid, envelope = self._compose(plan, reply_to)
+        if (
+            self.conf.task_publish_window > 0
+            and (route.exchange.name, route.routing_key) in res.confirmed_routes
+        ):
+            # Pipelined: written from here and left to the loop until confirmed, if it can be.
+            unconfirmed.window = self.conf.task_publish_window
+            if unconfirmed.transport is transport and (
+                unconfirmed.publish_from_thread(transport, plan, tid, envelope)
+                or unconfirmed.hand_over(plan, tid, envelope)
+            ):
+                return plan.result(tid, self, backend, loop)
+            return self.run_sync(self._publish_early(plan, tid, envelope, backend))
         wakeup = Wakeup()
         watching = (
             backend is not None
@@ -552,7 +652,7 @@ class App:
                 assert backend is not None
                 backend.unwatch_replies_from_thread(tid, wakeup)
         # Not written, or the connection went before RabbitMQ answered: through the loop.
-        return self.run_sync(self._publish_task(plan, tid, envelope, backend))
+        return self.run_sync(self._publish_early(plan, tid, envelope, backend))
 
     def signature(
         self,

@@ -49,6 +49,7 @@ class Settings:
     task_default_rate_limit: str | None = None  # "10/s", "100/m", "1000/h", per worker
     task_always_eager: bool = False  # delay/apply_async run the task in the caller
     task_eager_propagates: bool = False  # ... and raise its error there at once
+    task_publish_window: int = 1000  # sync sends that may return before the broker confirms
 
     worker_prefetch_multiplier: int = 4
     worker_concurrency: int | None = None

@@ -108,6 +108,7 @@ class _LoopTurns:
         "runner",
         "stop_asked",
         "stopping",
+        "wanted",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -120,6 +121,7 @@ class _LoopTurns:
         self.idle_since = 0.0
         self.stop_asked = False
         self.stopping = False
+        self.wanted = False  # a callback was handed over (call_soon): run the loop at once
 
     def serve(self, ready: threading.Event) -> None:
         """The background thread: run the loop whenever no sync call has for _LINGER seconds
@@ -133,10 +135,11 @@ class _LoopTurns:
                     cond.wait(_LINGER)  # a call runs it; callers notify only when it matters
                     continue
                 left = self.idle_since + _LINGER - time.monotonic()
-                if not self.handed and left > 0:
+                if not self.handed and not self.wanted and left > 0:
                     cond.wait(left)
                     continue
                 self.runner = self.background
+                self.wanted = False
                 cond.release()
                 try:
                     loop.run_forever()
@@ -267,6 +270,16 @@ class SyncLoop:
                 call.close()
                 raise
             return call.wait(loop)
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on the private loop soon, without waiting for it (any thread but
+        the loop's): by whichever call runs the loop, else at once by the background thread."""
+        turns = self._current_turns()
+        turns.loop.call_soon_threadsafe(callback)
+        with turns.cond:
+            if turns.runner is None:
+                turns.wanted = True
+                turns.cond.notify_all()
 
     def wait_for(self, wakeup: Wakeup, timeout: float | None) -> bool:
         """Block until ``wakeup`` is set by something the private loop reads (True), or for

@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "conveyor.logs",
             "conveyor.settings_check",
             "conveyor.security",
+            "conveyor.unconfirmed",
         ),
     ),
     ("services", ("conveyor.worker", "conveyor.beat")),
