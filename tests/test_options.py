@@ -140,7 +140,8 @@ def test_a_plan_falls_back_to_the_task_then_the_settings() -> None:
 
 
 SEND_OPTIONS = (
-    "countdown, eta, exchange, exchange_type, expires, headers, ignore_result, priority, queue, "
+    "chain, chord, countdown, eta, exchange, exchange_type, expires, group_id, group_index, "
+    "headers, ignore_result, link, link_error, parent_id, priority, queue, reply_to, root_id, "
     "routing_key, serializer, task_id, time_limit"
 )
 
@@ -151,8 +152,8 @@ def test_an_unknown_send_option_names_it_and_the_ones_that_exist() -> None:
     @app.task(name="web.render")
     def render() -> None: ...
 
-    expected = f"unknown send option 'link'; the send options are: {SEND_OPTIONS}"
-    options: Any = {"link": "web.after"}
+    expected = f"unknown send option 'retry_policy'; the send options are: {SEND_OPTIONS}"
+    options: Any = {"retry_policy": {"max_retries": 3}}
     with pytest.raises(ConfigurationError) as caught:
         render.apply_async((), **options)
     assert str(caught.value) == expected

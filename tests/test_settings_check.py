@@ -15,8 +15,8 @@ BAD_SETTINGS: list[tuple[dict[str, Any], type[ConfigurationError], str]] = [
     (
         {"task_queues": [Queue("web_queue")], "task_create_missing_queues": False},
         RoutingError,
-        "default: queue 'default' is not declared in task_queues and "
-        "task_create_missing_queues is off: add Queue('default', ...) to task_queues, or set "
+        "default: queue 'celery' is not declared in task_queues and "
+        "task_create_missing_queues is off: add Queue('celery', ...) to task_queues, or set "
         "task_create_missing_queues = True",
     ),
     (
@@ -38,10 +38,10 @@ BAD_SETTINGS: list[tuple[dict[str, Any], type[ConfigurationError], str]] = [
         "memory://, redis://, rediss://, sqlite://",
     ),
     (
-        {"result_backend": "postgres:/nowhere"},
+        {"result_backend": "mongodb://nowhere"},
         ConfigurationError,
-        "result backend URL 'postgres:/nowhere' has no known scheme: use one of memory://, "
-        "redis://, rediss://, rpc://, sqlite://",
+        "result backend URL 'mongodb://nowhere' has no known scheme: use one of django://, "
+        "memory://, postgres://, postgresql://, redis://, rediss://, rpc://, sqlite://",
     ),
     (
         {"task_serializer": "yaml"},
@@ -105,6 +105,7 @@ def test_a_wrong_broker_in_the_environment_fails_at_configuration(
 def test_a_rule_to_an_undeclared_queue_still_loads_for_routes_check() -> None:
     config = {
         "task_queues": [Queue("default")],
+        "task_default_queue": "default",
         "task_routes": {"web.*": {"queue": "web_queue"}},
         "task_create_missing_queues": False,
     }

@@ -68,7 +68,7 @@ def test_namespace_reads_only_its_names_and_warns_for_unknown_ones() -> None:
     assert app.conf.task_default_queue == "default"
     # DEBUG and INSTALLED_APPS are Django's, not settings: no warning names them.
     (only,) = [str(w.message) for w in caught]
-    assert "'CELERY_WORKER_MAX_TASKS_PER_CHILD' (read as 'worker_max_tasks_per_child')" in only
+    assert "'CELERY_WORKER_HIJACK_ROOT_LOGGER' (read as 'worker_hijack_root_logger')" in only
 
 
 def test_dict_sources_and_conf_update_warn_for_unknown_names() -> None:

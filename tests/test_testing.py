@@ -26,7 +26,7 @@ def test_start_worker_serves_sync_calls_and_restores_the_settings() -> None:
     def add(x: int, y: int) -> int:
         return x + y
 
-    with start_worker(app, queues=["default"]) as worker:
+    with start_worker(app, queues=["celery"]) as worker:
         assert app.broker_url.startswith("memory://test-")
         assert add.delay(2, 2).get(timeout=10) == 4
         assert worker.hostname

@@ -6,4 +6,4 @@ CELERY_BROKER_URL = "memory://celeryconfig-django"
 CELERY_RESULT_BACKEND = "rpc"
 CELERY_TASK_ROUTES = {"feed.*": {"queue": "feeds"}}
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_WORKER_MAX_TASKS_PER_CHILD = 10
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
