@@ -81,3 +81,32 @@ def kill_redis_clients(client: redis.Redis, name: str) -> int:
             client.client_kill_filter(_id=info["id"])
             killed += 1
     return killed
+
+
+POSTGRES_URL = os.environ.get(
+    "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The PostgreSQL URL for tests (database ``test``), after checking that PostgreSQL answers."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    return POSTGRES_URL
+
+
+def postgres_namespace(request: pytest.FixtureRequest) -> str:
+    """A postgresql:// URL with a result table of its own, dropped (with its schema row and
+    chord table) after the test."""
+    import psycopg
+
+    base = request.getfixturevalue("postgres_url")
+    table = f"conveyor_test_{uuid.uuid4().hex[:16]}"
+
+    def cleanup() -> None:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_chords")
+            conn.execute("DELETE FROM conveyor_schema WHERE name = %s", (table,))
+
+    request.addfinalizer(cleanup)
+    return f"{base}?table={table}"

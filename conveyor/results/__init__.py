@@ -1,7 +1,7 @@
 """Task results: states, the backend interface, the backends, and AsyncResult.
 
-The URL's scheme picks the backend: ``memory://``, ``sqlite:///path``, ``rpc://`` or
-``redis://``. Implementations are imported lazily.
+The URL's scheme picks the backend: ``memory://``, ``sqlite:///path``, ``rpc://``,
+``redis://`` or ``postgresql://``. Implementations are imported lazily.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ BACKENDS: dict[str, str] = {
     "rpc": "conveyor.results.rpc:RPCBackend",
     "redis": "conveyor.results.redis:RedisBackend",
     "rediss": "conveyor.results.redis:RedisBackend",
+    "postgresql": "conveyor.results.postgres:PostgresBackend",
+    "postgres": "conveyor.results.postgres:PostgresBackend",
 }
 
 

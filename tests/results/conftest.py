@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from conveyor.results import ResultBackend, open_backend
-from tests.conftest import redis_namespace
+from tests.conftest import postgres_namespace, redis_namespace
 from tests.results.helpers import NoBrokerHost
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "redis", "postgresql"]
 
 MakeBackend = Callable[[], Awaitable[ResultBackend]]
 
@@ -39,6 +39,8 @@ async def make_backend(
 ) -> AsyncIterator[MakeBackend]:
     if backend_kind == "redis":
         url = redis_namespace(request)
+    elif backend_kind == "postgresql":
+        url = postgres_namespace(request)
     else:
         url = backend_url(backend_kind, tmp_path)
     made: list[ResultBackend] = []
