@@ -241,6 +241,13 @@ class PgConnection:
                         "is PostgreSQL running?"
                     ) from exc
                 log.warning("%s %s: %s failed (%s); retrying", self.what, self.shown, doing, exc)
+            except psycopg.ProgrammingError as exc:
+                if exc.sqlstate is None:  # libpq refused the URL itself (a bad parameter)
+                    raise ConfigurationError(
+                        f"{self.what} {self.shown}: {str(exc).strip()}; "
+                        "check the URL's query parameters"
+                    ) from exc
+                raise BrokerUnavailable(f"{self.what} {self.shown}: {doing} failed: {exc}") from exc
             except psycopg.Error as exc:
                 raise BrokerUnavailable(f"{self.what} {self.shown}: {doing} failed: {exc}") from exc
             await asyncio.sleep(delay)
