@@ -144,6 +144,9 @@ class App:
     into :attr:`conf`. Raises ConfigurationError for an unknown setting name.
     """
 
+    # What :meth:`task` makes; an integration may give its tasks more methods (a subclass).
+    task_class: type[Task] = Task
+
     def __init__(
         self,
         main: str | None = None,
@@ -540,7 +543,7 @@ class App:
                     f"task name {defined.name!r} is already registered for {existing.fn!r}; "
                     "give one of them another name="
                 )
-            task = self._tasks[defined.name] = Task(self, func, defined)
+            task = self._tasks[defined.name] = self.task_class(self, func, defined)
             return task
 
         if fn is not None:

@@ -30,6 +30,8 @@ BACKENDS: dict[str, str] = {
     "rediss": "conveyor.results.redis:RedisBackend",
     "postgresql": "conveyor.results.postgres:PostgresBackend",
     "postgres": "conveyor.results.postgres:PostgresBackend",
+    # the Django project's database (needs Django; see conveyor.contrib.django)
+    "django": "conveyor.contrib.django.backend:DjangoBackend",
 }
 
 

@@ -1,0 +1,1 @@
+"""Integrations of conveyor with frameworks (interfaces layer): :mod:`conveyor.contrib.django`."""
