@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Self
@@ -38,6 +39,7 @@ __all__ = ["PostgresBackend"]
 
 _PLAIN = ""
 _NOTIFY_BYTES = 7000  # a NOTIFY payload must stay under 8000 bytes
+_READ_BATCH = 1000  # task ids per SELECT
 
 
 def _payloads(task_ids: Sequence[str]) -> list[str]:
@@ -72,13 +74,15 @@ class PostgresBackend(ResultBackend):
             " ON CONFLICT (task_id, worker) DO UPDATE SET state = EXCLUDED.state,"
             " date_done = EXCLUDED.date_done, meta = EXCLUDED.meta"
         ).format(sql.Identifier(table))
-        self._select = sql.SQL("SELECT worker, meta FROM {} WHERE task_id = %s").format(
-            sql.Identifier(table)
-        )
+        self._select = sql.SQL(
+            "SELECT task_id, worker, meta FROM {} WHERE task_id = ANY(%s)"
+        ).format(sql.Identifier(table))
         self._chords = sql.Identifier(f"{table}_chords")
         self._listener: postgres_listener.Listener | None = None
         self._pending: list[tuple[StoreRequest, asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._reads: dict[str, list[asyncio.Future[dict[str, ResultMeta]]]] = {}
+        self._reading: asyncio.Task[None] | None = None
         self._closed = False
 
     @classmethod
@@ -194,13 +198,49 @@ class PostgresBackend(ResultBackend):
     # reading
 
     async def _read(self, task_id: str) -> dict[str, ResultMeta]:
-        async def select(conn: Any) -> list[tuple[str, str]]:
-            cur = await conn.execute(self._select, (task_id,))
-            rows: list[tuple[str, str]] = await cur.fetchall()
-            return rows
+        """Every row of ``task_id``. Reads asked for while one is running are made together
+        in one SELECT (thousands of waiters starting at once cost a few queries, not a
+        connection each)."""
+        if self._closed:
+            raise BrokerUnavailable(f"{self._db.what} {self._db.shown} is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, ResultMeta]] = loop.create_future()
+        self._reads.setdefault(task_id, []).append(fut)
+        if self._reading is None:
+            self._reading = loop.create_task(self._read_batches())
+        return await fut
 
-        rows = await self._db.run(select, f"reading the result of task {task_id}")
-        return {worker: ResultMeta.from_json(doc) for worker, doc in rows}
+    async def _select_many(self, conn: Any, ids: list[str]) -> list[tuple[str, str, str]]:
+        cur = await conn.execute(self._select, (ids,))
+        rows: list[tuple[str, str, str]] = await cur.fetchall()
+        return rows
+
+    async def _read_batches(self) -> None:
+        try:
+            while self._reads:
+                ids = list(self._reads)[:_READ_BATCH]
+                batch = {task_id: self._reads.pop(task_id) for task_id in ids}
+                try:
+                    rows = await self._db.run(
+                        functools.partial(self._select_many, ids=ids), f"reading {len(ids)} results"
+                    )
+                    found: dict[str, dict[str, ResultMeta]] = {task_id: {} for task_id in ids}
+                    for task_id, worker, doc in rows:
+                        found[task_id][worker] = ResultMeta.from_json(doc)
+                except BaseException as exc:
+                    for futures in batch.values():
+                        for fut in futures:
+                            if not fut.done():
+                                fut.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for task_id, futures in batch.items():
+                    for fut in futures:
+                        if not fut.done():
+                            fut.set_result(dict(found[task_id]))
+        finally:
+            self._reading = None
 
     async def get(self, task_id: str) -> ResultMeta | None:
         return pick_result(await self._read(task_id))
