@@ -5,6 +5,9 @@
 Both on the same PostgreSQL (``BENCH_PG_URL``, default postgresql://postgres@127.0.0.1:5432/test),
 each in tables of its own that are dropped afterwards, one process, no broker:
 
+Celery is measured twice: as a client process uses it (SQLAlchemy's NullPool: a connection per
+call) and as its forked worker does (a connection pool).
+
 1. store/s: ``--results`` SUCCESS results, each with a small dict as its value. conveyor: all
    stores started at once from one event loop (``await backend.store(...)`` each; they are
    group-committed), and one awaited at a time. Celery (``db+postgresql+psycopg://``,
@@ -76,14 +79,19 @@ async def _conveyor(n: int, table: str) -> dict[str, float]:
     return figures
 
 
-def _celery(n: int, threads: int, table: str) -> dict[str, float]:
+def _celery(n: int, threads: int, table: str, pooled: bool) -> dict[str, float]:
     from celery import Celery
+    from celery.backends.database import DatabaseBackend
 
     url = PG_URL.replace("postgresql://", "db+postgresql+psycopg://", 1)
     app = Celery("bench", backend=url)
     app.conf.database_table_names = {"task": f"{table}_task", "group": f"{table}_group"}
     backend = app.backend
-    ids = [f"c-{i}" for i in range(n)]
+    # Celery pools connections only in a forked worker; elsewhere (a web process) each call
+    # opens one. ``pooled`` measures it as in its worker.
+    assert isinstance(backend, DatabaseBackend)
+    backend.session_manager.forked = pooled
+    ids = [f"{'p' if pooled else 'c'}-{i}" for i in range(n)]
     figures: dict[str, float] = {}
 
     def timed(label: str, fn: Callable[[str], Any], items: list[str], workers: int) -> None:
@@ -122,26 +130,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
-    rounds: dict[str, list[dict[str, float]]] = {"conveyor": [], "celery": []}
+    rounds: dict[str, list[dict[str, float]]] = {"conveyor": [], "celery": [], "pooled": []}
     for n in range(args.repeat):
         run = uuid.uuid4().hex[:8]
         mine, theirs = f"bench_conveyor_{run}", f"bench_celery_{run}"
         try:
             rounds["conveyor"].append(asyncio.run(_conveyor(args.results, mine)))
-            rounds["celery"].append(_celery(args.results, args.threads, theirs))
+            rounds["celery"].append(_celery(args.results, args.threads, theirs, pooled=False))
+            rounds["pooled"].append(_celery(args.results, args.threads, theirs, pooled=True))
         finally:
             _drop([mine, f"{mine}_chords", f"{theirs}_task", f"{theirs}_group"])
-        print(f"round {n + 1}: {rounds['conveyor'][-1]} / {rounds['celery'][-1]}", flush=True)
+        print(f"round {n + 1}: " + " / ".join(str(r[-1]) for r in rounds.values()), flush=True)
     labels = list(rounds["conveyor"][0])
     print(
         f"\n{args.results} results, PostgreSQL at {PG_URL.split('@')[-1]}, median of "
         f"{args.repeat}; Celery concurrent = {args.threads} threads\n"
     )
-    print(f"{'':24} {'conveyor':>10} {'celery db':>10} {'ratio':>7}")
+    print(
+        f"{'':24} {'conveyor':>10} {'celery':>10} {'ratio':>7} {'celery pooled':>14} {'ratio':>7}"
+    )
     for label in labels:
-        mine_v = statistics.median(r[label] for r in rounds["conveyor"])
-        theirs_v = statistics.median(r[label] for r in rounds["celery"])
-        print(f"{label:24} {mine_v:10.0f} {theirs_v:10.0f} {mine_v / theirs_v:7.2f}")
+        mine_v, theirs_v, pooled_v = (
+            statistics.median(r[label] for r in rounds[k]) for k in ("conveyor", "celery", "pooled")
+        )
+        print(
+            f"{label:24} {mine_v:10.0f} {theirs_v:10.0f} {mine_v / theirs_v:7.2f} "
+            f"{pooled_v:14.0f} {mine_v / pooled_v:7.2f}"
+        )
 
 
 if __name__ == "__main__":
