@@ -30,7 +30,8 @@ __all__ = ["Listener", "acquire", "release"]
 
 log = logging.getLogger(__name__)
 
-_listeners: dict[tuple[int, str, str], Listener] = {}
+# keyed by the loop itself, not its id: a closed loop's id may be reused by the next one
+_listeners: dict[tuple[asyncio.AbstractEventLoop, str, str], Listener] = {}
 
 
 class Listener:
@@ -122,7 +123,7 @@ class Listener:
 def acquire(connection: PgConnection, channel: str) -> Listener:
     """The running loop's listener for ``connection``'s database and ``channel`` (made on
     first use); pair with :func:`release`."""
-    key = (id(asyncio.get_running_loop()), connection.conninfo, channel)
+    key = (asyncio.get_running_loop(), connection.conninfo, channel)
     listener = _listeners.get(key)
     if listener is None or listener.failed:
         # its own PgConnection: it outlives the backend that made it while others use it

@@ -106,6 +106,20 @@ async def test_an_unknown_libpq_parameter_is_a_configuration_error(postgres_url:
     await backend.close()
 
 
+def _listen_connections(url: str, table: str) -> int:
+    """How many connections LISTEN on ``table``'s channel, once there is one (30 s at most)."""
+    deadline = time.monotonic() + 30
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = %s", (f'LISTEN "{table}"',)
+            ).fetchone()
+            count = int(row[0]) if row else 0
+            if count or time.monotonic() > deadline:
+                return count
+            time.sleep(0.1)
+
+
 async def test_thousands_of_waiters_share_one_listen_connection(
     pg_url: str, postgres_url: str
 ) -> None:
@@ -115,14 +129,9 @@ async def test_thousands_of_waiters_share_one_listen_connection(
     writer = open_backend(pg_url, host=NoBrokerHost())
     try:
         ids = [f"many-{i}" for i in range(2000)]
-        waits = [asyncio.create_task(b.wait(i, timeout=60)) for b in (reader, other) for i in ids]
-        await asyncio.sleep(0.5)
-        with psycopg.connect(postgres_url) as conn:
-            listening = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = %s",
-                (f'LISTEN "{table}"',),
-            ).fetchone()
-        assert listening == (1,)
+        waits = [asyncio.create_task(b.wait(i, timeout=90)) for b in (reader, other) for i in ids]
+        listening = await asyncio.to_thread(_listen_connections, postgres_url, table)
+        assert listening == 1
         await writer.store_many([ok(i, i) for i in ids])
         results = await asyncio.gather(*waits)
         assert [m.result for m in results] == ids + ids
