@@ -12,7 +12,7 @@ from conveyor.app import App
 from conveyor.errors import ConfigurationError
 from conveyor.results import ResultMeta, State, StoreRequest, open_backend
 from conveyor.results.postgres import PostgresBackend
-from conveyor.results.postgres_connection import SCHEMA_VERSION
+from conveyor.results.postgres_connection import SCHEMA_VERSION, split_pg_url
 from tests.conftest import postgres_namespace
 from tests.results.helpers import NoBrokerHost
 
@@ -187,3 +187,11 @@ async def test_result_expires_removes_old_results_through_the_app(pg_url: str) -
         assert await backend.get("new") is not None
     finally:
         await app.aclose()
+
+
+def test_the_url_splits_into_libpq_parameters_and_conveyors_options() -> None:
+    conninfo, options = split_pg_url(
+        "postgres://u:p%40ss@db.example:6543/shop?sslmode=require&table=results&pool_size=3"
+    )
+    assert conninfo == "postgresql://u:p%40ss@db.example:6543/shop?sslmode=require"
+    assert (options.table, options.pool_size, options.reconnect_timeout) == ("results", 3, 60.0)
