@@ -84,8 +84,8 @@ class DjangoApp(App):
     """An App configured from Django's settings (``CONVEYOR_*`` by default; see module).
 
     ``broker``, ``result_backend`` and ``config`` override what the settings say. The first
-    DjangoApp made is the project's: ``@shared_task`` functions bind to it. Raises
-    ConfigurationError for a ``CONVEYOR_`` name that is not a setting.
+    DjangoApp made is the project's: ``@shared_task`` functions bind to it. A ``CONVEYOR_``
+    name that is not a setting is a ConfigurationWarning naming it, as in any App.
     """
 
     task_class = DjangoTask
