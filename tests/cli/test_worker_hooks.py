@@ -85,7 +85,7 @@ async def test_the_worker_loads_hooks_named_by_the_setting(tmp_path: Path) -> No
     worker = start_worker_process(tmp_path, broker)
     client = App("client", broker=broker)
     try:
-        await wait_consuming(client, "default")
+        await wait_consuming(client, "celery")
         assert await (await client.asend_task("svc.add", args=[2, 3])).aget(timeout=20) == 5
         with pytest.raises(ZeroDivisionError):
             await (await client.asend_task("svc.div", args=[1, 0])).aget(timeout=20)

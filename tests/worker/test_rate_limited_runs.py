@@ -85,6 +85,6 @@ async def test_runs_waiting_for_their_turn_go_back_when_the_worker_stops(
     checker = App("checker", broker=app.conf.broker_url)
     transport = await checker.atransport()
     try:
-        assert (await transport.queue_stats("default")).ready == 2
+        assert (await transport.queue_stats("celery")).ready == 2
     finally:
         await checker.aclose()

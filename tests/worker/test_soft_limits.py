@@ -63,7 +63,7 @@ def test_a_soft_limit_sent_by_a_celery_client_is_kept() -> None:
         )
         transport = app.run_sync(app.atransport())
         app.run_sync(
-            transport.publish(encode_task(message, "json"), exchange="", routing_key="default")
+            transport.publish(encode_task(message, "json"), exchange="", routing_key="celery")
         )
         value = app.result("celery-sent").get(timeout=20)
     assert value.endswith("passed its soft time limit of 0.2 s")
