@@ -33,8 +33,10 @@ import threading
 import time
 from typing import Any
 
+from conveyor.errors import ConfigurationError
 from conveyor.results.meta import State
 from conveyor.task import Request, Task, running
+from conveyor.worker.child_limits import ChildLimits
 from conveyor.worker.gate import Gate
 from conveyor.worker.outcome import (
     NotStarted,
@@ -51,7 +53,7 @@ from conveyor.worker.soft_limits import (
 )
 from conveyor.worker.threads import Threads, run_in_thread
 
-__all__ = ["POOLS", "AsyncioPool", "Pool", "ThreadPool"]
+__all__ = ["POOLS", "AsyncioPool", "Pool", "ThreadPool", "make_pool"]
 
 
 class Pool(abc.ABC):
@@ -306,3 +308,23 @@ class ThreadPool(AsyncioPool):
 
 
 POOLS: dict[str, type[Pool]] = {"asyncio": AsyncioPool, "threads": ThreadPool}
+
+
+def make_pool(name: str, concurrency: int, app_spec: str | None, limits: ChildLimits) -> Pool:
+    """The pool called ``name`` running ``concurrency`` tasks at once. ``processes`` needs
+    ``app_spec`` (the ``module:attr`` its children import) and takes the child ``limits``;
+    the others refuse those limits. ConfigurationError for an unknown pool or a missing spec."""
+    if name == "processes":
+        from conveyor.worker.processes import ProcessPool
+
+        if app_spec is None:
+            raise ConfigurationError(
+                "the processes pool needs the app's import path (module:attr) so that "
+                "child processes can load the tasks; start the worker with -A"
+            )
+        return ProcessPool(concurrency, app_spec, *limits.values())
+    limits.refuse(name)
+    cls = POOLS.get(name)
+    if cls is None:
+        raise ConfigurationError(f"unknown pool {name!r}: use one of asyncio, threads, processes")
+    return cls(concurrency)

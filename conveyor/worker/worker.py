@@ -49,13 +49,11 @@ from conveyor.app import App
 from conveyor.errors import (
     BrokerUnavailable,
     ConfigurationError,
-    NotFound,
     NotRegistered,
     ProtocolError,
     TaskRevoked,
-    Unroutable,
 )
-from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS, dead_letter_headers
+from conveyor.protocol.dead_letters import DEAD_LETTER_HEADERS
 from conveyor.protocol.task_message import TaskMessage, decode_task, encode_task
 from conveyor.rate_limits import RateLimits
 from conveyor.results.base import ResultBackend, StoreRequest
@@ -67,12 +65,13 @@ from conveyor.transports.base import Consumer, Delivery, Transport
 from conveyor.transports.unreadable import unreadable_reason
 from conveyor.worker.autoscale import Autoscaler, parse_autoscale
 from conveyor.worker.buffer import PriorityBuffer
-from conveyor.worker.child_limits import ChildLimits, child_limits
+from conveyor.worker.child_limits import child_limits
+from conveyor.worker.dead_lettering import DeadLetters
 from conveyor.worker.hooks import SignalsMiddleware, load_middleware
 from conveyor.worker.hostname import default_hostname, expand_hostname
 from conveyor.worker.middleware import Middleware
 from conveyor.worker.outcome import NotStarted, OnValue, Outcome
-from conveyor.worker.pools import POOLS, Pool
+from conveyor.worker.pools import make_pool
 from conveyor.worker.refusal import named_task, refusal_reason, unsettled_reason
 
 if TYPE_CHECKING:
@@ -162,9 +161,8 @@ class Worker:
             shutdown_grace if shutdown_grace is not None else conf.worker_shutdown_grace
         )
         self.pool_name = pool or conf.worker_pool
-        self.pool = self._make_pool(
-            self.pool_name, app_spec, child_limits(conf, max_tasks_per_child, max_memory_per_child)
-        )
+        limits = child_limits(conf, max_tasks_per_child, max_memory_per_child)
+        self.pool = make_pool(self.pool_name, self.concurrency, app_spec, limits)
         self.middleware = (*load_middleware(conf.worker_middleware), *middleware)
         self._with_signals = (*self.middleware, SignalsMiddleware())  # while any listen
         self.worker_id = f"{self.hostname}.{uuid.uuid4().hex[:8]}"
@@ -185,29 +183,11 @@ class Worker:
         self._signals = 0
         self._service: list[asyncio.Task[None]] = []
         self._stop_task: asyncio.Task[None] | None = None
-        self._dead_letter_declared = False
+        self._dead_letters = DeadLetters(self.hostname, conf.task_dead_letter_queue)
         self._signing: MessageSigning | None = None
         self._rate_limits = RateLimits(default=conf.task_default_rate_limit)
         self.autoscaler: Autoscaler | None = None
         self._workflow = WorkflowStep(app, self.hostname)
-
-    def _make_pool(self, name: str, app_spec: str | None, limits: ChildLimits) -> Pool:
-        if name == "processes":
-            from conveyor.worker.processes import ProcessPool
-
-            if app_spec is None:
-                raise ConfigurationError(
-                    "the processes pool needs the app's import path (module:attr) so that "
-                    "child processes can load the tasks; start the worker with -A"
-                )
-            return ProcessPool(self.concurrency, app_spec, *limits.values())
-        limits.refuse(name)
-        cls = POOLS.get(name)
-        if cls is None:
-            raise ConfigurationError(
-                f"unknown pool {name!r}: use one of asyncio, threads, processes"
-            )
-        return cls(self.concurrency)
 
     def _hook(self, name: str, *args: Any, reverse: bool = False) -> None:
         hooks = self._with_signals if signals.listening() else self.middleware
@@ -371,44 +351,8 @@ class Worker:
         """
         transport = self._transport
         assert transport is not None
-        envelope = delivery.envelope.replace_headers(
-            **dead_letter_headers(
-                reason=reason,
-                worker=self.hostname,
-                queue=delivery.queue,
-                exchange=delivery.exchange,
-                routing_key=delivery.routing_key,
-                at=time.time(),
-            )
-        )
         queue = self.consumed_queues.get(delivery.queue)
-        dlx = queue.dead_letter_exchange if queue is not None else None
-        where = ""
-        if dlx is not None:
-            routing_key = (
-                queue.dead_letter_routing_key if queue is not None else None
-            ) or delivery.routing_key
-            try:
-                await transport.publish(
-                    envelope, exchange=dlx, routing_key=routing_key, mandatory=True
-                )
-                where = f"exchange {dlx!r}"
-            except (Unroutable, NotFound) as exc:  # a missing exchange must not strand it
-                log.warning(
-                    "dead-letter exchange %r of queue %r takes nothing for %r (%s); using queue %r",
-                    dlx,
-                    delivery.queue,
-                    routing_key,
-                    exc,
-                    self.app.conf.task_dead_letter_queue,
-                )
-        if not where:
-            name = self.app.conf.task_dead_letter_queue
-            if not self._dead_letter_declared:
-                await transport.declare_queue(Queue(name))
-                self._dead_letter_declared = True
-            await transport.publish(envelope, exchange="", routing_key=name)
-            where = f"queue {name!r}"
+        where = await self._dead_letters.send(transport, delivery, reason, queue)
         await self._ack(delivery)
         log.error(
             "dead-lettered task %r from queue %r on worker %s to %s: %s",
