@@ -420,9 +420,21 @@ class App:
             return await eager.aapply_eagerly(
                 self, self.conf, self._tasks, name, args, kwargs, options, task
             )
+        plan, tid, envelope, backend = await self._prepare(name, args, kwargs, options, task)
+        return await self._publish_task(plan, tid, envelope, backend)
+
+    async def _prepare(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
+        task: Task | None,
+    ) -> tuple[sending.Plan, str, Envelope, ResultBackend | None]:
+        """A send's plan, its task id and signed message, and the backend its result comes
+        back through (None: results ignored), the reply address prepared on this loop."""
         plan = self._plan(name, args, kwargs, options, task)
-        loop = asyncio.get_running_loop()
-        res = self._resources(loop)
+        res = self._resources()
         backend = None
         reply_to = None
         if not plan.ignore_result:
@@ -430,7 +442,7 @@ class App:
             reply_to = await backend.prepare_reply()
             res.reply_to, res.reply_from = reply_to, backend
         tid, envelope = self._compose(plan, reply_to)
-        return await self._publish_task(plan, tid, envelope, backend)
+        return plan, tid, envelope, backend
 
     async def _asend_early(
         self,
@@ -441,15 +453,7 @@ class App:
         task: Task | None,
     ) -> AsyncResult:
         """The sync API's send: :meth:`asend`, returning early (see :meth:`_publish_early`)."""
-        plan = self._plan(name, args, kwargs, options, task)
-        res = self._resources()
-        backend = None
-        reply_to = None
-        if not plan.ignore_result:
-            backend = res.backend if res.backend is not None else await self.abackend()
-            reply_to = await backend.prepare_reply()
-            res.reply_to, res.reply_from = reply_to, backend
-        tid, envelope = self._compose(plan, reply_to)
+        plan, tid, envelope, backend = await self._prepare(name, args, kwargs, options, task)
         return await self._publish_early(plan, tid, envelope, backend)
 
     async def _publish_early(

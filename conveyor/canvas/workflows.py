@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from conveyor.canvas.signatures import Signature, _deep_copy, maybe_signature
 from conveyor.errors import ConfigurationError, ProtocolError
@@ -63,27 +63,31 @@ def _split(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return result, rest
 
 
-class chain(Signature):
-    """Steps run one after another, each given the previous result as its first argument
-    (unless immutable); the chain's result is its last step's. ``a.s() | b.s()`` builds one."""
+class _TaskList(Signature):
+    """A workflow made of a list of signatures in its kwargs (``chain``, ``group``), built
+    from signatures or lists of them, serialized as Celery's ``celery.<kind>`` signature."""
 
     __slots__ = ()
+    _kind: ClassVar[str]
 
     def __init__(self, *tasks: Mapping[str, Any], app: App | None = None, **options: Any) -> None:
         flat: list[Mapping[str, Any]] = []
         for task in tasks:
-            if isinstance(task, (list, tuple)):
+            if isinstance(task, (list, tuple)) or (
+                not isinstance(task, Mapping) and hasattr(task, "__iter__")
+            ):
                 flat.extend(task)
             else:
                 flat.append(task)
         found = _tasks(flat, app)
         app = app or next((t.app for t in found if t.app is not None), None)
+        kind = self._kind
         super().__init__(
-            "celery.chain", (), {"tasks": found}, options, subtask_type="chain", app=app
+            f"celery.{kind}", (), {"tasks": found}, options, subtask_type=kind, app=app
         )
 
     @classmethod
-    def _from(cls, data: Mapping[str, Any], app: App | None) -> chain:
+    def _from(cls, data: Mapping[str, Any], app: App | None) -> Self:
         made = cls(*_tasks((data.get("kwargs") or {}).get("tasks") or [], app), app=app)
         made.options.update(data.get("options") or {})
         made["immutable"] = bool(data.get("immutable"))
@@ -91,9 +95,18 @@ class chain(Signature):
 
     @property
     def tasks(self) -> list[Signature]:
-        """The steps, in order."""
+        """The signatures, in order."""
         tasks: list[Signature] = self["kwargs"]["tasks"]
         return tasks
+
+
+class chain(_TaskList):
+    """Steps run one after another, each given the previous result as its first argument
+    (unless immutable); the chain's result is its last step's. ``a.s() | b.s()`` builds one."""
+
+    __slots__ = ()
+
+    _kind = "chain"
 
     def __or__(self, other: Signature) -> Signature:  # type: ignore[override]
         if not isinstance(other, Signature):
@@ -190,39 +203,13 @@ class chain(Signature):
         return 0
 
 
-class group(Signature):
+class group(_TaskList):
     """Members sent at once, run in parallel; the result is a :class:`GroupResult` whose
     ``get`` lists the members' results in the order given."""
 
     __slots__ = ()
 
-    def __init__(self, *tasks: Mapping[str, Any], app: App | None = None, **options: Any) -> None:
-        flat: list[Mapping[str, Any]] = []
-        for task in tasks:
-            if isinstance(task, (list, tuple)) or (
-                not isinstance(task, Mapping) and hasattr(task, "__iter__")
-            ):
-                flat.extend(task)
-            else:
-                flat.append(task)
-        found = _tasks(flat, app)
-        app = app or next((t.app for t in found if t.app is not None), None)
-        super().__init__(
-            "celery.group", (), {"tasks": found}, options, subtask_type="group", app=app
-        )
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any], app: App | None) -> group:
-        made = cls(*_tasks((data.get("kwargs") or {}).get("tasks") or [], app), app=app)
-        made.options.update(data.get("options") or {})
-        made["immutable"] = bool(data.get("immutable"))
-        return made
-
-    @property
-    def tasks(self) -> list[Signature]:
-        """The members, in order."""
-        tasks: list[Signature] = self["kwargs"]["tasks"]
-        return tasks
+    _kind = "group"
 
     def clone(
         self,
