@@ -40,6 +40,7 @@ from conveyor.results.base import (
     StoreRequest,
     Watch,
 )
+from conveyor.results.group_commit import GroupCommit
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.postgres_chords import ChordTables
 from conveyor.results.postgres_connection import PgConnection, split_pg_url
@@ -90,8 +91,7 @@ class PostgresBackend(ResultBackend):
         ).format(sql.Identifier(table))
         self._joins = ChordTables(table)
         self._listener: postgres_listener.Listener | None = None
-        self._pending: list[tuple[StoreRequest, asyncio.Future[None]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._stores: GroupCommit[StoreRequest] = GroupCommit(self._write_batch)
         self._reads: dict[str, list[asyncio.Future[dict[str, ResultMeta]]]] = {}
         self._reading: asyncio.Task[None] | None = None
         self._closed = False
@@ -108,9 +108,7 @@ class PostgresBackend(ResultBackend):
     async def close(self) -> None:
         if self._closed:
             return
-        if self._pending or self._flushing is not None:
-            with contextlib.suppress(Exception):
-                await self._flush()
+        await self._stores.drain()
         self._closed = True
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -131,29 +129,13 @@ class PostgresBackend(ResultBackend):
             for payload in _payloads([row[0] for row in rows]):
                 await cur.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                rows: list[tuple[Any, ...]] = [self._row(req) for req, _ in batch]
+    async def _write_batch(self, requests: list[StoreRequest]) -> None:
+        rows: list[tuple[Any, ...]] = [self._row(req) for req in requests]
 
-                async def write(conn: Any, rows: list[tuple[Any, ...]] = rows) -> None:
-                    await self._write(conn, rows)
+        async def write(conn: Any) -> None:
+            await self._write(conn, rows)
 
-                try:
-                    await self._db.run(write, "storing results")
-                except BaseException as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
-        finally:
-            self._flushing = None
+        await self._db.run(write, "storing results")
 
     async def store(self, request: StoreRequest) -> None:
         await self.store_many([request])
@@ -167,15 +149,7 @@ class PostgresBackend(ResultBackend):
             raise BrokerUnavailable(f"{self._db.what} {self._db.shown} is closed")
         for req in requests:
             req.meta.to_json()  # raise ProtocolError here, in the caller, for a bad value
-        loop = asyncio.get_running_loop()
-        futures = []
-        for req in requests:
-            fut: asyncio.Future[None] = loop.create_future()
-            self._pending.append((req, fut))
-            futures.append(fut)
-        if self._flushing is None:
-            self._flushing = loop.create_task(self._flush())
-        await asyncio.gather(*futures)
+        await self._stores.submit(requests)
 
     async def chord_start(self, group_id: str, size: int) -> None:
         await self._db.run(

@@ -33,6 +33,7 @@ from conveyor.results.base import (
     StoreRequest,
     Watch,
 )
+from conveyor.results.group_commit import GroupCommit
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.sqlite_chords import CHORD_SCHEMA
 from conveyor.results.waiters import Waiters
@@ -82,8 +83,7 @@ class SQLiteBackend(ResultBackend):
         self.poll = poll
         self._database: Database | None = None
         self._waker: Waker | None = None
-        self._pending: list[tuple[StoreRequest, asyncio.Future[None]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._stores: GroupCommit[StoreRequest] = GroupCommit(self._write_batch)
         self._listener: SocketListener | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_started: asyncio.Task[None] | None = None
@@ -126,9 +126,7 @@ class SQLiteBackend(ResultBackend):
     async def close(self) -> None:
         if self._database is None or self._closed:
             return
-        if self._pending or self._flushing is not None:
-            with contextlib.suppress(Exception):
-                await self._flush()
+        await self._stores.drain()
         self._closed = True
         if self._watch_task is not None:
             self._watch_task.cancel()
@@ -162,24 +160,8 @@ class SQLiteBackend(ResultBackend):
         if self._waker is not None:
             self._waker.signal([_CHANNEL])
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await self._run(self._write, [req for req, _ in batch])
-                except BaseException as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
-        finally:
-            self._flushing = None
+    async def _write_batch(self, requests: list[StoreRequest]) -> None:
+        await self._run(self._write, requests)
 
     async def store(self, request: StoreRequest) -> None:
         await self.store_many([request])
@@ -189,15 +171,7 @@ class SQLiteBackend(ResultBackend):
             return
         for req in requests:
             req.meta.to_json()  # raise ProtocolError here, in the caller, for a bad value
-        loop = asyncio.get_running_loop()
-        futures = []
-        for req in requests:
-            fut: asyncio.Future[None] = loop.create_future()
-            self._pending.append((req, fut))
-            futures.append(fut)
-        if self._flushing is None:
-            self._flushing = loop.create_task(self._flush())
-        await asyncio.gather(*futures)
+        await self._stores.submit(requests)
 
     def _read(self, db: sqlite3.Connection, task_id: str) -> dict[str, ResultMeta]:
         rows = db.execute(
