@@ -42,7 +42,7 @@ def test_the_banner_lists_queues_with_their_bindings_and_the_tasks() -> None:
         "  .> results:     redis://:***@cache.example:6379/1",
         "  .> pool:        asyncio, concurrency 3, prefetch 12",
         "[queues]",
-        "  .> orders    exchange=default(direct) key=orders max_priority=10",
+        "  .> orders    exchange=celery(direct) key=orders max_priority=10",
         "  .> media     exchange=media(topic) key=media.*",
         "               exchange=media(topic) key=img.#",
         "  .> everyone  exchange=everyone(fanout) broadcast: a copy to each worker",
