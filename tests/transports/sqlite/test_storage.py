@@ -21,9 +21,8 @@ from conveyor.transports.sqlite import (
     database_path,
     default_broker_url,
 )
-
-from .helpers import bodies, drain, env
-from .multiprocess import (
+from tests.transports.helpers import bodies, drain, env
+from tests.transports.multiprocess import (
     a_killed_consumers_messages_come_back_redelivered,
     a_sigkill_loses_nothing,
     exists,

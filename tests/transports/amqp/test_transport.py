@@ -29,9 +29,8 @@ from conveyor.transports.amqp.errors import ChannelClosed
 from conveyor.transports.amqp.session import ChannelRole
 from conveyor.transports.base import Published, Wakeup
 from tests.rabbitmqctl import close_connections_named, needs_rabbitmqctl, rabbitmqctl
-
-from .conftest import forget_declared
-from .helpers import bodies, drain, env, take
+from tests.transports.conftest import forget_declared
+from tests.transports.helpers import bodies, drain, env, take
 
 MakeAMQP = Callable[..., Awaitable[AMQPTransport]]
 

@@ -12,9 +12,8 @@ import pytest
 
 from conveyor import Queue
 from conveyor.transports.virtual import VirtualTransport
-
-from .conftest import MakeTransport
-from .helpers import env
+from tests.transports.conftest import MakeTransport
+from tests.transports.helpers import env
 
 
 @pytest.mark.parametrize("transport_id", ["memory", "sqlite", "redis"])
