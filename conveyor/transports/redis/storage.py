@@ -110,6 +110,7 @@ class RedisStorage(Storage):
         self._publisher: asyncio.Task[None] | None = None
         self._writing = False
         self._due_hints: dict[frozenset[str], float | None] = {}
+        self._epoch: bytes | None = None  # of the last topology loaded
 
     # plumbing
 
@@ -178,6 +179,7 @@ class RedisStorage(Storage):
         )
         if epoch is None:
             epoch = await self._new_epoch()
+        self._epoch = epoch
         owners: dict[str, str] = {}
         queue_list: list[Queue] = []
         for raw in queues:
@@ -209,11 +211,15 @@ class RedisStorage(Storage):
         return epoch if isinstance(epoch, bytes) else str(epoch).encode()
 
     async def topology_version(self) -> int:
+        """The version; -1 once the data's epoch is not the one last loaded (after a wipe,
+        versions start again and may equal a cached one: the cache must still reload)."""
         link = self.link
-        key = self._key("topo", "ver")
-        version = await self._redis.run(
-            lambda: link.execute("GET", key), "reading the topology version"
+        keys = (self._key("topo", "ver"), self._key("epoch"))
+        version, epoch = await self._redis.run(
+            lambda: link.execute("MGET", *keys), "reading the topology version"
         )
+        if self._epoch is not None and epoch != self._epoch:
+            return -1
         return int(version or 0)
 
     async def add_exchange(self, exchange: Exchange) -> Exchange:
