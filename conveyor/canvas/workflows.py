@@ -99,6 +99,26 @@ class _TaskList(Signature):
         tasks: list[Signature] = self["kwargs"]["tasks"]
         return tasks
 
+    def clone(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        copy = self._from(_deep_copy(self), self.app)
+        if args or kwargs:
+            copy["kwargs"]["tasks"] = self._given(copy.tasks, args, kwargs)
+        copy.options.update(options)
+        return copy
+
+    @staticmethod
+    def _given(
+        tasks: list[Signature], args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+    ) -> list[Signature]:
+        """``tasks`` with partial ``args``/``kwargs`` given: to the first step of a chain,
+        to every member of a group."""
+        raise NotImplementedError
+
 
 class chain(_TaskList):
     """Steps run one after another, each given the previous result as its first argument
@@ -114,17 +134,11 @@ class chain(_TaskList):
         steps = other.tasks if isinstance(other, chain) else [other]
         return chain(*self.tasks, *steps, app=self.app or other.app)
 
-    def clone(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Signature:
-        copy = chain._from(_deep_copy(self), self.app)
-        if args or kwargs:
-            copy.tasks[0] = copy.tasks[0].clone(args, kwargs)
-        copy.options.update(options)
-        return copy
+    @staticmethod
+    def _given(
+        tasks: list[Signature], args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+    ) -> list[Signature]:
+        return [tasks[0].clone(args, kwargs), *tasks[1:]] if tasks else tasks
 
     def _steps(self) -> list[Signature]:
         """The steps with nested chains unrolled and each group that has a step after it
@@ -211,17 +225,11 @@ class group(_TaskList):
 
     _kind = "group"
 
-    def clone(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Signature:
-        copy = group._from(_deep_copy(self), self.app)
-        if args or kwargs:
-            copy["kwargs"]["tasks"] = [t.clone(args, kwargs) for t in copy.tasks]
-        copy.options.update(options)
-        return copy
+    @staticmethod
+    def _given(
+        tasks: list[Signature], args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+    ) -> list[Signature]:
+        return [t.clone(args, kwargs) for t in tasks]
 
     def freeze(self, app: App | None = None, *, backend: ResultBackend | None = None) -> Any:
         return self._freeze_members(self._app_for(app), backend, None, None)
