@@ -33,8 +33,10 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from conveyor._frozen import fast_init
+from conveyor.errors import ConfigurationError, ProtocolError
 from conveyor.protocol.envelope import Envelope
-from conveyor.routing.entities import Exchange, Queue
+from conveyor.routing.entities import Exchange, Queue, check_routing_key
+from conveyor.routing.topology import BoundBinding
 
 __all__ = [
     "Capabilities",
@@ -44,6 +46,7 @@ __all__ = [
     "Outgoing",
     "Published",
     "QueueStats",
+    "Subscription",
     "Transport",
     "Wakeup",
 ]
@@ -101,6 +104,7 @@ class Delivery:
     consumer_tag: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One message for :meth:`Transport.publish_many`; the fields mean what ``publish``'s do."""
@@ -110,6 +114,41 @@ class Outgoing:
     routing_key: str = ""
     mandatory: bool = False
     delay: float | None = None
+
+    def check(self) -> None:
+        """Raise ProtocolError unless the envelope is an Envelope, TopologyError unless the
+        routing key is one AMQP allows: what every transport refuses before publishing."""
+        if not isinstance(self.envelope, Envelope):
+            raise ProtocolError(
+                f"publish takes an Envelope, got {type(self.envelope).__name__}: wrap the body "
+                "in conveyor.Envelope(body=...)"
+            )
+        check_routing_key(self.routing_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What :meth:`Transport.consume` was asked for, checked: at least one queue, each named
+    once in the order given; ``prefetch``, ``no_ack`` and ``tag`` as ``consume`` takes them
+    (``tag`` None: the transport picks one)."""
+
+    queues: tuple[str, ...]
+    prefetch: int = 0
+    no_ack: bool = False
+    tag: str | None = None
+
+    @classmethod
+    def of(
+        cls, queues: Sequence[str], prefetch: int, no_ack: bool, tag: str | None
+    ) -> Subscription:
+        """Check ``consume``'s arguments (ConfigurationError) and gather them; a lone queue
+        name given as a string counts as one queue."""
+        names = (queues,) if isinstance(queues, str) else tuple(dict.fromkeys(queues))
+        if not names:
+            raise ConfigurationError("consume needs at least one queue")
+        if prefetch < 0:
+            raise ConfigurationError(f"prefetch must be zero or more, got {prefetch}")
+        return cls(names, prefetch, no_ack, tag)
 
 
 class Consumer(abc.ABC):
@@ -296,7 +335,6 @@ class Transport(abc.ABC):
     async def purge_queue(self, name: str) -> int:
         """Remove every ready message of queue ``name``; return how many. Unacked ones stay."""
 
-    @abc.abstractmethod
     async def bind_queue(
         self,
         queue: str,
@@ -304,9 +342,14 @@ class Transport(abc.ABC):
         routing_key: str = "",
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
-        """Bind ``queue`` to ``exchange``. Idempotent. NotFound if either does not exist."""
+        """Bind ``queue`` to ``exchange``. Idempotent. NotFound if either does not exist;
+        TopologyError for a routing key AMQP does not allow."""
+        await self._bind(BoundBinding(exchange, queue, routing_key, arguments or {}))
 
     @abc.abstractmethod
+    async def _bind(self, binding: BoundBinding) -> None:
+        """Store ``binding`` (its routing key checked): the primitive behind ``bind_queue``."""
+
     async def unbind_queue(
         self,
         queue: str,
@@ -315,8 +358,12 @@ class Transport(abc.ABC):
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         """Remove that binding. Removing a binding that does not exist is not an error."""
+        await self._unbind(BoundBinding(exchange, queue, routing_key, arguments or {}))
 
     @abc.abstractmethod
+    async def _unbind(self, binding: BoundBinding) -> None:
+        """Remove ``binding`` if it exists: the primitive behind ``unbind_queue``."""
+
     async def publish(
         self,
         envelope: Envelope,
@@ -330,8 +377,16 @@ class Transport(abc.ABC):
 
         Returns once the broker has the message safely (confirmed, committed). ``delay`` seconds
         keep it invisible until due. NotFound if ``exchange`` does not exist; Unroutable if
-        ``mandatory`` and no queue took it. All copies are written or none.
+        ``mandatory`` and no queue took it; ProtocolError if ``envelope`` is not an Envelope.
+        All copies are written or none.
         """
+        message = Outgoing(envelope, exchange, routing_key, mandatory, delay)
+        message.check()
+        return await self._publish(message)
+
+    @abc.abstractmethod
+    async def _publish(self, message: Outgoing) -> int:
+        """Publish one checked message (see :meth:`Outgoing.check`) as ``publish`` says."""
 
     def publish_from_thread(
         self,
@@ -355,24 +410,29 @@ class Transport(abc.ABC):
 
         The sync API sends tasks this way, and a worker's pool thread a task's reply.
         """
+        return self._publish_from_thread(
+            Outgoing(envelope, exchange, routing_key, mandatory), wakeup
+        )
+
+    def _publish_from_thread(self, message: Outgoing, wakeup: Wakeup | None) -> Published | None:
+        """The primitive behind ``publish_from_thread`` (``message`` not checked yet, its
+        ``delay`` None); this default cannot, and returns None."""
         return None
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
         """Publish several messages; return each one's queue count, in order.
 
-        Transports override this to batch (one transaction, pipelined confirms). The first
-        failure raises; messages before it may have been stored.
+        Each is checked as ``publish`` checks it before any is published. The first failure
+        raises; messages before it may have been stored.
         """
-        return [
-            await self.publish(
-                m.envelope,
-                exchange=m.exchange,
-                routing_key=m.routing_key,
-                mandatory=m.mandatory,
-                delay=m.delay,
-            )
-            for m in messages
-        ]
+        for message in messages:
+            message.check()
+        return await self._publish_many(messages)
+
+    async def _publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
+        """Publish checked messages, one after another; transports override this to batch
+        (one transaction, pipelined confirms)."""
+        return [await self._publish(message) for message in messages]
 
     @abc.abstractmethod
     async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
@@ -382,7 +442,6 @@ class Transport(abc.ABC):
         ``nack`` or ``reject``. NotFound if the queue does not exist.
         """
 
-    @abc.abstractmethod
     async def consume(
         self,
         queues: Sequence[str],
@@ -391,11 +450,17 @@ class Transport(abc.ABC):
         no_ack: bool = False,
         tag: str | None = None,
     ) -> Consumer:
-        """Subscribe to ``queues``; NotFound if any does not exist.
+        """Subscribe to ``queues``; NotFound if any does not exist, ConfigurationError if none
+        is named or ``prefetch`` is negative.
 
         ``prefetch`` bounds unsettled deliveries (0: no bound). With ``no_ack`` deliveries are
         settled as they are handed out.
         """
+        return await self._consume(Subscription.of(queues, prefetch, no_ack, tag))
+
+    @abc.abstractmethod
+    async def _consume(self, subscription: Subscription) -> Consumer:
+        """Subscribe as ``subscription`` (checked) says: the primitive behind ``consume``."""
 
     @abc.abstractmethod
     async def ack(self, delivery: Delivery) -> None:

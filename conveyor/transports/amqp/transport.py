@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self, cast
 
-from conveyor.errors import ConfigurationError, ConveyorError, NotFound, ProtocolError
+from conveyor.errors import ConfigurationError, ConveyorError, NotFound
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import Exchange, Queue, check_routing_key
+from conveyor.routing.topology import BoundBinding
 from conveyor.transports.amqp.acks import TAG_BITS, TAG_MASK, AckingChannel
 from conveyor.transports.amqp.codec import Message, encode_properties, message_frames
 from conveyor.transports.amqp.consumer import AMQPConsumer, delivery_of
@@ -36,6 +37,7 @@ from conveyor.transports.base import (
     Outgoing,
     Published,
     QueueStats,
+    Subscription,
     Transport,
     Wakeup,
 )
@@ -108,25 +110,17 @@ class AMQPTransport(Transport):
         """Remove every ready message of ``name``; NotFound if it does not exist."""
         return await self._declarations.purge_queue(name)
 
-    async def bind_queue(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
+    async def _bind(self, binding: BoundBinding) -> None:
         """Bind on RabbitMQ. Idempotent; NotFound if the queue or exchange does not exist."""
-        await self._declarations.bind_queue(queue, exchange, routing_key, arguments)
+        await self._declarations.bind_queue(
+            binding.queue, binding.exchange, binding.routing_key, binding.arguments
+        )
 
-    async def unbind_queue(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
+    async def _unbind(self, binding: BoundBinding) -> None:
         """Remove the binding; one that does not exist is not an error."""
-        await self._declarations.unbind_queue(queue, exchange, routing_key, arguments)
+        await self._declarations.unbind_queue(
+            binding.queue, binding.exchange, binding.routing_key, binding.arguments
+        )
 
     async def queue_stats(self, name: str) -> QueueStats:
         """Ready and consumer counts from RabbitMQ; unacked counts this connection's deliveries.
@@ -136,15 +130,7 @@ class AMQPTransport(Transport):
         """
         return await self._declarations.queue_stats(name)
 
-    async def publish(
-        self,
-        envelope: Envelope,
-        *,
-        exchange: str = "",
-        routing_key: str = "",
-        mandatory: bool = False,
-        delay: float | None = None,
-    ) -> int:
+    async def _publish(self, message: Outgoing) -> int:
         """Publish with a confirm; return 1 if RabbitMQ routed it, 0 if it was returned.
 
         A reply to a direct reply-to address (``amq.rabbitmq.reply-to.*``) is done once it is
@@ -153,12 +139,8 @@ class AMQPTransport(Transport):
         Raises NotFound for a missing exchange, Unroutable for a returned ``mandatory``
         message, BrokerUnavailable if the connection stays lost past ``reconnect_timeout``.
         """
-        if not isinstance(envelope, Envelope):
-            raise ProtocolError(
-                f"publish takes an Envelope, got {type(envelope).__name__}: wrap the body in "
-                "Envelope(body=...)"
-            )
-        check_routing_key(routing_key)
+        envelope, exchange, routing_key = message.envelope, message.exchange, message.routing_key
+        mandatory, delay = message.mandatory, message.delay
         try:
             await self._declarations.ensure_exchange(exchange)
         except NotFound:
@@ -185,19 +167,13 @@ class AMQPTransport(Transport):
             envelope, level, routing_key, mandatory, headers, target=(exchange, routing_key)
         )
 
-    def publish_from_thread(
-        self,
-        envelope: Envelope,
-        *,
-        exchange: str = "",
-        routing_key: str,
-        mandatory: bool = False,
-        wakeup: Wakeup | None = None,
-    ) -> Published | None:
+    def _publish_from_thread(self, message: Outgoing, wakeup: Wakeup | None) -> Published | None:
         """Straight onto the connection from another thread (see ``Transport``), once the loop
         opened the channel it goes on: a direct reply-to reply on the ``REPLY`` channel, done
         once written; anything else on the ``PUBLISH`` channel, its confirm settled by the
         loop. Never for a delayed message, over TLS, or while RabbitMQ blocks publishers."""
+        envelope, exchange, routing_key = message.envelope, message.exchange, message.routing_key
+        mandatory = message.mandatory
         session = self._session
         reply = not exchange and routing_key.startswith(REPLY_PREFIX)
         if not reply and (
@@ -236,20 +212,10 @@ class AMQPTransport(Transport):
             confirm, exchange, routing_key, mandatory, self._options.confirm_timeout
         )
 
-    async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
+    async def _publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
         """Publish all at once (confirms pipelined); the first failure, in order, raises."""
         results = await asyncio.gather(
-            *(
-                self.publish(
-                    m.envelope,
-                    exchange=m.exchange,
-                    routing_key=m.routing_key,
-                    mandatory=m.mandatory,
-                    delay=m.delay,
-                )
-                for m in messages
-            ),
-            return_exceptions=True,
+            *(self._publish(message) for message in messages), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
@@ -273,37 +239,26 @@ class AMQPTransport(Transport):
             channel.hold(message.delivery_tag, queue)
         return delivery
 
-    async def consume(
-        self,
-        queues: Sequence[str],
-        *,
-        prefetch: int = 0,
-        no_ack: bool = False,
-        tag: str | None = None,
-    ) -> Consumer:
+    async def _consume(self, subscription: Subscription) -> Consumer:
         """Subscribe on a channel of its own; NotFound if a queue does not exist.
 
         ``[DIRECT_REPLY_TO]`` with ``no_ack=True`` consumes RabbitMQ's direct reply-to on the
         publishing channel, so that messages published here with ``reply_to=DIRECT_REPLY_TO``
         get their replies.
         """
-        names = tuple(queues)
-        if not names:
-            raise ConfigurationError("consume needs at least one queue name")
+        names, no_ack = subscription.queues, subscription.no_ack
         if DIRECT_REPLY_TO in names and (names != (DIRECT_REPLY_TO,) or not no_ack):
             raise ConfigurationError(
                 f"{DIRECT_REPLY_TO!r} must be consumed alone and with no_ack=True"
             )
-        if prefetch < 0:
-            raise ConfigurationError(f"prefetch must be 0 or more, got {prefetch}")
-        tag = tag or f"conveyor.{uuid.uuid4().hex}"
+        tag = subscription.tag or f"conveyor.{uuid.uuid4().hex}"
         session = self._session
         if tag in session.consumers:
             raise ConfigurationError(f"consumer tag {tag!r} is already in use on this transport")
         consumer = AMQPConsumer(
             session,
             names,
-            prefetch=prefetch,
+            prefetch=subscription.prefetch,
             no_ack=no_ack,
             tag=tag,
             direct_reply=names == (DIRECT_REPLY_TO,),

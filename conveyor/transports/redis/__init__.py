@@ -42,11 +42,11 @@ worker's messages stay leased, default 30), ``poll_interval`` (default 1), ``rec
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, urlsplit
 
-from conveyor.transports.base import Capabilities, Consumer
+from conveyor.transports.base import Capabilities, Consumer, Subscription
 from conveyor.transports.redis.client import split_url
 from conveyor.transports.redis.kombu_probe import (
     KOMBU_PRIORITY_OPTIONS,
@@ -92,17 +92,10 @@ class RedisTransport(VirtualTransport):
 
     _client_url = ""
 
-    async def consume(
-        self,
-        queues: Sequence[str],
-        *,
-        prefetch: int = 0,
-        no_ack: bool = False,
-        tag: str | None = None,
-    ) -> Consumer:
+    async def _consume(self, subscription: Subscription) -> Consumer:
         """Consume as the virtual broker does; a queue that also has kombu's structures in
         this Redis is logged as a warning (see :mod:`.kombu_probe`)."""
-        consumer = await super().consume(queues, prefetch=prefetch, no_ack=no_ack, tag=tag)
+        consumer = await super()._consume(subscription)
         if self._client_url:
-            await warn_kombu_keys(self._client_url, [queues] if isinstance(queues, str) else queues)
+            await warn_kombu_keys(self._client_url, subscription.queues)
         return consumer

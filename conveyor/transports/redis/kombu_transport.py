@@ -53,7 +53,16 @@ from conveyor.errors import (
 )
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import Exchange, ExchangeType, Queue
-from conveyor.transports.base import Capabilities, Consumer, Delivery, QueueStats, Transport
+from conveyor.routing.topology import BoundBinding
+from conveyor.transports.base import (
+    Capabilities,
+    Consumer,
+    Delivery,
+    Outgoing,
+    QueueStats,
+    Subscription,
+    Transport,
+)
 from conveyor.transports.redis import kombu_layout as layout
 from conveyor.transports.redis.client import make_client, run, split_url
 from conveyor.transports.redis.kombu_consumer import KombuConsumer
@@ -361,18 +370,11 @@ class KombuRedisTransport(Transport):
         purged: int = await self._call("purging a queue", purge)
         return purged
 
-    async def bind_queue(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        kind = await self._exchange_type(exchange)
-        await self._existing(queue)
-        member = layout.binding_member(queue, routing_key, kind)
-        table = self._k(layout.BINDING_PREFIX + exchange)
-        permanent = self._k(f"_kombu.binding_permanent.{exchange}")
+    async def _bind(self, binding: BoundBinding) -> None:
+        kind = await self._exchange_type(binding.exchange)
+        await self._existing(binding.queue)
+        member = layout.binding_member(binding.queue, binding.routing_key, kind)
+        table, permanent = self._binding_keys(binding.exchange)
 
         async def bind(c: aioredis.Redis) -> None:
             async with c.pipeline(transaction=True) as pipe:
@@ -382,19 +384,19 @@ class KombuRedisTransport(Transport):
 
         await self._call("binding a queue", bind)
 
-    async def unbind_queue(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        kind = self._exchange_types.get(exchange, ExchangeType.DIRECT)
-        member = layout.binding_member(queue, routing_key, kind)
-        table = self._k(layout.BINDING_PREFIX + exchange)
-        permanent = self._k(f"_kombu.binding_permanent.{exchange}")
+    async def _unbind(self, binding: BoundBinding) -> None:
+        kind = self._exchange_types.get(binding.exchange, ExchangeType.DIRECT)
+        member = layout.binding_member(binding.queue, binding.routing_key, kind)
+        table, permanent = self._binding_keys(binding.exchange)
         await self._call("unbinding a queue", lambda c: c.srem(table, member))
         await self._call("unbinding a queue", lambda c: c.srem(permanent, member))
+
+    def _binding_keys(self, exchange: str) -> tuple[str, str]:
+        """The keys of ``exchange``'s binding table and of kombu's permanent copy of it."""
+        return (
+            self._k(layout.BINDING_PREFIX + exchange),
+            self._k(f"_kombu.binding_permanent.{exchange}"),
+        )
 
     # publishing
 
@@ -408,18 +410,12 @@ class KombuRedisTransport(Transport):
             [m.decode("utf-8", "replace") for m in members], kind, routing_key
         )
 
-    async def publish(
-        self,
-        envelope: Envelope,
-        *,
-        exchange: str = "",
-        routing_key: str = "",
-        mandatory: bool = False,
-        delay: float | None = None,
-    ) -> int:
+    async def _publish(self, message: Outgoing) -> int:
+        envelope, exchange, routing_key = message.envelope, message.exchange, message.routing_key
+        delay = message.delay
         queues = await self._destinations(exchange, routing_key)
         if not queues:
-            if mandatory:
+            if message.mandatory:
                 raise Unroutable(
                     f"exchange {exchange!r} routes {routing_key!r} to no queue",
                     exchange=exchange,
@@ -547,17 +543,16 @@ class KombuRedisTransport(Transport):
                 return await self._record(raw, queue, no_ack)
         return None
 
-    async def consume(
-        self,
-        queues: Sequence[str],
-        *,
-        prefetch: int = 0,
-        no_ack: bool = False,
-        tag: str | None = None,
-    ) -> Consumer:
-        for name in queues:
+    async def _consume(self, subscription: Subscription) -> Consumer:
+        for name in subscription.queues:
             await self._existing(name)
-        consumer = KombuConsumer(self, self._order(queues), prefetch, no_ack, tag)
+        consumer = KombuConsumer(
+            self,
+            self._order(subscription.queues),
+            subscription.prefetch,
+            subscription.no_ack,
+            subscription.tag,
+        )
         self._consumers.append(consumer)
         await self._register(consumer)
         return consumer

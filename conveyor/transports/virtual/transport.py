@@ -12,18 +12,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import ClassVar
 
 from conveyor.errors import (
     BrokerUnavailable,
-    ConfigurationError,
     NotFound,
     PreconditionFailed,
     ProtocolError,
 )
-from conveyor.protocol.envelope import Envelope
-from conveyor.routing.entities import Exchange, Queue, check_routing_key
+from conveyor.routing.entities import Exchange, Queue
 from conveyor.routing.topology import BoundBinding, Topology
 from conveyor.transports.base import (
     Capabilities,
@@ -32,6 +30,7 @@ from conveyor.transports.base import (
     DeliveryTag,
     Outgoing,
     QueueStats,
+    Subscription,
     Transport,
 )
 from conveyor.transports.storage import Storage, StoredMessage, TopologySnapshot
@@ -324,63 +323,39 @@ class VirtualTransport(Transport):
         await self._existing_queue(name, fresh=True)
         return await self._storage.purge(name)
 
-    async def bind_queue(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
+    async def _bind(self, binding: BoundBinding) -> None:
         self._check_open()
-        check_routing_key(routing_key)
+        exchange = binding.exchange
         if exchange == "":
             raise PreconditionFailed(
                 "queues cannot be bound to the default exchange: it already routes to every "
                 "queue by its name"
             )
-        snap, _ = await self._existing_queue(queue)
+        snap, _ = await self._existing_queue(binding.queue)
         if exchange not in snap.topology.exchanges:
             snap = await self._topology.fresh()
             if exchange not in snap.topology.exchanges:
                 raise NotFound(f"exchange {exchange!r} does not exist: declare it first")
-        bound = BoundBinding(exchange, queue, routing_key, arguments or {})
-        await self._storage.add_binding(bound)
-        self._declared.binding(bound)
+        await self._storage.add_binding(binding)
+        self._declared.binding(binding)
         self._topology.invalidate()
 
-    async def unbind_queue(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
+    async def _unbind(self, binding: BoundBinding) -> None:
         self._check_open()
-        if exchange == "":
+        if binding.exchange == "":
             return
-        bound = BoundBinding(exchange, queue, routing_key, arguments or {})
-        await self._storage.remove_binding(bound)
-        self._declared.forget_binding(bound)
+        await self._storage.remove_binding(binding)
+        self._declared.forget_binding(binding)
         self._topology.invalidate()
-        await self._housekeeper.drop_unbound_exchanges({exchange})
+        await self._housekeeper.drop_unbound_exchanges({binding.exchange})
 
     # publishing
 
-    async def publish(
-        self,
-        envelope: Envelope,
-        *,
-        exchange: str = "",
-        routing_key: str = "",
-        mandatory: bool = False,
-        delay: float | None = None,
-    ) -> int:
-        counts = await self.publish_many(
-            [Outgoing(envelope, exchange, routing_key, mandatory, delay)]
-        )
+    async def _publish(self, message: Outgoing) -> int:
+        counts = await self._publish_many([message])
         return counts[0]
 
-    async def publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
+    async def _publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
         """Route and store ``messages`` in one storage write; return each one's queue count.
 
         On the first message that cannot be published (unknown exchange, mandatory and
@@ -388,12 +363,6 @@ class VirtualTransport(Transport):
         """
         self._check_open()
         for m in messages:
-            if not isinstance(m.envelope, Envelope):
-                raise ProtocolError(
-                    f"publish takes an Envelope, got {type(m.envelope).__name__}: wrap the body "
-                    "in conveyor.Envelope(body=...)"
-                )
-            check_routing_key(m.routing_key)
             if m.delay is not None and not m.delay >= 0:
                 raise ProtocolError(f"delay must be zero or more seconds, got {m.delay!r}")
         if not messages:
@@ -449,30 +418,22 @@ class VirtualTransport(Transport):
             self._acks.add(messages[0].tag)
         return delivery_of(messages[0], None)
 
-    async def consume(
-        self,
-        queues: Sequence[str],
-        *,
-        prefetch: int = 0,
-        no_ack: bool = False,
-        tag: str | None = None,
-    ) -> Consumer:
+    async def _consume(self, subscription: Subscription) -> Consumer:
         self._check_open()
-        if isinstance(queues, str):
-            queues = [queues]
-        if not queues:
-            raise ConfigurationError("consume needs at least one queue")
-        if prefetch < 0:
-            raise ConfigurationError(f"prefetch must be zero or more, got {prefetch}")
-        for name in queues:
+        names = subscription.queues
+        for name in names:
             await self._existing_queue(name)
-        tag = tag or f"ctag-{uuid.uuid4().hex}"
+        tag = subscription.tag or f"ctag-{uuid.uuid4().hex}"
         if tag in self._consumers:
             raise PreconditionFailed(f"consumer tag {tag!r} is already in use on this connection")
-        names = tuple(dict.fromkeys(queues))
         listener = await self._storage.listen(names)
         consumer = VirtualConsumer(
-            self, names, prefetch=prefetch, no_ack=no_ack, tag=tag, listener=listener
+            self,
+            names,
+            prefetch=subscription.prefetch,
+            no_ack=subscription.no_ack,
+            tag=tag,
+            listener=listener,
         )
         self._consumers[tag] = consumer
         await self._storage.add_consumer(self.connection_id, tag, names)
