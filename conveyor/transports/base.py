@@ -160,6 +160,15 @@ class Consumer(abc.ABC):
 
     tag: str
     queues: tuple[str, ...]
+    prefetch: int
+    no_ack: bool
+
+    def __init__(self, subscription: Subscription, tag: str) -> None:
+        """Consume as ``subscription`` says, under consumer tag ``tag``."""
+        self.tag = tag
+        self.queues = subscription.queues
+        self.prefetch = subscription.prefetch
+        self.no_ack = subscription.no_ack
 
     @abc.abstractmethod
     def __aiter__(self) -> AsyncIterator[Delivery]:

@@ -26,7 +26,7 @@ from conveyor.transports.amqp.codec import Message
 from conveyor.transports.amqp.delays import DELAY_EXPIRATION, DELAY_TARGET, delayed_to, strip_delay
 from conveyor.transports.amqp.errors import is_channel_error, reply_text
 from conveyor.transports.amqp.session import ChannelRole, Session
-from conveyor.transports.base import Consumer, Delivery
+from conveyor.transports.base import Consumer, Delivery, Subscription
 from conveyor.transports.unreadable import unreadable_envelope
 
 __all__ = ["AMQPConsumer", "delivery_of", "envelope_of"]
@@ -142,21 +142,11 @@ class AMQPConsumer(Consumer):
     """A subscription on its own channel; resubscribed by the session after a reconnect."""
 
     def __init__(
-        self,
-        session: Session,
-        queues: tuple[str, ...],
-        *,
-        prefetch: int,
-        no_ack: bool,
-        tag: str,
-        direct_reply: bool,
+        self, session: Session, subscription: Subscription, tag: str, *, direct_reply: bool
     ) -> None:
-        self.tag = tag
-        self.queues = queues
+        super().__init__(subscription, tag)
         self._session = session
-        self._active = list(queues)
-        self._prefetch = prefetch
-        self._no_ack = no_ack
+        self._active = list(subscription.queues)
         self._direct_reply = direct_reply
         self._channel: AckingChannel | None = None
         self._buffer: deque[Delivery] = deque()
@@ -173,20 +163,20 @@ class AMQPConsumer(Consumer):
             channel = await session.shared_channel(ChannelRole.PUBLISH)
         else:
             channel = await session.open_channel(owner=self)
-            channel.batch = max(1, self._prefetch // 4) if self._prefetch else 64
+            channel.batch = max(1, self.prefetch // 4) if self.prefetch else 64
         raw = channel.raw
         self._channel = channel
         raw.closed.add_done_callback(lambda _: self._on_channel_closed(channel))
         try:
-            if self._prefetch and not self._no_ack:
-                await raw.qos(self._prefetch)
+            if self.prefetch and not self.no_ack:
+                await raw.qos(self.prefetch)
             raw.on_cancel = self._on_broker_cancel
             for index, queue in enumerate(self._active):
                 await raw.consume(
                     queue,
                     self._consumer_tag(index),
                     self._callback(channel, queue),
-                    no_ack=self._no_ack,
+                    no_ack=self.no_ack,
                 )
         except BaseException:
             if not self._direct_reply:
@@ -206,13 +196,13 @@ class AMQPConsumer(Consumer):
     def _on_message(self, channel: AckingChannel, queue: str, message: Message) -> None:
         delivery_tag = message.delivery_tag
         if self._cancelled or channel is not self._channel:
-            if not self._no_ack and channel.alive:
+            if not self.no_ack and channel.alive:
                 channel.hold(delivery_tag, queue)
                 channel.settle(delivery_tag, True)
             return
         tag = (
             (channel.serial << TAG_BITS) | delivery_tag
-            if self._no_ack
+            if self.no_ack
             else channel.hold(delivery_tag, queue)
         )
         delivery_count = _delivery_count(message)
@@ -295,10 +285,10 @@ class AMQPConsumer(Consumer):
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         while True:
             if self._buffer and (
-                self._no_ack or not self._prefetch or len(self._handed) < self._prefetch
+                self.no_ack or not self.prefetch or len(self._handed) < self.prefetch
             ):
                 delivery = self._buffer.popleft()
-                if not self._no_ack:
+                if not self.no_ack:
                     self._handed.add(cast(int, delivery.tag))
                 yield delivery
                 continue
@@ -324,7 +314,7 @@ class AMQPConsumer(Consumer):
             finally:
                 channel.paused = False
             requeued = False
-            if not self._no_ack:
+            if not self.no_ack:
                 for delivery in self._buffer:
                     requeued |= channel.settle(cast(int, delivery.tag) & TAG_MASK, True)
             channel.send_pending()
@@ -336,7 +326,7 @@ class AMQPConsumer(Consumer):
                     # A round trip on this channel: RabbitMQ has requeued them when it returns.
                     with contextlib.suppress(Exception):
                         await channel.raw.rpc(
-                            spec.Basic.Qos(prefetch_count=self._prefetch), timeout=10
+                            spec.Basic.Qos(prefetch_count=self.prefetch), timeout=10
                         )
         self._buffer.clear()
         self._finish()

@@ -256,12 +256,7 @@ class AMQPTransport(Transport):
         if tag in session.consumers:
             raise ConfigurationError(f"consumer tag {tag!r} is already in use on this transport")
         consumer = AMQPConsumer(
-            session,
-            names,
-            prefetch=subscription.prefetch,
-            no_ack=no_ack,
-            tag=tag,
-            direct_reply=names == (DIRECT_REPLY_TO,),
+            session, subscription, tag, direct_reply=names == (DIRECT_REPLY_TO,)
         )
 
         async def attempt(deadline: float) -> None:

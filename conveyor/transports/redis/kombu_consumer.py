@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from conveyor.transports.base import Consumer, Delivery
+from conveyor.transports.base import Consumer, Delivery, Subscription
 
 if TYPE_CHECKING:
     from conveyor.transports.redis.kombu_transport import KombuRedisTransport
@@ -26,19 +25,11 @@ class KombuConsumer(Consumer):
     deliveries unsettled (taken ones included)."""
 
     def __init__(
-        self,
-        transport: KombuRedisTransport,
-        queues: list[str],
-        prefetch: int,
-        no_ack: bool,
-        tag: str | None,
+        self, transport: KombuRedisTransport, subscription: Subscription, tag: str
     ) -> None:
+        super().__init__(subscription, tag)
         self.transport = transport
-        self.queues = tuple(queues)
-        self._order = list(queues)
-        self.prefetch = prefetch
-        self.no_ack = no_ack
-        self.tag = tag or f"ctag-{uuid.uuid4().hex[:12]}"
+        self._order = list(subscription.queues)
         self._outstanding: set[str] = set()
         self._room = asyncio.Event()
         self._room.set()

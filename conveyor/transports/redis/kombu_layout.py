@@ -21,6 +21,7 @@ import base64
 import binascii
 from bisect import bisect
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -133,26 +134,16 @@ def routed_queues(
     return found
 
 
+@dataclass(frozen=True, slots=True)
 class KombuMessage:
     """A payload read from a kombu list: the envelope, where it was published, its tag."""
 
-    __slots__ = ("envelope", "exchange", "raw", "redelivered", "routing_key", "tag")
-
-    def __init__(
-        self,
-        raw: Mapping[str, Any],
-        envelope: Envelope,
-        exchange: str,
-        routing_key: str,
-        tag: str,
-        redelivered: bool,
-    ) -> None:
-        self.raw = raw
-        self.envelope = envelope
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.tag = tag
-        self.redelivered = redelivered
+    raw: Mapping[str, Any]
+    envelope: Envelope
+    exchange: str
+    routing_key: str
+    tag: str
+    redelivered: bool
 
 
 def to_payload(envelope: Envelope, exchange: str, routing_key: str, tag: str) -> bytes:

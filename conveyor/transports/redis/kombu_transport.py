@@ -36,6 +36,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from importlib.resources import files
 from typing import Any, ClassVar, Self
 
@@ -546,13 +547,9 @@ class KombuRedisTransport(Transport):
     async def _consume(self, subscription: Subscription) -> Consumer:
         for name in subscription.queues:
             await self._existing(name)
-        consumer = KombuConsumer(
-            self,
-            self._order(subscription.queues),
-            subscription.prefetch,
-            subscription.no_ack,
-            subscription.tag,
-        )
+        ordered = replace(subscription, queues=tuple(self._order(subscription.queues)))
+        tag = subscription.tag or f"ctag-{uuid.uuid4().hex[:12]}"
+        consumer = KombuConsumer(self, ordered, tag)
         self._consumers.append(consumer)
         await self._register(consumer)
         return consumer

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from conveyor.transports.base import Consumer, Delivery, DeliveryTag
+from conveyor.transports.base import Consumer, Delivery, DeliveryTag, Subscription
 from conveyor.transports.storage import Listener, StoredMessage
 
 __all__ = ["ConsumerHost", "VirtualConsumer", "delivery_of"]
@@ -77,20 +77,10 @@ class VirtualConsumer(Consumer):
     """
 
     def __init__(
-        self,
-        host: ConsumerHost,
-        queues: tuple[str, ...],
-        *,
-        prefetch: int,
-        no_ack: bool,
-        tag: str,
-        listener: Listener,
+        self, host: ConsumerHost, subscription: Subscription, tag: str, listener: Listener
     ) -> None:
-        self.tag = tag
-        self.queues = queues
+        super().__init__(subscription, tag)
         self._host = host
-        self._prefetch = prefetch
-        self._no_ack = no_ack
         self._listener = listener
         self._buffer: deque[StoredMessage] = deque()
         self._unsettled: set[DeliveryTag] = set()
@@ -104,9 +94,9 @@ class VirtualConsumer(Consumer):
         return self
 
     def _credit(self) -> int:
-        if self._no_ack or self._prefetch == 0:
+        if self.no_ack or self.prefetch == 0:
             return FETCH_BATCH
-        return min(FETCH_BATCH, self._prefetch - len(self._unsettled))
+        return min(FETCH_BATCH, self.prefetch - len(self._unsettled))
 
     def _rotated(self) -> list[str]:
         n = len(self.queues)
@@ -122,7 +112,7 @@ class VirtualConsumer(Consumer):
                 raise StopAsyncIteration
             if self._buffer:
                 message = self._buffer.popleft()
-                if self._no_ack:
+                if self.no_ack:
                     host.ack_later(message.tag)
                 else:
                     self._unsettled.add(message.tag)

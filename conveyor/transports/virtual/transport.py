@@ -427,14 +427,7 @@ class VirtualTransport(Transport):
         if tag in self._consumers:
             raise PreconditionFailed(f"consumer tag {tag!r} is already in use on this connection")
         listener = await self._storage.listen(names)
-        consumer = VirtualConsumer(
-            self,
-            names,
-            prefetch=subscription.prefetch,
-            no_ack=subscription.no_ack,
-            tag=tag,
-            listener=listener,
-        )
+        consumer = VirtualConsumer(self, subscription, tag, listener)
         self._consumers[tag] = consumer
         await self._storage.add_consumer(self.connection_id, tag, names)
         return consumer
