@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -329,6 +329,21 @@ class Transport(abc.ABC):
         that it exists (NotFound if not). An ``exclusive`` queue belongs to this connection and is
         deleted when it closes or dies.
         """
+
+    async def _declare_bindings(
+        self, queue: Queue, store: Callable[[BoundBinding], Awaitable[None]]
+    ) -> None:
+        """``declare_queue``'s last step where the broker does not do it: declare the exchanges
+        that ``queue``'s bindings give as Exchange objects, and hand each binding (but those to
+        the default exchange, which binds every queue already) to ``store``."""
+        for b in queue.all_bindings:
+            if isinstance(b.exchange, Exchange):
+                if b.exchange.is_default:
+                    continue
+                await self.declare_exchange(b.exchange)
+            elif not b.exchange:
+                continue
+            await store(BoundBinding(b.exchange_name, queue.name, b.routing_key, b.arguments))
 
     @abc.abstractmethod
     async def delete_queue(

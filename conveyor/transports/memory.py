@@ -211,6 +211,11 @@ class _MemoryBroker:
         if state is None:
             return
         state.leased.discard(message.id)
+        self.place(state, message)
+
+    def place(self, state: _QueueState, message: _Message) -> None:
+        """Make ``message`` wait in its queue ``state``: ready, or delayed until due; and
+        watched for its expiry if it has one."""
         if message.not_before is None:
             state.push(message)
         else:
@@ -385,12 +390,7 @@ class MemoryStorage(Storage):
                     order=next(b.orders),
                 )
                 b.messages[message.id] = message
-                if message.not_before is None:
-                    state.push(message)
-                else:
-                    heapq.heappush(state.delayed, (message.not_before, message.id))
-                if message.expires_at is not None:
-                    heapq.heappush(b.expiry, (message.expires_at, message.id))
+                b.place(state, message)
                 touched[new.queue] = state
             for state in touched.values():
                 limit = state.definition.arguments.get("x-max-length")

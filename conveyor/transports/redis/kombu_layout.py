@@ -30,6 +30,7 @@ from conveyor.errors import ConfigurationError, ProtocolError
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import ExchangeType
 from conveyor.routing.matching import topic_matches
+from conveyor.transports.base import Delivery
 
 __all__ = [
     "BINDING_PREFIX",
@@ -144,6 +145,19 @@ class KombuMessage:
     routing_key: str
     tag: str
     redelivered: bool
+
+    def delivery(self, queue: str, tag: str) -> Delivery:
+        """This message handed out from ``queue`` as delivery ``tag``; kombu keeps no count,
+        so a redelivered message counts as delivered twice."""
+        return Delivery(
+            self.envelope,
+            queue,
+            self.exchange,
+            self.routing_key,
+            self.redelivered,
+            2 if self.redelivered else 1,
+            tag,
+        )
 
 
 def to_payload(envelope: Envelope, exchange: str, routing_key: str, tag: str) -> bytes:

@@ -305,14 +305,7 @@ class KombuRedisTransport(Transport):
             )
         if queue.exclusive or queue.auto_delete:
             self._owned_queues.add(queue.name)
-        for b in queue.all_bindings:
-            if isinstance(b.exchange, Exchange):
-                if b.exchange.is_default:
-                    continue
-                await self.declare_exchange(b.exchange)
-            elif not b.exchange:
-                continue
-            await self.bind_queue(queue.name, b.exchange_name, b.routing_key, b.arguments)
+        await self._declare_bindings(queue, self._bind)
         return await self.queue_stats(queue.name)
 
     async def _consumer_count(self, name: str) -> int:
@@ -471,15 +464,7 @@ class KombuRedisTransport(Transport):
 
             await self._call("recording a delivery", hold)
             self._held[tag] = (queue, None)
-        return Delivery(
-            message.envelope,
-            queue,
-            message.exchange,
-            message.routing_key,
-            message.redelivered,
-            2 if message.redelivered else 1,
-            tag,
-        )
+        return message.delivery(queue, tag)
 
     async def _push_back(self, key: str, raw: bytes) -> None:
         """Put ``raw``, popped from list ``key`` but not handed out, back at its head."""
@@ -523,17 +508,7 @@ class KombuRedisTransport(Transport):
             message = layout.from_payload(raw)
             if not no_ack:
                 self._held[tag] = (queue, None)
-            deliveries.append(
-                Delivery(
-                    message.envelope,
-                    queue,
-                    message.exchange,
-                    message.routing_key,
-                    message.redelivered,
-                    2 if message.redelivered else 1,
-                    tag,
-                )
-            )
+            deliveries.append(message.delivery(queue, tag))
         return deliveries
 
     async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:

@@ -18,6 +18,7 @@ from redis import exceptions as rexc
 from redis.asyncio.connection import AbstractConnection
 
 from conveyor.errors import BrokerUnavailable
+from conveyor.transports.background import stop_task
 from conveyor.transports.redis.client import LOST, Backoff, log
 from conveyor.urls import redacted
 
@@ -164,10 +165,7 @@ class PubSubHub:
             self._leave_timer.cancel()
             self._leave_timer = None
         reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        await stop_task(reader)
         self._fail_replies(BrokerUnavailable("the Redis subscriber closed"))
         if self._conn is not None:
             await self._conn.disconnect(nowait=True)

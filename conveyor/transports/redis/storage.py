@@ -8,7 +8,6 @@ one :class:`~.connection.RedisConnection` (a pipelined link, a pub/sub hub for w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import secrets
 import time
@@ -22,6 +21,7 @@ import redis.asyncio as aioredis
 from conveyor.errors import ConfigurationError
 from conveyor.routing.entities import Exchange, Queue
 from conveyor.routing.topology import BoundBinding, Topology
+from conveyor.transports.background import stop_task
 from conveyor.transports.base import DeliveryTag, QueueStats
 from conveyor.transports.redis.connection import RedisConnection
 from conveyor.transports.redis.link import RedisLink
@@ -151,10 +151,7 @@ class RedisStorage(Storage):
 
     async def close(self) -> None:
         publisher, self._publisher = self._publisher, None
-        if publisher is not None:
-            publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
+        await stop_task(publisher)
         while self._publishes:
             self._publishes.popleft()[2].cancel()
         self._writing = False

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
+from conveyor.transports.background import stop_task
 from conveyor.transports.storage import Reaped, Storage
 from conveyor.transports.virtual.publishing import Publisher
 from conveyor.transports.virtual.topology_cache import TopologyCache
@@ -61,10 +62,7 @@ class Housekeeper:
     async def stop(self) -> None:
         """Cancel the background task and wait for it to end (idempotent)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     def wake(self) -> None:
         """Look again now: a message with a TTL or a queue with ``x-expires`` appeared."""

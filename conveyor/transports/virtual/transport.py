@@ -280,16 +280,7 @@ class VirtualTransport(Transport):
             )
         check_queue_equivalent(stored, plain)
         self._declared.queue(plain, owner)
-        for b in queue.all_bindings:
-            if isinstance(b.exchange, Exchange):
-                if b.exchange.is_default:
-                    continue
-                await self.declare_exchange(b.exchange)
-            elif not b.exchange:
-                continue
-            bound = BoundBinding(b.exchange_name, queue.name, b.routing_key, b.arguments)
-            await self._storage.add_binding(bound)
-            self._declared.binding(bound)
+        await self._declare_bindings(queue, self._store_binding)
         self._topology.invalidate()
         if "x-expires" in queue.arguments:
             self._housekeeper.wake()  # it schedules the expiry
@@ -336,9 +327,12 @@ class VirtualTransport(Transport):
             snap = await self._topology.fresh()
             if exchange not in snap.topology.exchanges:
                 raise NotFound(f"exchange {exchange!r} does not exist: declare it first")
+        await self._store_binding(binding)
+        self._topology.invalidate()
+
+    async def _store_binding(self, binding: BoundBinding) -> None:
         await self._storage.add_binding(binding)
         self._declared.binding(binding)
-        self._topology.invalidate()
 
     async def _unbind(self, binding: BoundBinding) -> None:
         self._check_open()
