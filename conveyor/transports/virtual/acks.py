@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from conveyor.transports.base import DeliveryTag
-from conveyor.transports.storage import Storage
+from conveyor.transports.virtual.connection import VirtualConnection
 
 __all__ = ["AckBatcher"]
 
@@ -29,9 +29,9 @@ class AckBatcher:
     logged: its messages are redelivered when the lease lapses.
     """
 
-    def __init__(self, storage: Storage, connection: str) -> None:
-        self._storage = storage
-        self._connection = connection
+    def __init__(self, connection: VirtualConnection) -> None:
+        self._storage = connection.storage
+        self._connection = connection.id
         self._pending: list[DeliveryTag] = []
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from conveyor.errors import NotFound
@@ -67,21 +68,7 @@ def _with_death(
     headers.setdefault("x-first-death-reason", reason)
     headers.setdefault("x-first-death-queue", message.queue)
     headers.setdefault("x-first-death-exchange", message.exchange)
-    new_env = Envelope(
-        body=env.body,
-        headers=FrozenMapping(headers),
-        content_type=env.content_type,
-        content_encoding=env.content_encoding,
-        correlation_id=env.correlation_id,
-        reply_to=env.reply_to,
-        priority=env.priority,
-        expiration=None,
-        message_id=env.message_id,
-        timestamp=env.timestamp,
-        type=env.type,
-        app_id=env.app_id,
-        delivery_mode=env.delivery_mode,
-    )
+    new_env = replace(env, headers=FrozenMapping(headers), expiration=None)
     return new_env, deaths
 
 

@@ -12,9 +12,9 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from conveyor.transports.background import stop_task
-from conveyor.transports.storage import Reaped, Storage
+from conveyor.transports.storage import Reaped
+from conveyor.transports.virtual.connection import VirtualConnection
 from conveyor.transports.virtual.publishing import Publisher
-from conveyor.transports.virtual.topology_cache import TopologyCache
 
 __all__ = ["Housekeeper"]
 
@@ -35,18 +35,16 @@ class Housekeeper:
 
     def __init__(
         self,
-        storage: Storage,
-        topology: TopologyCache,
+        connection: VirtualConnection,
         publisher: Publisher,
         *,
-        connection: str,
         lease: float,
         revive: Callable[[], Awaitable[None]],
     ) -> None:
-        self._storage = storage
-        self._topology = topology
+        self._storage = connection.storage
+        self._topology = connection.topology
+        self._connection = connection.id
         self._publisher = publisher
-        self._connection = connection
         self._lease = lease
         self._revive = revive
         self._wake = asyncio.Event()

@@ -12,10 +12,10 @@ from conveyor.errors import BrokerUnavailable, NotFound, Unroutable
 from conveyor.routing.matching import destinations
 from conveyor.routing.topology import Topology
 from conveyor.transports.base import DeliveryTag, Outgoing
-from conveyor.transports.storage import NewMessage, StaleTopology, Storage, StoredMessage
+from conveyor.transports.storage import NewMessage, StaleTopology, StoredMessage
+from conveyor.transports.virtual.connection import VirtualConnection
 from conveyor.transports.virtual.copies import Routed, copy_for
 from conveyor.transports.virtual.dead_letters import DeadLetter, route_dead_letters
-from conveyor.transports.virtual.topology_cache import TopologyCache
 
 __all__ = ["Publisher", "route_outgoing"]
 
@@ -60,16 +60,10 @@ class Publisher:
     a fresh one. ``on_expiring`` is called after storing copies that carry a TTL.
     """
 
-    def __init__(
-        self,
-        storage: Storage,
-        topology: TopologyCache,
-        connection: str,
-        on_expiring: Callable[[], None],
-    ) -> None:
-        self._storage = storage
-        self._topology = topology
-        self._connection = connection
+    def __init__(self, connection: VirtualConnection, on_expiring: Callable[[], None]) -> None:
+        self._storage = connection.storage
+        self._topology = connection.topology
+        self._connection = connection.id
         self._on_expiring = on_expiring
 
     async def dead_letter(self, dead: Sequence[DeadLetter]) -> None:

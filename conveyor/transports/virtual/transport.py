@@ -35,6 +35,7 @@ from conveyor.transports.base import (
 )
 from conveyor.transports.storage import Storage, StoredMessage, TopologySnapshot
 from conveyor.transports.virtual.acks import AckBatcher
+from conveyor.transports.virtual.connection import VirtualConnection
 from conveyor.transports.virtual.consumer import VirtualConsumer, delivery_of
 from conveyor.transports.virtual.dead_letters import DeadLetter
 from conveyor.transports.virtual.declarations import (
@@ -116,17 +117,11 @@ class VirtualTransport(Transport):
         self._consumers: dict[str, VirtualConsumer] = {}
         self._declared = Declared()
         self._topology = TopologyCache(storage, on_lost=self._declare_again)
-        self._acks = AckBatcher(storage, self.connection_id)
-        self._publisher = Publisher(
-            storage, self._topology, self.connection_id, self._wake_housekeeper
-        )
+        connection = VirtualConnection(storage, self._topology, self.connection_id)
+        self._acks = AckBatcher(connection)
+        self._publisher = Publisher(connection, self._wake_housekeeper)
         self._housekeeper = Housekeeper(
-            storage,
-            self._topology,
-            self._publisher,
-            connection=self.connection_id,
-            lease=lease,
-            revive=self._register_consumers_again,
+            connection, self._publisher, lease=lease, revive=self._register_consumers_again
         )
 
     @property

@@ -71,19 +71,24 @@ local function promote(q, now)
   return #due
 end
 
--- Call fn(q, id, tag, base, cnt, score, exp) for each of tags leased to connection c.
-local function each_own_lease(c, tags, fn)
+-- Call fn(q, id, tag, base) for each of tags that names a message of a queue (base: the
+-- queue's key prefix).
+local function each_tagged(tags, fn)
   for _, tag in ipairs(tags) do
     local id, q = split_tag(tag)
-    if id then
-      local base = P .. 'q:' .. q
-      local v = redis.call('HGET', base .. ':l', id)
-      if v then
-        local cnt, score, exp, owner = parse_lease(v)
-        if owner == c then fn(q, id, tag, base, cnt, score, exp) end
-      end
-    end
+    if id then fn(q, id, tag, P .. 'q:' .. q) end
   end
+end
+
+-- Call fn(q, id, tag, base, cnt, score, exp) for each of tags leased to connection c.
+local function each_own_lease(c, tags, fn)
+  each_tagged(tags, function(q, id, tag, base)
+    local v = redis.call('HGET', base .. ':l', id)
+    if v then
+      local cnt, score, exp, owner = parse_lease(v)
+      if owner == c then fn(q, id, tag, base, cnt, score, exp) end
+    end
+  end)
 end
 
 -- End the leases of c on tags (settled by the caller); returns how many.
