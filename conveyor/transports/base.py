@@ -21,6 +21,12 @@ on every implementation:
   ``x-max-length`` overflow and on ``x-delivery-limit``, with RabbitMQ's ``x-death`` header.
 - Errors are conveyor errors (``conveyor.errors``); client-library exceptions never escape.
 - Every method may be cancelled; a cancelled publish may or may not have been stored.
+
+The verbs that take several keyword options (``publish``, ``publish_many``,
+``publish_from_thread``, ``consume``, ``bind_queue``, ``unbind_queue``) check them here, once,
+and hand an implementation one record (:class:`Outgoing`, :class:`Subscription`,
+:class:`~conveyor.routing.topology.BoundBinding`) through a primitive it writes: ``_publish``
+(and ``_publish_many`` to batch), ``_publish_from_thread``, ``_consume``, ``_bind``, ``_unbind``.
 """
 
 from __future__ import annotations
