@@ -1,13 +1,18 @@
 """Deep queues: publish and drain rates with 1,000,000 messages waiting against an empty queue.
 
     python benchmarks/deep.py sqlite|redis|rabbitmq [--waiting 1000000] [--sample 20000]
+        [--rounds 3] [--queue-arguments x-queue-version=2,x-queue-mode=lazy]
 
-On one fresh queue of the broker, through conveyor's transport: publish ``--sample`` task-sized
-messages from 100 coroutines each awaiting its confirm, then drain them (one consumer,
-prefetch 200, an ack each): the empty-queue rates. Then fill the queue with ``--waiting``
-messages (``publish_many``, 1,000 a call) and measure the same publish and drain again, with
-the ``--waiting`` messages still there. Prints both rates, their ratio, and what a waiting
-message costs: the SQLite file's bytes, or Redis's ``used_memory``, per message.
+Through conveyor's transport, two fresh queues on the broker: ``deep`` is filled with
+``--waiting`` messages (``publish_many``, 1,000 a call), ``empty`` holds nothing. Then, in
+``--rounds`` interleaved rounds (empty, deep, empty, deep, ...; this machine's load drifts by
+the minute, so the two are measured side by side, not minutes apart), publish ``--sample``
+task-sized messages from 100 coroutines each awaiting its confirm, and drain them again (one
+consumer, prefetch 200, an ack each), leaving the ``--waiting`` messages in place. Prints the
+median rates, their ratio, and what a waiting message costs: the SQLite file's bytes, Redis's
+``used_memory``, or RabbitMQ's own count of the queue's memory (``rabbitmqctl list_queues
+memory``), per message. ``--queue-arguments``: RabbitMQ queue arguments for both queues
+(integers are sent as integers).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,7 +95,35 @@ async def redis_memory() -> int:
         await client.aclose()
 
 
-async def main(broker: str, waiting: int, sample: int) -> None:
+def rabbitmq_queue_memory(queue: str) -> int:
+    """RabbitMQ's own count of the bytes queue ``queue`` holds (0 if rabbitmqctl cannot say)."""
+    try:
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", "list_queues", "name", "memory"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    for line in out.splitlines():
+        name, _, memory = line.rpartition("\t")
+        if name == queue and memory.isdigit():
+            return int(memory)
+    return 0
+
+
+def parse_arguments(text: str) -> dict[str, object]:
+    """``a=1,b=lazy`` as queue arguments, numbers as integers."""
+    parsed: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        parsed[key] = int(value) if value.lstrip("-").isdigit() else value
+    return parsed
+
+
+async def main(broker: str, waiting: int, sample: int, rounds: int, arguments: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-deep-"))
     path = tmp / "broker.db"
     prefix = f"deep-{uuid.uuid4().hex[:8]}:"
@@ -98,38 +133,46 @@ async def main(broker: str, waiting: int, sample: int) -> None:
         url = f"{URLS['redis']}?key_prefix={prefix}"
     else:
         url = URLS["rabbitmq"]
-    queue = f"deep-{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    empty, deep = f"deep-{tag}-empty", f"deep-{tag}-deep"
+    rates: dict[tuple[str, str], list[float]] = {}
     async with open_transport(url) as transport:
-        await transport.declare_queue(Queue(queue))
+        for name in (empty, deep):
+            await transport.declare_queue(Queue(name, queue_arguments=parse_arguments(arguments)))
         try:
-            empty_publish = await publish_rate(transport, queue, sample)
-            empty_drain = await drain_rate(transport, queue, sample)
             before = await redis_memory() if broker == "redis" else 0
             started = time.perf_counter()
             for _ in range(waiting // 1000):
                 await transport.publish_many(
-                    [Outgoing(envelope(), routing_key=queue) for _ in range(1000)]
+                    [Outgoing(envelope(), routing_key=deep) for _ in range(1000)]
                 )
             fill = waiting / (time.perf_counter() - started)
-            stats = await transport.queue_stats(queue)
+            stats = await transport.queue_stats(deep)
             if broker == "redis":
                 cost = f"Redis used_memory {(await redis_memory() - before) / waiting:.0f} B"
             elif broker == "sqlite":
                 cost = f"SQLite file (+WAL) {files_size(tmp) / waiting:.0f} B"
             else:
-                cost = "(RabbitMQ's memory: see rabbitmqctl list_queues memory)"
-            deep_publish = await publish_rate(transport, queue, sample)
-            deep_drain = await drain_rate(transport, queue, sample)
+                held = rabbitmq_queue_memory(deep)
+                cost = f"RabbitMQ queue memory {held / waiting:.0f} B"
+            for n in range(rounds):
+                for label, queue in (("empty", empty), ("deep", deep)):
+                    publish = await publish_rate(transport, queue, sample)
+                    drain = await drain_rate(transport, queue, sample)
+                    rates.setdefault((label, "publish/s"), []).append(publish)
+                    rates.setdefault((label, "drain/s"), []).append(drain)
+                    print(f"round {n + 1} {label}: publish {publish:,.0f}/s drain {drain:,.0f}/s")
         finally:
-            await transport.delete_queue(queue)
+            for name in (empty, deep):
+                await transport.delete_queue(name)
     shutil.rmtree(tmp)
     print(f"{broker}: {stats.ready:,} waiting (filled at {fill:,.0f} msg/s); {cost} a message")
+    print(f"medians of {rounds} interleaved rounds")
     print(f"{'':10} {'empty':>10} {'deep':>10} {'deep/empty':>11}")
-    for label, empty, deep in (
-        ("publish/s", empty_publish, deep_publish),
-        ("drain/s", empty_drain, deep_drain),
-    ):
-        print(f"{label:10} {empty:10,.0f} {deep:10,.0f} {deep / empty:11.2f}")
+    for label in ("publish/s", "drain/s"):
+        low = statistics.median(rates[("empty", label)])
+        high = statistics.median(rates[("deep", label)])
+        print(f"{label:10} {low:10,.0f} {high:10,.0f} {high / low:11.2f}")
 
 
 if __name__ == "__main__":
@@ -137,5 +180,7 @@ if __name__ == "__main__":
     parser.add_argument("broker", choices=["sqlite", "redis", "rabbitmq"])
     parser.add_argument("--waiting", type=int, default=1_000_000)
     parser.add_argument("--sample", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--queue-arguments", default="", help="e.g. x-queue-mode=lazy")
     args = parser.parse_args()
-    asyncio.run(main(args.broker, args.waiting, args.sample))
+    asyncio.run(main(args.broker, args.waiting, args.sample, args.rounds, args.queue_arguments))
