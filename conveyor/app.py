@@ -417,9 +417,7 @@ class App:
         """:meth:`asend_task` with the options as one record; ``task`` is the registered task
         when the caller holds it (else looked up by ``name``). Raises as :meth:`asend_task`."""
         if self.conf.task_always_eager:
-            return await eager.aapply_eagerly(
-                self, self.conf, self._tasks, name, args, kwargs, options, task
-            )
+            return await eager.aapply_eagerly(self._eager(name, args, kwargs, options, task))
         plan, tid, envelope, backend = await self._prepare(name, args, kwargs, options, task)
         return await self._publish_task(plan, tid, envelope, backend)
 
@@ -551,6 +549,19 @@ class App:
             conf=self.conf,
         )
 
+    def _eager(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
+        task: Task | None,
+    ) -> eager.EagerRun:
+        """A send's run here and now (``task_always_eager``); NotRegistered for a task not
+        registered in this process."""
+        found = eager.registered(self._tasks, name, task)
+        return eager.EagerRun.start(self, self.conf, found, args, kwargs, options)
+
     def send_task(
         self,
         name: str,
@@ -572,9 +583,7 @@ class App:
     ) -> AsyncResult:
         """Sync twin of :meth:`asend`."""
         if self.conf.task_always_eager:
-            return eager.apply_eagerly(
-                self, self.conf, self._tasks, name, args, kwargs, options, task
-            )
+            return eager.apply_eagerly(self._eager(name, args, kwargs, options, task))
         sent = self._send_from_thread(name, args, kwargs, options, task)
         if sent is not None:
             return sent
