@@ -30,13 +30,12 @@ from conveyor.logs import LogSetup, configure_logging, current_setup
 from conveyor.results.meta import State
 from conveyor.task import Request, Task, running
 from conveyor.worker.outcome import (
-    OnValue,
     Outcome,
     classify_error,
     format_error,
     time_limit_error,
 )
-from conveyor.worker.pools import Pool
+from conveyor.worker.pools import Pool, TaskRun
 from conveyor.worker.soft_limits import alarm_soft_limit, within_soft_limit
 
 __all__ = ["ProcessPool", "load_app_spec"]
@@ -276,14 +275,8 @@ class ProcessPool(Pool):
         self._respawning.add(task)
         task.add_done_callback(self._respawning.discard)
 
-    async def _run(
-        self,
-        task: Task,
-        request: Request,
-        time_limit: float | None,
-        on_value: OnValue | None,
-        soft: float | None,
-    ) -> Outcome:
+    async def _run(self, run: TaskRun) -> Outcome:
+        task, request, time_limit = run.task, run.request, run.time_limit
         await self.start()
         assert self._idle is not None
         idle = self._idle
@@ -291,7 +284,7 @@ class ProcessPool(Pool):
         started = time.monotonic()
         try:
             async with asyncio.timeout(time_limit):
-                reply = await child.call(task.name, request, soft)
+                reply = await child.call(task.name, request, run.soft)
         except _CannotSend as exc:
             idle.put_nowait(child)
             error = TaskError(
