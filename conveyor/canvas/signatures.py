@@ -211,16 +211,29 @@ class Signature(dict[str, Any]):
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Signature:
-        """A copy with ``args`` put before its own (unless immutable), ``kwargs`` and
+        """A copy given ``args``/``kwargs`` as a partial call (see :meth:`_give`), with
         ``options`` merged over its own."""
-        copy = Signature.from_dict(_deep_copy(self), app=self.app)
-        copy.app = self.app
-        if args and not copy.immutable:
-            copy["args"] = [*args, *copy["args"]]
-        if kwargs and not copy.immutable:
-            copy["kwargs"] = {**copy["kwargs"], **kwargs}
+        copy = self._copy()
+        if args or kwargs:
+            copy._give(args, kwargs)
         copy.options.update(options)
         return copy
+
+    def _copy(self) -> Signature:
+        """A deep copy, of the same kind, with the same app."""
+        copy = Signature.from_dict(_deep_copy(self), app=self.app)
+        copy.app = self.app
+        return copy
+
+    def _give(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
+        """Take a partial call: ``args`` before its own, ``kwargs`` merged over its own
+        (neither when immutable)."""
+        if self.immutable:
+            return
+        if args:
+            self["args"] = [*args, *self["args"]]
+        if kwargs:
+            self["kwargs"] = {**self["kwargs"], **kwargs}
 
     def link(self, callback: Mapping[str, Any]) -> Mapping[str, Any]:
         """Send ``callback`` with this task's result when it succeeds; returns ``callback``."""

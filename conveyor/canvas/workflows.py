@@ -99,17 +99,11 @@ class _TaskList(Signature):
         tasks: list[Signature] = self["kwargs"]["tasks"]
         return tasks
 
-    def clone(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Signature:
-        copy = self._from(_deep_copy(self), self.app)
-        if args or kwargs:
-            copy["kwargs"]["tasks"] = self._given(copy.tasks, args, kwargs)
-        copy.options.update(options)
-        return copy
+    def _copy(self) -> Signature:
+        return self._from(_deep_copy(self), self.app)
+
+    def _give(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
+        self["kwargs"]["tasks"] = self._given(self.tasks, args, kwargs)
 
     @staticmethod
     def _given(
@@ -346,17 +340,11 @@ class chord(Signature):
         body: Signature = self["kwargs"]["body"]
         return body
 
-    def clone(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Signature:
-        copy = chord._from(_deep_copy(self), self.app)
-        if args or kwargs:
-            copy["kwargs"]["header"] = copy.header.clone(args, kwargs)
-        copy.options.update(options)
-        return copy
+    def _copy(self) -> Signature:
+        return chord._from(_deep_copy(self), self.app)
+
+    def _give(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
+        self["kwargs"]["header"] = self.header.clone(args, kwargs)
 
     def _group_id(self) -> str:
         gid = self.header.options.get("task_id")
