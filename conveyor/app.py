@@ -185,12 +185,7 @@ class App:
     ) -> None:
         self.main = main
         self.conf = Settings()
-        if config is not None:
-            self.conf.update_from(config)
-        if broker is not None:
-            self.conf.broker_url = broker
-        if result_backend is not None:
-            self.conf.result_backend = result_backend
+        self._take_settings(config, broker, result_backend)
         self._tasks: dict[str, Task] = {}
         self._signing = SigningSettings()
         self._router: Router | None = None
@@ -203,6 +198,21 @@ class App:
             tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopResources] | None
         ) = None
         self._check_settings()
+
+    def _take_settings(
+        self,
+        config: Mapping[str, Any] | object | None,
+        broker: str | None,
+        result_backend: str | None,
+    ) -> None:
+        """Load ``config`` into :attr:`conf`, then the ``broker`` and ``result_backend`` URLs
+        over it (None: not given)."""
+        if config is not None:
+            self.conf.update_from(config)
+        if broker is not None:
+            self.conf.broker_url = broker
+        if result_backend is not None:
+            self.conf.result_backend = result_backend
 
     def _check_settings(self) -> None:
         """Raise ConfigurationError for a wrong setting now; keep the Router it builds."""
