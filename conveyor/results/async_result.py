@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import KW_ONLY, dataclass, field
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from conveyor.errors import ResultUnavailable

@@ -39,10 +39,10 @@ from conveyor.errors import BrokerUnavailable, ConveyorError, ProtocolError
 from conveyor.results.base import (
     CHORD_CLAIM_SECONDS,
     BackendHost,
+    BatchingBackend,
     Block,
     ChordJoin,
     ChordPart,
-    ResultBackend,
     StoreRequest,
     Watch,
 )
@@ -115,7 +115,7 @@ class _InboxWatch:
             return False
 
 
-class RedisBackend(ResultBackend):
+class RedisBackend(BatchingBackend):
     """Results in Redis with expiry; waiters are woken by Redis pub/sub. Chords join in
     Celery's keys with Celery's rules, so Celery and conveyor workers finish each other's."""
 
@@ -212,9 +212,6 @@ class RedisBackend(ResultBackend):
         if expires is None or expires <= 0:
             return None
         return max(1, round(expires * 1000))
-
-    async def store(self, request: StoreRequest) -> None:
-        await self.store_many([request])
 
     async def store_many(self, requests: Sequence[StoreRequest]) -> None:
         if not requests:
