@@ -89,7 +89,7 @@ class SQLiteBackend(BatchingBackend):
         self._watch_started: asyncio.Task[None] | None = None
         self._last_seq = 0
         self._waiters = Waiters()
-        self._connect_lock: asyncio.Lock | None = None
+        self._connect_lock = asyncio.Lock()
         self._closed = False
 
     @classmethod
@@ -107,8 +107,6 @@ class SQLiteBackend(BatchingBackend):
         return await self._database.run(lambda db: fn(db, *args))
 
     async def connect(self) -> None:
-        if self._connect_lock is None:
-            self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
             if self._database is not None:
                 return
