@@ -62,7 +62,8 @@ __all__ = ["POOLS", "AsyncioPool", "Pool", "TaskRun", "ThreadPool", "make_pool"]
 @dataclass(frozen=True, slots=True)
 class TaskRun:
     """One run handed to a pool (see :meth:`Pool.run`): ``task`` for ``request`` within
-    ``time_limit`` seconds, ``soft`` the soft limit that applies (None: none)."""
+    ``time_limit`` seconds, ``on_value`` for a plain function's value (see :data:`OnValue`),
+    ``soft`` the soft limit that applies (None: none)."""
 
     task: Task
     request: Request
