@@ -185,12 +185,7 @@ class App:
     ) -> None:
         self.main = main
         self.conf = Settings()
-        if config is not None:
-            self.conf.update_from(config)
-        if broker is not None:
-            self.conf.broker_url = broker
-        if result_backend is not None:
-            self.conf.result_backend = result_backend
+        self._take_settings(config, broker, result_backend)
         self._tasks: dict[str, Task] = {}
         self._signing = SigningSettings()
         self._router: Router | None = None
@@ -203,6 +198,21 @@ class App:
             tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopResources] | None
         ) = None
         self._check_settings()
+
+    def _take_settings(
+        self,
+        config: Mapping[str, Any] | object | None,
+        broker: str | None,
+        result_backend: str | None,
+    ) -> None:
+        """Load ``config`` into :attr:`conf`, then the ``broker`` and ``result_backend`` URLs
+        over it (None: not given)."""
+        if config is not None:
+            self.conf.update_from(config)
+        if broker is not None:
+            self.conf.broker_url = broker
+        if result_backend is not None:
+            self.conf.result_backend = result_backend
 
     def _check_settings(self) -> None:
         """Raise ConfigurationError for a wrong setting now; keep the Router it builds."""
@@ -417,9 +427,7 @@ class App:
         """:meth:`asend_task` with the options as one record; ``task`` is the registered task
         when the caller holds it (else looked up by ``name``). Raises as :meth:`asend_task`."""
         if self.conf.task_always_eager:
-            return await eager.aapply_eagerly(
-                self, self.conf, self._tasks, name, args, kwargs, options, task
-            )
+            return await eager.aapply_eagerly(self._eager(name, args, kwargs, options, task))
         plan, tid, envelope, backend = await self._prepare(name, args, kwargs, options, task)
         return await self._publish_task(plan, tid, envelope, backend)
 
@@ -551,6 +559,19 @@ class App:
             conf=self.conf,
         )
 
+    def _eager(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
+        task: Task | None,
+    ) -> eager.EagerRun:
+        """A send's run here and now (``task_always_eager``); NotRegistered for a task not
+        registered in this process."""
+        found = eager.registered(self._tasks, name, task)
+        return eager.EagerRun.start(self, self.conf, found, args, kwargs, options)
+
     def send_task(
         self,
         name: str,
@@ -572,9 +593,7 @@ class App:
     ) -> AsyncResult:
         """Sync twin of :meth:`asend`."""
         if self.conf.task_always_eager:
-            return eager.apply_eagerly(
-                self, self.conf, self._tasks, name, args, kwargs, options, task
-            )
+            return eager.apply_eagerly(self._eager(name, args, kwargs, options, task))
         sent = self._send_from_thread(name, args, kwargs, options, task)
         if sent is not None:
             return sent

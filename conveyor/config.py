@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from conveyor.routing.entities import Broadcast, Queue
-from conveyor.routing.settings import RoutingSettings
+from conveyor.routing.settings import ROUTING_SETTING_NAMES, RoutingSettings
 from conveyor.settings_load import read_settings
 
 __all__ = ["Settings"]
@@ -74,17 +74,7 @@ class Settings:
 
     def routing_settings(self) -> RoutingSettings:
         """A frozen snapshot of the settings that route (what a Router is built from)."""
-        return RoutingSettings(
-            task_routes=self.task_routes,
-            task_queues=self.task_queues,
-            task_default_queue=self.task_default_queue,
-            task_default_exchange=self.task_default_exchange,
-            task_default_exchange_type=self.task_default_exchange_type,
-            task_default_routing_key=self.task_default_routing_key,
-            task_create_missing_queues=self.task_create_missing_queues,
-            task_queue_max_priority=self.task_queue_max_priority,
-            task_default_priority=self.task_default_priority,
-        )
+        return RoutingSettings(**{name: getattr(self, name) for name in ROUTING_SETTING_NAMES})
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from conveyor.config import Settings
     from conveyor.options import SendOptions
 
-__all__ = ["EagerResult", "aapply_eagerly", "apply_eagerly"]
+__all__ = ["EagerResult", "EagerRun", "aapply_eagerly", "apply_eagerly", "registered"]
 
 EAGER_HOSTNAME = "eager"
 
@@ -106,7 +106,8 @@ class EagerResult(AsyncResult):
         """Nothing is stored: nothing to forget."""
 
 
-def _task(tasks: Mapping[str, Task], name: str, task: Task | None) -> Task:
+def registered(tasks: Mapping[str, Task], name: str, task: Task | None) -> Task:
+    """``task`` if given, else task ``name`` of ``tasks``; NotRegistered if there is none."""
     found = task if task is not None else tasks.get(name)
     if found is None:
         raise NotRegistered(
@@ -146,14 +147,28 @@ def _retries_left(task: Task, request: Request, exc: BaseException) -> bool:
     )
 
 
-class _Run:
-    """One eager call: runs attempts until one ends without a retry."""
+class EagerRun:
+    """One eager call of ``task``: runs attempts (see :func:`apply_eagerly`) until one ends
+    without a retry."""
 
     def __init__(self, task: Task, request: Request, conf: Settings, app: ResultSource) -> None:
         self.task = task
         self.request = request
         self.conf = conf
         self.app = app
+
+    @classmethod
+    def start(
+        cls,
+        app: ResultSource,
+        conf: Settings,
+        task: Task,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
+    ) -> EagerRun:
+        """The call of ``task`` with ``args``/``kwargs`` sent with ``options``, not begun."""
+        return cls(task, _request(task, args, kwargs, options), conf, app)
 
     def begin(self) -> Any:
         """Start an attempt: the function's return value (maybe a coroutine)."""
@@ -188,22 +203,11 @@ class _Run:
         return EagerResult(meta, exc, app=self.app)
 
 
-def apply_eagerly(
-    app: ResultSource,
-    conf: Settings,
-    tasks: Mapping[str, Task],
-    name: str,
-    args: Sequence[Any] | None,
-    kwargs: Mapping[str, Any] | None,
-    options: SendOptions,
-    task: Task | None,
-) -> EagerResult:
-    """Run task ``name`` here and now (see the module's text). An ``async def`` task runs on
-    the sync API's private event loop. Raises NotRegistered for a task not registered here;
-    the task's own error only with ``task_eager_propagates``."""
-    found = _task(tasks, name, task)
-    run = _Run(found, _request(found, args, kwargs, options), conf, app)
-    while True:
+def apply_eagerly(run: EagerRun) -> EagerResult:
+    """Run ``run`` here and now (see the module's text). An ``async def`` task runs on the sync
+    API's private event loop. Raises the task's own error only with ``task_eager_propagates``."""
+    result = None
+    while result is None:
         try:
             value = run.begin()
             if inspect.iscoroutine(value):
@@ -212,24 +216,13 @@ def apply_eagerly(
             result = run.ended(None, exc)
         else:
             result = run.ended(value, None)
-        if result is not None:
-            return result
+    return result
 
 
-async def aapply_eagerly(
-    app: ResultSource,
-    conf: Settings,
-    tasks: Mapping[str, Task],
-    name: str,
-    args: Sequence[Any] | None,
-    kwargs: Mapping[str, Any] | None,
-    options: SendOptions,
-    task: Task | None,
-) -> EagerResult:
+async def aapply_eagerly(run: EagerRun) -> EagerResult:
     """Async twin of :func:`apply_eagerly`: an ``async def`` task runs on the caller's loop."""
-    found = _task(tasks, name, task)
-    run = _Run(found, _request(found, args, kwargs, options), conf, app)
-    while True:
+    result = None
+    while result is None:
         try:
             value = run.begin()
             if inspect.iscoroutine(value):
@@ -238,8 +231,7 @@ async def aapply_eagerly(
             result = run.ended(None, exc)
         else:
             result = run.ended(value, None)
-        if result is not None:
-            return result
+    return result
 
 
 async def _with_request(coro: Coroutine[Any, Any, Any], request: Request) -> Any:

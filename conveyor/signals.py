@@ -202,24 +202,13 @@ def send_task_ended(
     elif name == "RETRY":
         task_retry.send(task, request=request, reason=error, countdown=countdown)
     else:
-        task_failure.send(
-            task,
-            task_id=request.id,
-            exception=error,
-            args=request.args,
-            kwargs=request.kwargs,
-            traceback=traceback,
-            request=request,
-        )
+        task_failure.send(task, exception=error, traceback=traceback, **_call_of(request))
     task_postrun.send(
         task,
-        task_id=request.id,
         task=task,
-        args=request.args,
-        kwargs=request.kwargs,
         retval=value if name == "SUCCESS" else error,
         state=state,
-        request=request,
+        **_call_of(request),
     )
 
 
@@ -227,14 +216,17 @@ def send_task_prerun(task: Task, request: Request) -> None:
     """Send ``task_prerun`` for ``task`` about to run for ``request``."""
     if not task_prerun.connected:
         return
-    task_prerun.send(
-        task,
-        task_id=request.id,
-        task=task,
-        args=request.args,
-        kwargs=request.kwargs,
-        request=request,
-    )
+    task_prerun.send(task, task=task, **_call_of(request))
+
+
+def _call_of(request: Request) -> dict[str, Any]:
+    """What every signal about a run carries of its call, by Celery's names."""
+    return {
+        "task_id": request.id,
+        "args": request.args,
+        "kwargs": request.kwargs,
+        "request": request,
+    }
 
 
 def any_task_ended_receiver() -> bool:

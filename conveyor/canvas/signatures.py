@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 from conveyor.errors import ConfigurationError, ProtocolError
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.results.base import ResultBackend
 
-__all__ = ["Signature", "maybe_signature", "send_options", "signature"]
+__all__ = ["Partial", "Signature", "maybe_signature", "send_options", "signature"]
 
 log = logging.getLogger("conveyor.canvas")
 
@@ -83,6 +84,20 @@ def send_options(options: Mapping[str, Any]) -> SendOptions:
         return SendOptions(**known)
     except TypeError as exc:  # pragma: no cover - SendOptions takes exactly these names
         raise ProtocolError(f"bad signature options {options!r}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """What one send adds to a signature: ``args`` before its own (unless it is immutable),
+    ``kwargs`` and send ``options`` over its own."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_options(self, options: Mapping[str, Any]) -> Partial:
+        """The same arguments, with ``options`` instead of these."""
+        return Partial(self.args, self.kwargs, options)
 
 
 class Signature(dict[str, Any]):
@@ -211,16 +226,29 @@ class Signature(dict[str, Any]):
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Signature:
-        """A copy with ``args`` put before its own (unless immutable), ``kwargs`` and
+        """A copy given ``args``/``kwargs`` as a partial call (see :meth:`_give`), with
         ``options`` merged over its own."""
-        copy = Signature.from_dict(_deep_copy(self), app=self.app)
-        copy.app = self.app
-        if args and not copy.immutable:
-            copy["args"] = [*args, *copy["args"]]
-        if kwargs and not copy.immutable:
-            copy["kwargs"] = {**copy["kwargs"], **kwargs}
+        copy = self._copy()
+        if args or kwargs:
+            copy._give(args, kwargs)
         copy.options.update(options)
         return copy
+
+    def _copy(self) -> Signature:
+        """A deep copy, of the same kind, with the same app."""
+        copy = Signature.from_dict(_deep_copy(self), app=self.app)
+        copy.app = self.app
+        return copy
+
+    def _give(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
+        """Take a partial call: ``args`` before its own, ``kwargs`` merged over its own
+        (neither when immutable)."""
+        if self.immutable:
+            return
+        if args:
+            self["args"] = [*args, *self["args"]]
+        if kwargs:
+            self["kwargs"] = {**self["kwargs"], **kwargs}
 
     def link(self, callback: Mapping[str, Any]) -> Mapping[str, Any]:
         """Send ``callback`` with this task's result when it succeeds; returns ``callback``."""
@@ -270,20 +298,14 @@ class Signature(dict[str, Any]):
             loop, backend = None, None
         return AsyncResult(tid, app=chosen, task_name=self.name, backend=backend, loop=loop)
 
-    async def _apply(
-        self,
-        app: App,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        options: Mapping[str, Any],
-    ) -> Any:
-        """Send this call with partial ``args``/``kwargs`` and ``options`` over its own."""
+    async def _apply(self, app: App, given: Partial) -> Any:
+        """Send this call with what ``given`` adds to it; its result handle."""
         if self.immutable:
             call_args, call_kwargs = self.args, self.kwargs
         else:
-            call_args = (*args, *self.args)
-            call_kwargs = {**self.kwargs, **kwargs}
-        merged = {**self.options, **options}
+            call_args = (*given.args, *self.args)
+            call_kwargs = {**self.kwargs, **given.kwargs}
+        merged = {**self.options, **given.options}
         return await app.asend(self.name, call_args, call_kwargs, send_options(merged))
 
     async def aapply_async(
@@ -299,7 +321,7 @@ class Signature(dict[str, Any]):
         chosen = self._app_for(app)
         # A copy is sent: choosing ids must not change this signature, which may be sent again.
         sent = self.clone() if self["subtask_type"] else self
-        return await sent._apply(chosen, tuple(args or ()), dict(kwargs or {}), options)
+        return await sent._apply(chosen, Partial(tuple(args or ()), dict(kwargs or {}), options))
 
     def apply_async(
         self,

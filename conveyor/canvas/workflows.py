@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from conveyor.canvas.signatures import Signature, _deep_copy, maybe_signature
+from conveyor.canvas.signatures import Partial, Signature, _deep_copy, maybe_signature
 from conveyor.errors import ConfigurationError, ProtocolError
 from conveyor.task_ids import new_task_id
 
@@ -99,17 +99,11 @@ class _TaskList(Signature):
         tasks: list[Signature] = self["kwargs"]["tasks"]
         return tasks
 
-    def clone(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Signature:
-        copy = self._from(_deep_copy(self), self.app)
-        if args or kwargs:
-            copy["kwargs"]["tasks"] = self._given(copy.tasks, args, kwargs)
-        copy.options.update(options)
-        return copy
+    def _copy(self) -> Signature:
+        return self._from(_deep_copy(self), self.app)
+
+    def _give(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
+        self["kwargs"]["tasks"] = self._given(self.tasks, args, kwargs)
 
     @staticmethod
     def _given(
@@ -172,14 +166,8 @@ class chain(_TaskList):
         self.options["task_id"] = last.options.get("task_id")
         return handle
 
-    async def _apply(
-        self,
-        app: App,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        options: Mapping[str, Any],
-    ) -> Any:
-        merged = {**self.options, **options}
+    async def _apply(self, app: App, given: Partial) -> Any:
+        merged = {**self.options, **given.options}
         outer_chain = list(merged.pop("chain", None) or ())
         link_error = merged.pop("link_error", None)
         result, rest = _split(merged)
@@ -206,7 +194,7 @@ class chain(_TaskList):
         first_options = {**rest, "root_id": root_id}
         if embed:
             first_options["chain"] = embed
-        await first._apply(app, args, kwargs, first_options)
+        await first._apply(app, given.with_options(first_options))
         return handle
 
     def _size(self) -> int:
@@ -257,20 +245,14 @@ class group(_TaskList):
             handles.append(member.freeze(app, backend=backend))
         return GroupResult(gid, handles, app=app, backend=backend)
 
-    async def _apply(
-        self,
-        app: App,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        options: Mapping[str, Any],
-    ) -> Any:
-        merged = {**self.options, **options}
+    async def _apply(self, app: App, given: Partial) -> Any:
+        merged = {**self.options, **given.options}
         outer_chain = merged.pop("chain", None)
         if outer_chain:
             # A group with steps after it is a chord whose body is the next step.
             body = maybe_signature(outer_chain[-1], app)
             made = chord(self, body, app=app)
-            return await made._apply(app, args, kwargs, {**merged, "chain": outer_chain[:-1]})
+            return await made._apply(app, given.with_options({**merged, "chain": outer_chain[:-1]}))
         chord_body = merged.pop("chord", None)
         gid = merged.pop("group_id", None) if chord_body is not None else None
         place = merged.pop("group_index", None) if chord_body is not None else None
@@ -282,10 +264,11 @@ class group(_TaskList):
                 merged["reply_to"] = reply_to
         result = self._freeze_members(app, backend, gid, chord_body, place)
         members = self.tasks
+        each = given.with_options(merged)
         # Sent a batch at a time: each send waits for the broker's confirm, not for the last.
         for start in range(0, len(members), _SEND_BATCH):
             batch = members[start : start + _SEND_BATCH]
-            await asyncio.gather(*(m._apply(app, args, kwargs, merged) for m in batch))
+            await asyncio.gather(*(m._apply(app, each) for m in batch))
         return result
 
     def _size(self) -> int:
@@ -346,17 +329,11 @@ class chord(Signature):
         body: Signature = self["kwargs"]["body"]
         return body
 
-    def clone(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Signature:
-        copy = chord._from(_deep_copy(self), self.app)
-        if args or kwargs:
-            copy["kwargs"]["header"] = copy.header.clone(args, kwargs)
-        copy.options.update(options)
-        return copy
+    def _copy(self) -> Signature:
+        return chord._from(_deep_copy(self), self.app)
+
+    def _give(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
+        self["kwargs"]["header"] = self.header.clone(args, kwargs)
 
     def _group_id(self) -> str:
         gid = self.header.options.get("task_id")
@@ -372,13 +349,7 @@ class chord(Signature):
         body.options.setdefault("task_id", chord_body_id(gid))
         return body.freeze(chosen, backend=backend)
 
-    async def _apply(
-        self,
-        app: App,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        options: Mapping[str, Any],
-    ) -> Any:
+    async def _apply(self, app: App, given: Partial) -> Any:
         backend = await app.abackend()
         if not backend.joins_chords:
             raise ConfigurationError(
@@ -386,7 +357,7 @@ class chord(Signature):
                 f"{backend.url} cannot; set result_backend to redis://, sqlite:// (or another "
                 "backend that keeps results) for the App that sends the chord and its workers"
             )
-        merged = {**self.options, **options}
+        merged = {**self.options, **given.options}
         reply_to = merged.get("reply_to") or await backend.prepare_reply()
         gid = self._group_id()
         body = self.body
@@ -399,7 +370,7 @@ class chord(Signature):
         header = self.header
         size = header._size()
         if size == 0:
-            await body._apply(app, ([],), {}, {})
+            await body._apply(app, Partial(([],)))
             return result
         await backend.chord_start(gid, size)
         header_options: dict[str, Any] = {"chord": dict(body), "group_id": gid}
@@ -407,7 +378,7 @@ class chord(Signature):
             header_options["reply_to"] = reply_to
         if "root_id" in merged:
             header_options["root_id"] = merged["root_id"]
-        await header._apply(app, args, kwargs, header_options)
+        await header._apply(app, given.with_options(header_options))
         return result
 
     def _size(self) -> int:

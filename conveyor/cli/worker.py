@@ -85,6 +85,7 @@ def worker(
     setup_logging(loglevel, logfile, log_format)
     app = app_from_context(ctx)
     ref = ctx.find_object(AppRef)
+    spec = ref.spec if ref is not None else None
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     if queues is not None and not names:
         raise click.BadParameter("give at least one queue name", param_hint="-Q")
@@ -96,12 +97,11 @@ def worker(
         pool=pool,
         prefetch_multiplier=prefetch_multiplier,
         shutdown_grace=shutdown_grace,
-        app_spec=ref.spec if ref is not None else None,
+        app_spec=spec,
         autoscale=autoscale,
         max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child,
     )
-    spec = ref.spec if ref is not None else None
     announce(service, app_spec=spec, loglevel=loglevel, log_format=log_format)
     if with_beat:
         from conveyor.beat.service import Beat, serve_beside

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from conveyor.errors import ResultUnavailable
@@ -41,33 +42,26 @@ class ResultSource(Protocol):
         ...
 
 
+@dataclass(eq=False, repr=False)
 class AsyncResult:
     """The result of task ``id``: its ``state``, its value (``get``), its error, its traceback.
 
     For a broadcast task, ``collect`` returns every worker's result by worker hostname.
     A result from a send knows whether results were off for it (``ignored``) and the broadcast
     queue it went to (``broadcast``): ``get`` then raises ResultUnavailable at once.
+    ``backend`` and ``loop`` are the backend that sent it and that backend's event loop
+    (None: read through ``app``'s backend). Equal results have the same ``id``.
     """
 
-    def __init__(
-        self,
-        id: str,
-        *,
-        app: ResultSource,
-        task_name: str | None = None,
-        backend: ResultBackend | None = None,
-        loop: asyncio.AbstractEventLoop | None = None,
-        ignored: bool = False,
-        broadcast: str | None = None,
-    ) -> None:
-        self.id = id
-        self.ignored = ignored
-        self.broadcast = broadcast
-        self.app = app
-        self.task_name = task_name
-        self._backend = backend
-        self._loop = loop
-        self._meta: ResultMeta | None = None
+    id: str
+    _: KW_ONLY
+    app: ResultSource
+    task_name: str | None = None
+    backend: ResultBackend | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    ignored: bool = False
+    broadcast: str | None = None
+    _meta: ResultMeta | None = field(default=None, init=False)
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id} {self.task_name or ''}>".replace(" >", ">")
@@ -81,11 +75,11 @@ class AsyncResult:
     async def _call(self, op: Callable[[ResultBackend], Awaitable[T]]) -> T:
         """Run ``op`` on the backend that owns this result, hopping to its loop if needed."""
         running = asyncio.get_running_loop()
-        home = self._loop
-        if self._backend is not None and (home is None or home is running):
-            return await op(self._backend)
-        if self._backend is not None and home is not None and home.is_running():
-            backend = self._backend
+        home = self.loop
+        if self.backend is not None and (home is None or home is running):
+            return await op(self.backend)
+        if self.backend is not None and home is not None and home.is_running():
+            backend = self.backend
             future = asyncio.run_coroutine_threadsafe(_invoke(op, backend), home)
             return await asyncio.wrap_future(future)
         return await op(await self.app.abackend())
@@ -95,7 +89,7 @@ class AsyncResult:
             running = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if running is self._loop:
+        if running is self.loop:
             raise RuntimeError(
                 "a sync AsyncResult method was called inside the event loop that sent the task; "
                 "use the async twin (await result.aget(), .astate(), ...)"
@@ -187,7 +181,7 @@ class AsyncResult:
         """Sync twin of :meth:`aget`."""
         self._check_sync()
         self._check_single()
-        backend = self._backend
+        backend = self.backend
         if self._meta is None and backend is not None:
             # A result that comes here unasked (rpc:// replies, redis:// announcements) is
             # waited for without a coroutine: see ResultBackend.wait_from_thread.

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHORD_CLAIM_SECONDS",
     "BackendHost",
+    "BatchingBackend",
     "Block",
     "ChordJoin",
     "ChordPart",
@@ -366,3 +367,15 @@ class ResultBackend(abc.ABC):
         Backends whose results do not outlive the caller (rpc://) keep nothing and return 0.
         """
         return 0
+
+
+class BatchingBackend(ResultBackend):
+    """A backend that keeps results in batches: :meth:`store` is :meth:`store_many` of one,
+    which each such backend implements."""
+
+    async def store(self, request: StoreRequest) -> None:
+        await self.store_many([request])
+
+    @abc.abstractmethod
+    async def store_many(self, requests: Sequence[StoreRequest]) -> None:
+        """Keep every one of ``requests`` as :meth:`store` keeps one (none: nothing to do)."""

@@ -20,9 +20,9 @@ from conveyor.errors import ConfigurationError
 from conveyor.results.base import (
     CHORD_CLAIM_SECONDS,
     BackendHost,
+    BatchingBackend,
     ChordJoin,
     ChordPart,
-    ResultBackend,
     StoreRequest,
 )
 from conveyor.results.chords import ChordBook
@@ -95,7 +95,7 @@ def _store_for(name: str) -> _Store:
         return store
 
 
-class MemoryBackend(ResultBackend):
+class MemoryBackend(BatchingBackend):
     """Results in a process-wide store named by the URL (``memory://a`` is not ``memory://b``)."""
 
     joins_chords = True
@@ -116,9 +116,6 @@ class MemoryBackend(ResultBackend):
 
     async def close(self) -> None:
         return None
-
-    async def store(self, request: StoreRequest) -> None:
-        self._store.put([request])
 
     async def store_many(self, requests: Sequence[StoreRequest]) -> None:
         self._store.put(requests)

@@ -34,9 +34,9 @@ from conveyor.results import postgres_listener
 from conveyor.results.base import (
     CHORD_CLAIM_SECONDS,
     BackendHost,
+    BatchingBackend,
     ChordJoin,
     ChordPart,
-    ResultBackend,
     StoreRequest,
     Watch,
 )
@@ -68,7 +68,7 @@ def _payloads(task_ids: Sequence[str]) -> list[str]:
     return payloads
 
 
-class PostgresBackend(ResultBackend):
+class PostgresBackend(BatchingBackend):
     """Results in PostgreSQL; waiters woken by LISTEN/NOTIFY (see module)."""
 
     joins_chords = True
@@ -136,9 +136,6 @@ class PostgresBackend(ResultBackend):
             await self._write(conn, rows)
 
         await self._db.run(write, "storing results")
-
-    async def store(self, request: StoreRequest) -> None:
-        await self.store_many([request])
 
     async def store_many(self, requests: Sequence[StoreRequest]) -> None:
         """Keep ``requests`` in one transaction with the batch being gathered (group commit);

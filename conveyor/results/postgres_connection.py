@@ -127,7 +127,7 @@ class PgConnection:
         self.options = options
         self.what = what
         self._pool: AsyncConnectionPool | None = None
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()
         self._closed = False
 
     @property
@@ -158,8 +158,6 @@ class PgConnection:
 
     async def open(self) -> None:
         """Open the pool and create or check the schema (idempotent)."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         async with self._lock:
             if self._pool is not None:
                 return

@@ -28,6 +28,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from importlib.resources import files
 from typing import Any, Self, TypeVar
 
@@ -39,10 +40,10 @@ from conveyor.errors import BrokerUnavailable, ConveyorError, ProtocolError
 from conveyor.results.base import (
     CHORD_CLAIM_SECONDS,
     BackendHost,
+    BatchingBackend,
     Block,
     ChordJoin,
     ChordPart,
-    ResultBackend,
     StoreRequest,
     Watch,
 )
@@ -54,15 +55,27 @@ from conveyor.transports.redis.connection import RedisConnection
 from conveyor.transports.redis.pubsub import PubSubHub
 from conveyor.urls import parse_options, redacted
 
-__all__ = ["RedisBackend"]
+__all__ = ["RedisBackend", "RedisResultOptions"]
 
 T = TypeVar("T")
 
+
+@dataclass(frozen=True, slots=True)
+class RedisResultOptions:
+    """The ``redis://`` result backend's own URL options (``?key_prefix=...``): a prefix for
+    its keys, how long a call waits for Redis to come back, and each socket call's timeout."""
+
+    key_prefix: str = ""
+    reconnect_timeout: float = 60.0
+    socket_timeout: float = 10.0
+
+
+# Each option's type is its default's.
 _OPTIONS: dict[str, tuple[type, Any]] = {
-    "key_prefix": (str, ""),
-    "reconnect_timeout": (float, 60.0),
-    "socket_timeout": (float, 10.0),
+    f.name: (type(f.default), f.default) for f in fields(RedisResultOptions)
 }
+
+
 _PLAIN = ""
 _KEPT_REPLIES = 10_000  # results heard on the reply channel before anyone asked for them
 _REPLY_GRACE = 0.005  # how long a sync get waits for an announcement before subscribing
@@ -115,29 +128,22 @@ class _InboxWatch:
             return False
 
 
-class RedisBackend(ResultBackend):
+class RedisBackend(BatchingBackend):
     """Results in Redis with expiry; waiters are woken by Redis pub/sub. Chords join in
     Celery's keys with Celery's rules, so Celery and conveyor workers finish each other's."""
 
     joins_chords = True
 
     def __init__(
-        self,
-        url: str,
-        client_url: str,
-        *,
-        host: BackendHost,
-        key_prefix: str,
-        reconnect_timeout: float,
-        socket_timeout: float,
+        self, url: str, client_url: str, *, host: BackendHost, options: RedisResultOptions
     ) -> None:
         self.url = url
         self._host = host
-        self._prefix = key_prefix
+        self._prefix = options.key_prefix
         self._connection = RedisConnection(
             client_url,
-            reconnect_timeout=reconnect_timeout,
-            socket_timeout=socket_timeout,
+            reconnect_timeout=options.reconnect_timeout,
+            socket_timeout=options.socket_timeout,
             what="Redis result backend",
         )
         self._inboxes: set[asyncio.Queue[bytes | _Signal]] = set()
@@ -151,14 +157,7 @@ class RedisBackend(ResultBackend):
     def from_url(cls, url: str, *, host: BackendHost) -> Self:
         own_url, client_url = split_url(url, _OPTIONS)
         values = parse_options(own_url, {}, _OPTIONS, what="result backend URL")
-        return cls(
-            url,
-            client_url,
-            host=host,
-            key_prefix=values["key_prefix"],
-            reconnect_timeout=values["reconnect_timeout"],
-            socket_timeout=values["socket_timeout"],
-        )
+        return cls(url, client_url, host=host, options=RedisResultOptions(**values))
 
     # plumbing
 
@@ -212,9 +211,6 @@ class RedisBackend(ResultBackend):
         if expires is None or expires <= 0:
             return None
         return max(1, round(expires * 1000))
-
-    async def store(self, request: StoreRequest) -> None:
-        await self.store_many([request])
 
     async def store_many(self, requests: Sequence[StoreRequest]) -> None:
         if not requests:

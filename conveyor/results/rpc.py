@@ -61,7 +61,7 @@ class RPCBackend(ResultBackend):
         self._sender: Transport | None = None  # the transport replies went out on
         self._consumer: Consumer | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()
         self._results: dict[str, dict[str, ResultMeta]] = {}
         self._waiters = Waiters()
         self._closed = False
@@ -103,8 +103,6 @@ class RPCBackend(ResultBackend):
         """The caller's reply queue, declared (exclusive, auto-delete) on first use."""
         if self._reply_to is not None:
             return self._reply_to
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         async with self._lock:
             if self._reply_to is None:
                 transport = await self._host.atransport()

@@ -27,9 +27,9 @@ from conveyor.results import sqlite_chords
 from conveyor.results.base import (
     CHORD_CLAIM_SECONDS,
     BackendHost,
+    BatchingBackend,
     ChordJoin,
     ChordPart,
-    ResultBackend,
     StoreRequest,
     Watch,
 )
@@ -72,7 +72,7 @@ def _create_tables(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
-class SQLiteBackend(ResultBackend):
+class SQLiteBackend(BatchingBackend):
     """Results in a SQLite file; ``?poll=0.5`` sets the fallback poll interval in seconds."""
 
     joins_chords = True
@@ -89,7 +89,7 @@ class SQLiteBackend(ResultBackend):
         self._watch_started: asyncio.Task[None] | None = None
         self._last_seq = 0
         self._waiters = Waiters()
-        self._connect_lock: asyncio.Lock | None = None
+        self._connect_lock = asyncio.Lock()
         self._closed = False
 
     @classmethod
@@ -107,8 +107,6 @@ class SQLiteBackend(ResultBackend):
         return await self._database.run(lambda db: fn(db, *args))
 
     async def connect(self) -> None:
-        if self._connect_lock is None:
-            self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
             if self._database is not None:
                 return
@@ -162,9 +160,6 @@ class SQLiteBackend(ResultBackend):
 
     async def _write_batch(self, requests: list[StoreRequest]) -> None:
         await self._run(self._write, requests)
-
-    async def store(self, request: StoreRequest) -> None:
-        await self.store_many([request])
 
     async def store_many(self, requests: Sequence[StoreRequest]) -> None:
         if not requests:

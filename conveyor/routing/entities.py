@@ -99,30 +99,26 @@ def _freeze(value: Mapping[str, Any] | None) -> FrozenMapping:
 
 def check_routing_key(routing_key: str) -> str:
     """Return ``routing_key`` or raise TopologyError if it is longer than AMQP allows."""
-    if not isinstance(routing_key, str):
-        raise TopologyError(
-            f"routing key must be a string, got {type(routing_key).__name__}: {routing_key!r}"
-        )
-    size = len(routing_key.encode("utf-8"))
-    if size > MAX_ROUTING_KEY_BYTES:
-        raise TopologyError(
-            f"routing key is {size} bytes long, over AMQP's limit of {MAX_ROUTING_KEY_BYTES}: "
-            f"{routing_key[:40]!r}...; use a shorter key"
-        )
-    return routing_key
+    return _short_string(routing_key, "routing key", MAX_ROUTING_KEY_BYTES, "key")
 
 
 def check_name(name: str, *, what: str) -> str:
     """Return ``name`` or raise TopologyError if it is not a string of at most 255 UTF-8 bytes."""
-    if not isinstance(name, str):
-        raise TopologyError(f"{what} name must be a string, got {type(name).__name__}: {name!r}")
-    size = len(name.encode("utf-8"))
-    if size > MAX_NAME_BYTES:
+    return _short_string(name, f"{what} name", MAX_NAME_BYTES, "name")
+
+
+def _short_string(value: str, what: str, limit: int, shorter: str) -> str:
+    """``value``, or TopologyError naming ``what`` unless it is a string of at most ``limit``
+    UTF-8 bytes (asking for a shorter ``shorter``)."""
+    if not isinstance(value, str):
+        raise TopologyError(f"{what} must be a string, got {type(value).__name__}: {value!r}")
+    size = len(value.encode("utf-8"))
+    if size > limit:
         raise TopologyError(
-            f"{what} name is {size} bytes long, over AMQP's limit of {MAX_NAME_BYTES}: "
-            f"{name[:40]!r}...; use a shorter name"
+            f"{what} is {size} bytes long, over AMQP's limit of {limit}: "
+            f"{value[:40]!r}...; use a shorter {shorter}"
         )
-    return name
+    return value
 
 
 def check_binding_arguments(exchange_type: ExchangeType, arguments: Mapping[str, Any]) -> None:

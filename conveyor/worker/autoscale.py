@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from conveyor.errors import ConfigurationError
 from conveyor.worker.pools import Pool
@@ -48,35 +49,30 @@ def parse_autoscale(value: str | tuple[int, int]) -> tuple[int, int]:
     return high, low
 
 
+@dataclass(eq=False)
 class Autoscaler:
     """Resizes ``pool`` between ``minimum`` and ``maximum`` by ``demand()`` (see the module's
-    text). ``clock`` is injectable for tests."""
+    text), checking every ``interval`` seconds and shrinking after ``keepalive`` idle seconds.
+    ``clock`` is injectable for tests."""
 
-    def __init__(
-        self,
-        pool: Pool,
-        maximum: int,
-        minimum: int,
-        demand: Callable[[], int],
-        *,
-        keepalive: float = 30.0,
-        interval: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.pool = pool
-        self.maximum = maximum
-        self.minimum = minimum
-        self.demand = demand
-        self.keepalive = keepalive
-        self.interval = interval
-        self._clock = clock
-        self._busy_at = clock()
+    pool: Pool
+    maximum: int
+    minimum: int
+    demand: Callable[[], int]
+    _: KW_ONLY
+    keepalive: float = 30.0
+    interval: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    _busy_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._busy_at = self.clock()
 
     async def step(self) -> int:
         """Compare demand and size once; resize if due. Returns the pool's size after."""
         demand = self.demand()
         size = self.pool.concurrency
-        now = self._clock()
+        now = self.clock()
         if demand >= size:
             self._busy_at = now
             if size < self.maximum:

@@ -31,8 +31,10 @@ import asyncio
 import contextlib
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from conveyor._frozen import fast_init
 from conveyor.errors import ConfigurationError
 from conveyor.results.meta import State
 from conveyor.task import Request, Task, running
@@ -53,7 +55,21 @@ from conveyor.worker.soft_limits import (
 )
 from conveyor.worker.threads import Threads, run_in_thread
 
-__all__ = ["POOLS", "AsyncioPool", "Pool", "ThreadPool", "make_pool"]
+__all__ = ["POOLS", "AsyncioPool", "Pool", "TaskRun", "ThreadPool", "make_pool"]
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class TaskRun:
+    """One run handed to a pool (see :meth:`Pool.run`): ``task`` for ``request`` within
+    ``time_limit`` seconds, ``on_value`` for a plain function's value (see :data:`OnValue`),
+    ``soft`` the soft limit that applies (None: none)."""
+
+    task: Task
+    request: Request
+    time_limit: float | None
+    on_value: OnValue | None
+    soft: float | None
 
 
 class Pool(abc.ABC):
@@ -106,7 +122,7 @@ class Pool(abc.ABC):
         """
         started = time.monotonic()
         soft = effective_soft_limit(soft_time_limit, time_limit)
-        outcome = await self._run(task, request, time_limit, on_value, soft)
+        outcome = await self._run(TaskRun(task, request, time_limit, on_value, soft))
         if not outcome.runtime:
             # A fresh Outcome nobody else holds yet: set its runtime in place (replace()
             # costs ~1 µs a task).
@@ -114,14 +130,7 @@ class Pool(abc.ABC):
         return outcome
 
     @abc.abstractmethod
-    async def _run(
-        self,
-        task: Task,
-        request: Request,
-        time_limit: float | None,
-        on_value: OnValue | None,
-        soft: float | None,
-    ) -> Outcome:
+    async def _run(self, run: TaskRun) -> Outcome:
         """:meth:`run`'s work; an Outcome without a runtime gets the time the call took."""
 
 
@@ -162,14 +171,8 @@ class AsyncioPool(Pool):
             withdrawn += self._threads.withdraw_waiting()
         return withdrawn
 
-    async def _run(
-        self,
-        task: Task,
-        request: Request,
-        time_limit: float | None,
-        on_value: OnValue | None,
-        soft: float | None,
-    ) -> Outcome:
+    async def _run(self, run: TaskRun) -> Outcome:
+        task, request, on_value = run.task, run.request, run.on_value
         ran: list[float] = []  # a thread's running time, once it has one
         try:
             if task.is_async:
@@ -177,7 +180,7 @@ class AsyncioPool(Pool):
                 if not gate.try_enter(False):
                     await gate.enter(False, keep=not task.acks_late)
                 try:
-                    return await self._run_async(task, request, time_limit, soft)
+                    return await _run_coroutine(run)
                 finally:
                     gate.leave(False)
             if self._threads is None:
@@ -189,10 +192,11 @@ class AsyncioPool(Pool):
                     value = task(*request.args, **request.kwargs)
                 return value, on_value is not None and on_value(value)
 
+            soft = run.soft
             finished, result = await run_in_thread(
                 self._threads,
                 call,
-                time_limit,
+                run.time_limit,
                 ran,
                 keep=not task.acks_late,
                 soft_limit=(
@@ -200,8 +204,8 @@ class AsyncioPool(Pool):
                 ),
             )
             if not finished:
-                assert time_limit is not None
-                return time_limit_error(task, request, time_limit)
+                assert run.time_limit is not None
+                return time_limit_error(task, request, run.time_limit)
             value, stored = result
             return Outcome(State.SUCCESS, value, stored=stored, runtime=ran[0])
         except (NotStarted, asyncio.CancelledError):
@@ -214,23 +218,25 @@ class AsyncioPool(Pool):
                 object.__setattr__(outcome, "runtime", ran[0])
             return outcome
 
-    async def _run_async(
-        self, task: Task, request: Request, time_limit: float | None, soft: float | None
-    ) -> Outcome:
-        with running(request):
-            coro = task(*request.args, **request.kwargs)
-            if soft is not None:
-                coro = within_soft_limit(coro, soft, request)
-            if time_limit is None:
+
+async def _run_coroutine(run: TaskRun) -> Outcome:
+    """Run ``run``'s ``async def`` task on the running loop within its limits; its own errors
+    propagate."""
+    task, request, time_limit = run.task, run.request, run.time_limit
+    with running(request):
+        coro = task(*request.args, **request.kwargs)
+        if run.soft is not None:
+            coro = within_soft_limit(coro, run.soft, request)
+        if time_limit is None:
+            return Outcome(State.SUCCESS, await coro)
+        timeout = asyncio.timeout(time_limit)
+        try:
+            async with timeout:
                 return Outcome(State.SUCCESS, await coro)
-            timeout = asyncio.timeout(time_limit)
-            try:
-                async with timeout:
-                    return Outcome(State.SUCCESS, await coro)
-            except TimeoutError:
-                if timeout.expired():
-                    return time_limit_error(task, request, time_limit)
-                raise
+        except TimeoutError:
+            if timeout.expired():
+                return time_limit_error(task, request, time_limit)
+            raise
 
 
 class ThreadPool(AsyncioPool):
@@ -257,54 +263,30 @@ class ThreadPool(AsyncioPool):
             with contextlib.suppress(RuntimeError):  # still running an abandoned task
                 loop.close()
 
-    async def _run(
-        self,
-        task: Task,
-        request: Request,
-        time_limit: float | None,
-        on_value: OnValue | None,
-        soft: float | None,
-    ) -> Outcome:
+    async def _run(self, run: TaskRun) -> Outcome:
+        task = run.task
         if not task.is_async:
-            return await super()._run(task, request, time_limit, on_value, soft)
+            return await super()._run(run)
         if self._threads is None:
             await self.start()
         assert self._threads is not None
 
-        expired = object()
-
-        def call() -> Any:
-            loop = self._thread_loop()
-
-            async def body() -> Any:
-                with running(request):
-                    coro = task(*request.args, **request.kwargs)
-                    if soft is not None:
-                        coro = within_soft_limit(coro, soft, request)
-                    if time_limit is None:
-                        return await coro
-                    timeout = asyncio.timeout(time_limit)
-                    try:
-                        async with timeout:
-                            return await coro
-                    except TimeoutError:
-                        if timeout.expired():
-                            return expired
-                        raise
-
-            return loop.run_until_complete(body())
+        def call() -> Outcome:
+            return self._thread_loop().run_until_complete(_run_coroutine(run))
 
         ran: list[float] = []
+        outcome: Outcome
         try:
-            _, value = await run_in_thread(self._threads, call, None, ran, keep=not task.acks_late)
+            _, outcome = await run_in_thread(
+                self._threads, call, None, ran, keep=not task.acks_late
+            )
         except (NotStarted, asyncio.CancelledError):
             raise
         except Exception as exc:
-            return classify_error(task, request, exc, format_error(exc))
-        if value is expired:
-            assert time_limit is not None
-            return time_limit_error(task, request, time_limit)
-        return Outcome(State.SUCCESS, value, runtime=ran[0])
+            return classify_error(task, run.request, exc, format_error(exc))
+        if outcome.state is State.SUCCESS:  # its thread's time, not the wait for one
+            object.__setattr__(outcome, "runtime", ran[0])
+        return outcome
 
 
 POOLS: dict[str, type[Pool]] = {"asyncio": AsyncioPool, "threads": ThreadPool}

@@ -20,6 +20,7 @@ import pickle
 import resource
 import sys
 import time
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from multiprocessing.reduction import ForkingPickler
@@ -30,13 +31,12 @@ from conveyor.logs import LogSetup, configure_logging, current_setup
 from conveyor.results.meta import State
 from conveyor.task import Request, Task, running
 from conveyor.worker.outcome import (
-    OnValue,
     Outcome,
     classify_error,
     format_error,
     time_limit_error,
 )
-from conveyor.worker.pools import Pool
+from conveyor.worker.pools import Pool, TaskRun
 from conveyor.worker.soft_limits import alarm_soft_limit, within_soft_limit
 
 __all__ = ["ProcessPool", "load_app_spec"]
@@ -272,18 +272,16 @@ class ProcessPool(Pool):
     def _replace(self, child: _Child) -> None:
         self._children.discard(child)
         child.kill()
-        task = asyncio.get_running_loop().create_task(self._respawn())
+        self._in_background(self._respawn())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task of the pool's (cancelled by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._respawning.add(task)
         task.add_done_callback(self._respawning.discard)
 
-    async def _run(
-        self,
-        task: Task,
-        request: Request,
-        time_limit: float | None,
-        on_value: OnValue | None,
-        soft: float | None,
-    ) -> Outcome:
+    async def _run(self, run: TaskRun) -> Outcome:
+        task, request, time_limit = run.task, run.request, run.time_limit
         await self.start()
         assert self._idle is not None
         idle = self._idle
@@ -291,7 +289,7 @@ class ProcessPool(Pool):
         started = time.monotonic()
         try:
             async with asyncio.timeout(time_limit):
-                reply = await child.call(task.name, request, soft)
+                reply = await child.call(task.name, request, run.soft)
         except _CannotSend as exc:
             idle.put_nowait(child)
             error = TaskError(
@@ -330,12 +328,9 @@ class ProcessPool(Pool):
             log.info("replacing pool process %s after %s", child.process.pid, why)
             self.replaced += 1
         self._children.discard(child)
-        loop = asyncio.get_running_loop()
-        works = [asyncio.to_thread(child.stop), *([self._respawn()] if replace else [])]
-        for work in works:
-            task = loop.create_task(work)
-            self._respawning.add(task)
-            task.add_done_callback(self._respawning.discard)
+        self._in_background(asyncio.to_thread(child.stop))
+        if replace:
+            self._in_background(self._respawn())
 
     async def resize(self, size: int) -> None:
         """Start children up to ``size``, or stop idle ones down to it (busy ones stop when
@@ -344,10 +339,7 @@ class ProcessPool(Pool):
         idle = self._idle
         if idle is None:
             return  # not started: it starts with ``size`` children
-        loop = asyncio.get_running_loop()
         for _ in range(len(self._children), size):
-            task = loop.create_task(self._respawn())
-            self._respawning.add(task)
-            task.add_done_callback(self._respawning.discard)
+            self._in_background(self._respawn())
         while len(self._children) > size and not idle.empty():
             self._retire(idle.get_nowait(), "the pool shrank", replace=False)

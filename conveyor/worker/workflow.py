@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor.app import App
-from conveyor.canvas.signatures import Signature, maybe_signature
+from conveyor.canvas.signatures import Partial, Signature, maybe_signature
 from conveyor.errors import ChordError, ProtocolError
 from conveyor.protocol.task_message import TaskMessage
 from conveyor.results.base import ChordJoin, ChordPart, ResultBackend, StoreRequest
@@ -107,11 +107,11 @@ class WorkflowStep:
         embed = message.embed or {}
         lineage = {"parent_id": message.id, "root_id": message.root_id or message.id}
         for data in _sig_list(embed.get("callbacks"), "callbacks"):
-            await self._sig(data)._apply(self.app, (value,), {}, lineage)
+            await self._sig(data)._apply(self.app, Partial((value,), options=lineage))
         chain = _sig_list(embed.get("chain"), "chain")
         if chain:
             step = self._sig(chain[-1])
-            await step._apply(self.app, (value,), {}, {**lineage, "chain": chain[:-1]})
+            await step._apply(self.app, Partial((value,), options={**lineage, "chain": chain[:-1]}))
         chord = embed.get("chord")
         if chord and message.group:
             part = ChordPart(message.group, message.id, message.group_index, State.SUCCESS, value)
@@ -140,7 +140,7 @@ class WorkflowStep:
 
     async def _errback(self, data: Mapping[str, Any], task_id: str, root_id: str | None) -> None:
         lineage = {"parent_id": task_id, "root_id": root_id or task_id}
-        await self._sig(data)._apply(self.app, (task_id,), {}, lineage)
+        await self._sig(data)._apply(self.app, Partial((task_id,), options=lineage))
 
     async def _fail_signature(
         self,
@@ -188,7 +188,7 @@ class WorkflowStep:
             values = [part.result for part in join.parts]
             headers = dict(body.options.get("headers") or {})
             headers.update({CHORD_HEADER: join.group_id, CHORD_SEND_HEADER: join.claim})
-            await body._apply(self.app, (values,), {}, {"headers": headers})
+            await body._apply(self.app, Partial((values,), options={"headers": headers}))
             log.info("chord %s complete: sent its body %s[%s]", join.group_id, body.name, body.id)
         else:
             cause = exception_from_result(failed.result, None)

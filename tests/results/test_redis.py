@@ -53,6 +53,15 @@ def test_unknown_options_are_configuration_errors() -> None:
         open_backend("redis://127.0.0.1:6379/0?poll=1", host=NoBrokerHost())
 
 
+def test_url_options_are_typed_by_their_defaults() -> None:
+    backend = open_backend(
+        "redis://127.0.0.1:6379/0?key_prefix=p:&socket_timeout=2", host=NoBrokerHost()
+    )
+    assert isinstance(backend, RedisBackend)
+    with pytest.raises(ConfigurationError, match="socket_timeout"):
+        open_backend("redis://127.0.0.1:6379/0?socket_timeout=soon", host=NoBrokerHost())
+
+
 async def test_results_expire_after_result_expires(
     url: str, backends: list[RedisBackend], sync_redis: redis.Redis
 ) -> None:

@@ -104,12 +104,7 @@ class DjangoApp(App):
         super().__init__(main)
         self.namespace = namespace
         self.conf.update_from(settings_with_prefix(settings, namespace))
-        if config is not None:
-            self.conf.update_from(config)
-        if broker is not None:
-            self.conf.broker_url = broker
-        if result_backend is not None:
-            self.conf.result_backend = result_backend
+        self._take_settings(config, broker, result_backend)
         global _project_app
         with _lock:
             if _project_app is None:

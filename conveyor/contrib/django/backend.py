@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from conveyor.errors import BrokerUnavailable, ConfigurationError
 from conveyor.results import postgres_listener
-from conveyor.results.base import BackendHost, ResultBackend, StoreRequest, Watch
+from conveyor.results.base import BackendHost, BatchingBackend, StoreRequest, Watch
 from conveyor.results.meta import ResultMeta, exception_from_result, pick_result
 from conveyor.results.postgres_connection import PgConnection, PgOptions
 from conveyor.results.waiters import Waiters
@@ -123,7 +123,7 @@ class _PollingWatch:
         return timeout is None or timeout > self._poll
 
 
-class DjangoBackend(ResultBackend):
+class DjangoBackend(BatchingBackend):
     """Results in the Django project's database (see module)."""
 
     def __init__(self, url: str, *, alias: str, poll: float) -> None:
@@ -215,9 +215,6 @@ class DjangoBackend(ResultBackend):
                     ids = "\n".join(dict.fromkeys(r.meta.task_id for r in requests))
                     cursor.execute("SELECT pg_notify(%s, %s)", [_CHANNEL, ids])
         _announce([r.meta for r in requests])
-
-    async def store(self, request: StoreRequest) -> None:
-        await self.store_many([request])
 
     async def store_many(self, requests: Sequence[StoreRequest]) -> None:
         if not requests:
