@@ -261,8 +261,9 @@ class Channel:
         self, frames: bytes, message_id: str, wakeup: Wakeup | None
     ) -> ThreadConfirm | None:
         """Write an encoded message from a thread other than the event loop's, in confirm
-        mode, straight to the socket (see :meth:`Connection.write_from_thread`, whose
-        conditions apply); the returned confirm is settled by the loop. None if nothing was
+        mode (see :meth:`Connection.write_from_thread`, whose conditions apply): straight to
+        the socket when no other confirm is awaited on this channel, else gathered for the
+        loop's next flush; the returned confirm is settled by the loop. None if nothing was
         written: the channel is closed or not in confirm mode, a message with this id is in
         flight, or the connection cannot take the frames from a thread now."""
         connection = self.connection
@@ -272,9 +273,11 @@ class Channel:
             tag = self._next_tag + 1
             confirm = ThreadConfirm(self, tag, wakeup)
             # Registered before the frames leave, so the loop finds it when the answer comes.
+            # Others awaiting their confirm: more sends are on their way, gather them.
+            gather = bool(self._unconfirmed)
             self._unconfirmed[tag] = (confirm, message_id, _NEVER)
             self._by_message_id[message_id] = tag
-            if not connection.write_from_thread_locked(frames):
+            if not connection.write_from_thread_locked(frames, gather=gather):
                 del self._unconfirmed[tag], self._by_message_id[message_id]
                 return None
             self._next_tag = tag

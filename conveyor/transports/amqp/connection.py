@@ -1,8 +1,9 @@
 """One AMQP 0-9-1 connection over asyncio: the handshake, the frame reader, writes and heartbeats.
 
 Frames are parsed straight from the receive buffer and handed to their channel without a task
-per message, and everything written in one event-loop turn leaves in one socket write; a thread
-may write whole frames straight to the socket when nothing is queued ahead of them.
+per message, and everything written in one event-loop turn leaves in one socket write. A thread
+may write whole frames straight to the socket when nothing is queued ahead of them, or add them
+to the output the loop writes next (a loop of sends then costs one socket write per batch).
 
 Errors: :class:`~.errors.ConnectionClosed` when the connection is gone (with RabbitMQ's reply
 code and text when it closed it).
@@ -62,6 +63,7 @@ class Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._flushing = False
+        self._writing = False  # flush is writing outside the lock
         self.write_lock = threading.Lock()  # write, flush and write_from_thread
         self._lost = False  # connection_lost ran: the socket is about to close
         self._writable = asyncio.Event()
@@ -273,30 +275,42 @@ class Connection(asyncio.Protocol):
             self._last_sent = self.loop.time()
 
     def flush(self) -> None:
+        """Write what was gathered (on the loop), in one write."""
         with self.write_lock:
             self._flushing = False
             if not self._out:
                 return
             data = b"".join(self._out)
             self._out.clear()
+            # Written outside the lock (the socket write lets threads run, and they may gather
+            # meanwhile); no thread writes straight to the socket until it is done.
+            self._writing = True
+        try:
             if self._transport is not None and not self._transport.is_closing():
                 self._transport.write(data)
                 self._last_sent = self.loop.time()
+        finally:
+            self._writing = False
 
-    def write_from_thread(self, data: bytes) -> bool:
-        """Send whole frames from a thread other than the event loop's, straight to the socket.
+    def write_from_thread(self, data: bytes, *, gather: bool = False) -> bool:
+        """Send whole frames from a thread other than the event loop's.
 
-        Only when nothing is ahead of them: a plain TCP connection (not TLS), RabbitMQ not
-        blocking publishers, nothing gathered or buffered for sending. Otherwise nothing is
-        written and the result is False: send through the loop instead. Holds the lock every
-        write takes, so frames never interleave, and never waits on the socket: what it does
-        not take at once goes first in the loop's next flush, and writes meanwhile queue behind
-        it.
+        Only while RabbitMQ does not block publishers, the socket's write buffer is not full,
+        and the connection is plain TCP (not TLS); otherwise nothing is written and the result
+        is False: send through the loop instead. Holds the lock every write takes, so frames
+        never interleave and leave in the order they were given.
+
+        With nothing queued ahead of them and ``gather`` false, the frames go straight to the
+        socket (the lowest latency: one send waiting for its answer). Otherwise (``gather``:
+        more are on their way, as in a loop of pipelined sends) they join the output the loop
+        writes in its next flush, one socket write for all that gathered meanwhile: a thread
+        writing each message itself gives the GIL away on every write. Never waits on the
+        socket: what it does not take at once goes first in the loop's next flush.
         """
         with self.write_lock:
-            return self.write_from_thread_locked(data)
+            return self.write_from_thread_locked(data, gather=gather)
 
-    def write_from_thread_locked(self, data: bytes) -> bool:
+    def write_from_thread_locked(self, data: bytes, *, gather: bool = False) -> bool:
         """:meth:`write_from_thread`, with ``write_lock`` held by the caller."""
         transport = self._transport
         if (
@@ -304,22 +318,32 @@ class Connection(asyncio.Protocol):
             or self._lost
             or transport.is_closing()
             or not self.blocked.is_set()
-            or self._out
-            or transport.get_write_buffer_size()
+            or not self._writable.is_set()
             or transport.get_extra_info("sslcontext") is not None
         ):
             return False
+        if gather or self._out or self._writing or transport.get_write_buffer_size():
+            return self._gather_from_thread(data)
         try:
             sent = os.write(transport.get_extra_info("socket").fileno(), data)
         except OSError:  # would block, or the connection is going (the loop will see)
             return False
-        if sent < len(data):
-            self._out.append(data[sent:])
-            if not self._flushing:
-                self._flushing = True
-                with contextlib.suppress(RuntimeError):  # a closed loop: the socket is gone
-                    self.loop.call_soon_threadsafe(self.flush)
         self._last_sent = time.monotonic()  # the loop's clock
+        if sent < len(data):
+            self._gather_from_thread(data[sent:])
+        return True
+
+    def _gather_from_thread(self, data: bytes) -> bool:
+        """Queue ``data`` for the loop's next flush (asking the loop for one if none is due);
+        False if the loop is closed (then nothing is queued)."""
+        self._out.append(data)
+        if not self._flushing:
+            try:
+                self.loop.call_soon_threadsafe(self.flush)
+            except RuntimeError:  # a closed loop: the socket is gone
+                self._out.pop()
+                return False
+            self._flushing = True
         return True
 
     @property
