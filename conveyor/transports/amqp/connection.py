@@ -60,6 +60,7 @@ class Connection(asyncio.Protocol):
         self.blocked = asyncio.Event()
         self.blocked.set()  # set while *not* blocked
         self._transport: asyncio.Transport | None = None
+        self._fd = -1  # the socket's, for threads' writes: -1 over TLS
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._flushing = False
@@ -174,6 +175,10 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        # Threads write only to a plain TCP socket (TLS state belongs to the loop's transport).
+        tls = transport.get_extra_info("sslcontext") is not None
+        self._fd = sock.fileno() if sock is not None and not tls else -1
 
     def connection_lost(self, exc: Exception | None) -> None:
         # asyncio closes the socket right after this returns: a thread still writing to it
@@ -295,9 +300,10 @@ class Connection(asyncio.Protocol):
     def write_from_thread(self, data: bytes, *, gather: bool = False) -> bool:
         """Send whole frames from a thread other than the event loop's.
 
-        Only while RabbitMQ does not block publishers, the socket's write buffer is not full,
-        and the connection is plain TCP (not TLS); otherwise nothing is written and the result
-        is False: send through the loop instead. Holds the lock every write takes, so frames
+        Only while RabbitMQ does not block publishers, the socket took everything written so
+        far (nothing waits in the transport's buffer), and the connection is plain TCP (not
+        TLS); otherwise nothing is written and the result is False: send through the loop
+        instead. Holds the lock every write takes, so frames
         never interleave and leave in the order they were given.
 
         With nothing queued ahead of them and ``gather`` false, the frames go straight to the
@@ -315,17 +321,17 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         if (
             transport is None
+            or self._fd < 0
             or self._lost
             or transport.is_closing()
             or not self.blocked.is_set()
-            or not self._writable.is_set()
-            or transport.get_extra_info("sslcontext") is not None
+            or transport.get_write_buffer_size()
         ):
             return False
-        if gather or self._out or self._writing or transport.get_write_buffer_size():
+        if gather or self._out or self._writing:
             return self._gather_from_thread(data)
         try:
-            sent = os.write(transport.get_extra_info("socket").fileno(), data)
+            sent = os.write(self._fd, data)
         except OSError:  # would block, or the connection is going (the loop will see)
             return False
         self._last_sent = time.monotonic()  # the loop's clock
