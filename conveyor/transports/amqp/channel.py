@@ -267,11 +267,11 @@ class Channel:
         written: the channel is closed or not in confirm mode, a message with this id is in
         flight, or the connection cannot take the frames from a thread now."""
         connection = self.connection
+        confirm = ThreadConfirm(self, 0, wakeup)  # made before the lock: held briefly
         with connection.write_lock:
             if not self.confirms or self.closed.done() or message_id in self._by_message_id:
                 return None
-            tag = self._next_tag + 1
-            confirm = ThreadConfirm(self, tag, wakeup)
+            confirm.tag = tag = self._next_tag + 1
             # Registered before the frames leave, so the loop finds it when the answer comes.
             # Others awaiting their confirm: more sends are on their way, gather them.
             gather = bool(self._unconfirmed)
@@ -281,6 +281,7 @@ class Channel:
                 del self._unconfirmed[tag], self._by_message_id[message_id]
                 return None
             self._next_tag = tag
+        connection.wake_from_thread()
         return confirm
 
     def _expire(self) -> None:

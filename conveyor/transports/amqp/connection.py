@@ -65,6 +65,7 @@ class Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flushing = False
         self._writing = False  # flush is writing outside the lock
+        self._wake_due = False  # a thread gathered output and must ask the loop to flush it
         self.write_lock = threading.Lock()  # write, flush and write_from_thread
         self._lost = False  # connection_lost ran: the socket is about to close
         self._writable = asyncio.Event()
@@ -314,10 +315,13 @@ class Connection(asyncio.Protocol):
         socket: what it does not take at once goes first in the loop's next flush.
         """
         with self.write_lock:
-            return self.write_from_thread_locked(data, gather=gather)
+            written = self.write_from_thread_locked(data, gather=gather)
+        self.wake_from_thread()
+        return written
 
     def write_from_thread_locked(self, data: bytes, *, gather: bool = False) -> bool:
-        """:meth:`write_from_thread`, with ``write_lock`` held by the caller."""
+        """:meth:`write_from_thread`, with ``write_lock`` held by the caller, who calls
+        :meth:`wake_from_thread` once it has released the lock."""
         transport = self._transport
         if (
             transport is None
@@ -340,17 +344,24 @@ class Connection(asyncio.Protocol):
         return True
 
     def _gather_from_thread(self, data: bytes) -> bool:
-        """Queue ``data`` for the loop's next flush (asking the loop for one if none is due);
-        False if the loop is closed (then nothing is queued)."""
+        """Queue ``data`` for the loop's next flush (the caller then calls
+        :meth:`wake_from_thread`); False if the loop is closed (then nothing is queued)."""
+        if self.loop.is_closed():
+            return False
         self._out.append(data)
         if not self._flushing:
-            try:
-                self.loop.call_soon_threadsafe(self.flush)
-            except RuntimeError:  # a closed loop: the socket is gone
-                self._out.pop()
-                return False
             self._flushing = True
+            self._wake_due = True
         return True
+
+    def wake_from_thread(self) -> None:
+        """Ask the loop for the flush that output gathered from a thread waits for, if none is
+        asked yet; called after ``write_lock`` is released (waking the loop is a socket write,
+        and the loop's flush takes the lock)."""
+        if self._wake_due:
+            self._wake_due = False
+            with contextlib.suppress(RuntimeError):  # a closed loop: the socket is gone
+                self.loop.call_soon_threadsafe(self.flush)
 
     @property
     def can_write(self) -> bool:

@@ -45,7 +45,8 @@ async def test_gathered_writes_leave_in_one_flush_in_the_order_given() -> None:
 
         def send() -> None:
             written.append(connection.write_from_thread(b"a"))  # nothing ahead: at once
-            written.extend(connection.write_from_thread(part, gather=True) for part in (b"b", b"c", b"d"))
+            for part in (b"b", b"c", b"d"):
+                written.append(connection.write_from_thread(part, gather=True))
             written.append(connection.write_from_thread(b"e"))  # behind gathered output
 
         def send_one(part: bytes) -> Callable[[], None]:
@@ -81,8 +82,9 @@ async def test_gathered_publishes_of_a_lost_connection_are_answered_with_none() 
         assert connection._out  # gathered, not written yet
         connection.connection_lost(None)
         for confirm in confirms:
-            assert confirm is not None and confirm.settled
-            assert isinstance(confirm.error, ConnectionClosed)  # publish again: see below
+            assert confirm is not None
+            assert confirm.settled
+            assert isinstance(confirm.error, ConnectionClosed)  # the publisher sends it again
         assert connection.write_from_thread(b"late", gather=True) is False
     finally:
         connection.abort()
