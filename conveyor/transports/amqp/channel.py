@@ -109,6 +109,7 @@ class Channel:
         self._lock = asyncio.Lock()
         self._waiter: asyncio.Future[Any] | None = None
         self._next_tag = 0
+        self._answered_up_to = 0  # every tag up to this one was answered by a ``multiple``
         # tag -> (confirm future, message id, loop time by which the confirm must come). A
         # thread's publish puts a ThreadConfirm there, under the connection's write lock.
         self._unconfirmed: dict[int, tuple[asyncio.Future[bool] | ThreadConfirm, str, float]] = {}
@@ -337,12 +338,14 @@ class Channel:
         if not multiple:
             self._settled(tag, ok)
             return
+        # Tags up to ``tag`` not met by an earlier ``multiple`` answer, each looked up once
+        # (iterating the dict from its start would step over every entry deleted before).
         pending = self._unconfirmed
-        while pending:
-            first = next(iter(pending))
-            if first > tag:
-                break
-            self._settled(first, ok)
+        for each in range(self._answered_up_to + 1, tag + 1):
+            if each in pending:
+                self._settled(each, ok)
+        if tag > self._answered_up_to:
+            self._answered_up_to = tag
 
     def _returned(self, message: Message) -> None:
         tag = self._by_message_id.get(message.properties.message_id or "")
