@@ -32,6 +32,8 @@ _NAMES = (
     "security_trusted_keys",
 )
 
+_READ = operator.attrgetter(*_NAMES)  # all at once, in C: read on every send
+
 
 def _as_bytes(value: str | bytes) -> bytes:
     return value.encode() if isinstance(value, str) else value
@@ -107,7 +109,7 @@ class SigningSettings:
 
     def get(self, conf: Settings, default_key_id: str | None) -> MessageSigning | None:
         """:func:`message_signing` of ``conf``, cached; raises as it does."""
-        values = (*(getattr(conf, name) for name in _NAMES), default_key_id)
+        values = (*_READ(conf), default_key_id)
         held = self._values
         if held is None or not all(map(operator.is_, values, held)):
             self._signing = message_signing(conf, default_key_id)

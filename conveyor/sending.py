@@ -17,7 +17,7 @@ from conveyor._frozen import fast_init
 from conveyor.errors import ConfigurationError, Unroutable
 from conveyor.options import NO_OPTIONS
 from conveyor.protocol.envelope import Envelope
-from conveyor.protocol.task_message import TaskMessage, encode_task
+from conveyor.protocol.task_message import TaskMessage, encode_new_task, encode_task
 from conveyor.results.async_result import AsyncResult, ResultSource
 from conveyor.routing.entities import Broadcast
 from conveyor.task import current_request
@@ -59,22 +59,22 @@ class Plan:
         tid = self.task_id or new_task_id()
         if self.options is not None:
             return tid, encode_task(self._workflow_message(tid, reply_to), self.serializer)
-        message = TaskMessage(
-            task=self.name,
-            id=tid,
-            args=self.args,
-            kwargs=self.kwargs,
-            eta=self.eta,
-            expires=self.expires,
-            timelimit=(self.time_limit, None),
+        return tid, encode_new_task(
+            self.name,
+            tid,
+            self.args,
+            self.kwargs,
             root_id=(parent.root_id or parent.id) if parent is not None else tid,
             parent_id=parent.id if parent is not None else None,
             ignore_result=self.ignore_result,
             reply_to=reply_to,
             priority=self.route.priority,
-            headers=dict(self.headers) if self.headers else {},
+            eta=self.eta,
+            expires=self.expires,
+            time_limit=self.time_limit,
+            headers=self.headers,
+            serializer=self.serializer,
         )
-        return tid, encode_task(message, self.serializer)
 
     def result(
         self,

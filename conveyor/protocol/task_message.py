@@ -43,6 +43,7 @@ __all__ = [
     "TaskMessage",
     "decode_task",
     "dumps",
+    "encode_new_task",
     "encode_task",
     "loads",
     "parse_time",
@@ -253,49 +254,169 @@ def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
 
     Raises ProtocolError when the arguments cannot be serialized or a header is not a JSON value.
     """
-    args = message.args
-    kwargs = message.kwargs if type(message.kwargs) is dict else dict(message.kwargs)
-    embed = dict(message.embed) if message.embed is not None else _NO_EMBED
+    m = message
+    return _encode(
+        m.task,
+        m.id,
+        m.args,
+        m.kwargs,
+        m.embed,
+        m.retries,
+        m.eta,
+        m.expires,
+        m.timelimit,
+        m.root_id,
+        m.parent_id,
+        m.group,
+        m.origin,
+        m.shadow,
+        m.ignore_result,
+        m.reply_to,
+        m.correlation_id,
+        m.priority,
+        m.headers,
+        m.group_index,
+        serializer,
+    )
+
+
+def encode_new_task(
+    task: str,
+    task_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    root_id: str,
+    parent_id: str | None,
+    ignore_result: bool,
+    reply_to: str | None,
+    priority: int | None,
+    eta: datetime | None,
+    expires: datetime | None,
+    time_limit: float | None,
+    headers: Mapping[str, Any] | None,
+    serializer: str,
+) -> Envelope:
+    """What ``encode_task(TaskMessage(...))`` returns for a message with these fields and no
+    embed, group, retries, origin or shadow (a plain send's), without building the
+    TaskMessage; raises as they would."""
+    if (
+        type(task) is not str
+        or not task
+        or type(task_id) is not str
+        or not task_id
+        or type(args) is not tuple
+        or type(kwargs) is not dict
+        or not all(type(key) is str for key in kwargs)
+    ):
+        # Anything unusual goes the whole way, whose checks say what is wrong with it.
+        message = TaskMessage(
+            task=task,
+            id=task_id,
+            args=args,
+            kwargs=kwargs,
+            eta=eta,
+            expires=expires,
+            timelimit=(time_limit, None),
+            root_id=root_id,
+            parent_id=parent_id,
+            ignore_result=ignore_result,
+            reply_to=reply_to,
+            priority=priority,
+            headers=headers or {},
+        )
+        return encode_task(message, serializer)
+    return _encode(
+        task,
+        task_id,
+        args,
+        kwargs,
+        None,
+        0,
+        eta,
+        expires,
+        (time_limit, None),
+        root_id,
+        parent_id,
+        None,
+        None,
+        None,
+        ignore_result,
+        reply_to,
+        None,
+        priority,
+        headers,
+        None,
+        serializer,
+    )
+
+
+def _encode(
+    task: str,
+    task_id: str,
+    args: tuple[Any, ...],
+    given_kwargs: Mapping[str, Any],
+    given_embed: Mapping[str, Any] | None,
+    retries: int,
+    eta: datetime | None,
+    expires: datetime | None,
+    timelimit: tuple[float | None, float | None],
+    root_id: str | None,
+    parent_id: str | None,
+    group: str | None,
+    origin: str | None,
+    shadow: str | None,
+    ignore_result: bool,
+    reply_to: str | None,
+    correlation_id: str | None,
+    priority: int | None,
+    given_headers: Mapping[str, Any] | None,
+    group_index: int | None,
+    serializer: str,
+) -> Envelope:
+    """:func:`encode_task` of a message's fields (see the module docstring for the headers)."""
+    kwargs = given_kwargs if type(given_kwargs) is dict else dict(given_kwargs)
+    embed = dict(given_embed) if given_embed is not None else _NO_EMBED
     body, content_type, encoding = dumps((args, kwargs, embed), serializer)
     headers: dict[str, Any] = {
         "lang": "py",
-        "task": message.task,
-        "id": message.id,
-        "group": message.group,
-        "root_id": message.root_id or message.id,
-        "parent_id": message.parent_id,
-        "origin": message.origin or default_origin(),
-        "ignore_result": message.ignore_result,
+        "task": task,
+        "id": task_id,
+        "group": group,
+        "root_id": root_id or task_id,
+        "parent_id": parent_id,
+        "origin": origin or default_origin(),
+        "ignore_result": ignore_result,
     }
     # The optional headers, only when a reader would not assume them (see the module's text).
-    if message.retries:
-        headers["retries"] = message.retries
-    if message.eta is not None:
-        headers["eta"] = message.eta.isoformat()
-    if message.expires is not None:
-        headers["expires"] = message.expires.isoformat()
-    if message.timelimit != (None, None):
-        headers["timelimit"] = list(message.timelimit)
-    if message.shadow is not None:
-        headers["shadow"] = message.shadow
-    if message.group_index is not None:
-        headers["group_index"] = message.group_index
+    if retries:
+        headers["retries"] = retries
+    if eta is not None:
+        headers["eta"] = eta.isoformat()
+    if expires is not None:
+        headers["expires"] = expires.isoformat()
+    if timelimit != (None, None):
+        headers["timelimit"] = list(timelimit)
+    if shadow is not None:
+        headers["shadow"] = shadow
+    if group_index is not None:
+        headers["group_index"] = group_index
     if args:
         headers["argsrepr"] = _short_repr(args)
     if kwargs:
         headers["kwargsrepr"] = _short_repr(kwargs)
-    if message.headers:
+    if given_headers:
         # Custom headers first, as before: the standard ones are written after them.
-        custom = {k: v for k, v in message.headers.items() if k not in _STANDARD_HEADERS}
+        custom = {k: v for k, v in given_headers.items() if k not in _STANDARD_HEADERS}
         headers = {**custom, **headers}
     return Envelope(
         body=body,
         headers=headers,
         content_type=content_type,
         content_encoding=encoding,
-        correlation_id=message.correlation_id or message.id,
-        reply_to=message.reply_to,
-        priority=message.priority,
+        correlation_id=correlation_id or task_id,
+        reply_to=reply_to,
+        priority=priority,
     )
 
 

@@ -109,6 +109,7 @@ class Channel:
         self._lock = asyncio.Lock()
         self._waiter: asyncio.Future[Any] | None = None
         self._next_tag = 0
+        self._answered_up_to = 0  # every tag up to this one was answered by a ``multiple``
         # tag -> (confirm future, message id, loop time by which the confirm must come). A
         # thread's publish puts a ThreadConfirm there, under the connection's write lock.
         self._unconfirmed: dict[int, tuple[asyncio.Future[bool] | ThreadConfirm, str, float]] = {}
@@ -261,23 +262,27 @@ class Channel:
         self, frames: bytes, message_id: str, wakeup: Wakeup | None
     ) -> ThreadConfirm | None:
         """Write an encoded message from a thread other than the event loop's, in confirm
-        mode, straight to the socket (see :meth:`Connection.write_from_thread`, whose
-        conditions apply); the returned confirm is settled by the loop. None if nothing was
+        mode (see :meth:`Connection.write_from_thread`, whose conditions apply): straight to
+        the socket when no other confirm is awaited on this channel, else gathered for the
+        loop's next flush; the returned confirm is settled by the loop. None if nothing was
         written: the channel is closed or not in confirm mode, a message with this id is in
         flight, or the connection cannot take the frames from a thread now."""
         connection = self.connection
+        confirm = ThreadConfirm(self, 0, wakeup)  # made before the lock: held briefly
         with connection.write_lock:
             if not self.confirms or self.closed.done() or message_id in self._by_message_id:
                 return None
-            tag = self._next_tag + 1
-            confirm = ThreadConfirm(self, tag, wakeup)
+            confirm.tag = tag = self._next_tag + 1
             # Registered before the frames leave, so the loop finds it when the answer comes.
+            # Others awaiting their confirm: more sends are on their way, gather them.
+            gather = bool(self._unconfirmed)
             self._unconfirmed[tag] = (confirm, message_id, _NEVER)
             self._by_message_id[message_id] = tag
-            if not connection.write_from_thread_locked(frames):
+            if not connection.write_from_thread_locked(frames, gather=gather):
                 del self._unconfirmed[tag], self._by_message_id[message_id]
                 return None
             self._next_tag = tag
+        connection.wake_from_thread()
         return confirm
 
     def _expire(self) -> None:
@@ -333,12 +338,14 @@ class Channel:
         if not multiple:
             self._settled(tag, ok)
             return
+        # Tags up to ``tag`` not met by an earlier ``multiple`` answer, each looked up once
+        # (iterating the dict from its start would step over every entry deleted before).
         pending = self._unconfirmed
-        while pending:
-            first = next(iter(pending))
-            if first > tag:
-                break
-            self._settled(first, ok)
+        for each in range(self._answered_up_to + 1, tag + 1):
+            if each in pending:
+                self._settled(each, ok)
+        if tag > self._answered_up_to:
+            self._answered_up_to = tag
 
     def _returned(self, message: Message) -> None:
         tag = self._by_message_id.get(message.properties.message_id or "")

@@ -413,6 +413,12 @@ def _encode_key(key: str) -> bytes:
     return encoded
 
 
+# Per header name, the last immutable value encoded under it (compared by identity) and its
+# encoded entry: most entries of a loop's messages (task name, origin, flags) repeat.
+_LAST_ENTRY: dict[str, tuple[Any, bytes]] = {}
+_SCALARS = frozenset((str, type(None), bool, int, float))
+
+
 def encode_table(table: Mapping[str, Any] | None) -> bytes:
     """``table`` as an AMQP field table (floats as doubles); ProtocolError for what won't go."""
     if not table:
@@ -420,21 +426,32 @@ def encode_table(table: Mapping[str, Any] | None) -> bytes:
     # A FrozenMapping's own items() goes through the Mapping mixins: a copy is cheaper.
     items = (table.to_dict() if isinstance(table, FrozenMapping) else table).items()
     keys = _KEYS
+    last = _LAST_ENTRY
+    last_get = last.get
     pack = _PACK_I
     parts: list[bytes] = []
     append = parts.append
     for key, value in items:
-        append(keys.get(key) or _encode_key(key))
+        held = last_get(key)
+        if held is not None and held[0] is value:
+            append(held[1])  # the same immutable object: the same bytes
+            continue
         kind = type(value)
         if kind is str:
             data = value.encode("utf-8")
-            append(b"S" + pack(len(data)) + data)
+            entry = (keys.get(key) or _encode_key(key)) + b"S" + pack(len(data)) + data
         elif value is None:
-            append(b"V")
+            entry = (keys.get(key) or _encode_key(key)) + b"V"
         elif kind is bool:
-            append(b"t\x01" if value else b"t\x00")
+            entry = (keys.get(key) or _encode_key(key)) + (b"t\x01" if value else b"t\x00")
         else:
-            append(_encode_value(value))
+            entry = (keys.get(key) or _encode_key(key)) + _encode_value(value)
+            if kind not in _SCALARS:
+                append(entry)  # a container may change between sends: never reused
+                continue
+        if held is not None or len(last) < 4096:
+            last[key] = (value, entry)
+        append(entry)
     body = b"".join(parts)
     return pack(len(body)) + body
 
@@ -454,6 +471,27 @@ _PACK_Q = struct.Struct(">Q").pack
 _END = b"\xce"
 
 
+_METHOD_FRAMES: dict[tuple[int, str, str, bool], bytes] = {}
+
+
+def _method_frame(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    """The ``basic.publish`` frame for ``channel`` (remembered: a few targets take most)."""
+    key = (channel, exchange, routing_key, mandatory)
+    frame = _METHOD_FRAMES.get(key)
+    if frame is None:
+        method = (
+            _PUBLISH_HEAD
+            + shortstr(exchange, "exchange name")
+            + shortstr(routing_key, "routing key")
+            + (b"\x01" if mandatory else b"\x00")
+        )
+        frame = _FRAME_HEAD(1, channel, len(method)) + method + _END
+        if len(_METHOD_FRAMES) >= 1024:
+            _METHOD_FRAMES.clear()
+        _METHOD_FRAMES[key] = frame
+    return frame
+
+
 def message_frames(
     channel: int,
     frame_max: int,
@@ -465,44 +503,69 @@ def message_frames(
     body: bytes,
 ) -> bytes:
     """basic.publish, its content header and body frames, as bytes for ``channel``."""
-    method = (
-        _PUBLISH_HEAD
-        + shortstr(exchange, "exchange name")
-        + shortstr(routing_key, "routing key")
-        + (b"\x01" if mandatory else b"\x00")
-    )
-    header = _CONTENT_HEAD(60, 0, len(body), flags) + properties
+    size = len(body)
+    header_size = 14 + len(properties)
+    if size <= frame_max:
+        return b"".join(
+            (
+                _method_frame(channel, exchange, routing_key, mandatory),
+                _HEADER_AND_BODY(2, channel, header_size, 60, 0, size, flags),
+                properties,
+                _END_AND_BODY_HEAD(FRAME_END, 3, channel, size),
+                body,
+                _END,
+            )
+            if size
+            else (
+                _method_frame(channel, exchange, routing_key, mandatory),
+                _HEADER_AND_BODY(2, channel, header_size, 60, 0, size, flags),
+                properties,
+                _END,
+            )
+        )
     parts = [
-        _FRAME_HEAD(1, channel, len(method)),
-        method,
-        _END,
-        _FRAME_HEAD(2, channel, len(header)),
-        header,
+        _method_frame(channel, exchange, routing_key, mandatory),
+        _HEADER_AND_BODY(2, channel, header_size, 60, 0, size, flags),
+        properties,
         _END,
     ]
-    for start in range(0, len(body), frame_max):
+    for start in range(0, size, frame_max):
         chunk = body[start : start + frame_max]
         parts += (_FRAME_HEAD(3, channel, len(chunk)), chunk, _END)
     return b"".join(parts)
+
+
+_HEADER_AND_BODY = struct.Struct(">BHIHHQH").pack
+_END_AND_BODY_HEAD = struct.Struct(">BBHI").pack
+# Short strings that repeat from message to message (content type and encoding).
+_SHORT: dict[str, bytes] = {}
+
+
+def _shortstr_cached(text: str, what: str) -> bytes:
+    encoded = _SHORT.get(text)
+    if encoded is None:
+        encoded = shortstr(text, what)
+        if len(_SHORT) < 256:
+            _SHORT[text] = encoded
+    return encoded
 
 
 def encode_properties(
     envelope: Envelope, headers: Mapping[str, Any], message_id: str
 ) -> tuple[int, bytes]:
     """Basic properties in wire order with their presence flags (``expiration`` s -> ms)."""
-    flags = 0
+    flags = 0x1000 | 0x0080  # delivery mode and message id: always
     parts = []
     if envelope.content_type:
         flags |= 0x8000
-        parts.append(shortstr(envelope.content_type, "content_type"))
+        parts.append(_shortstr_cached(envelope.content_type, "content_type"))
     if envelope.content_encoding:
         flags |= 0x4000
-        parts.append(shortstr(envelope.content_encoding, "content_encoding"))
+        parts.append(_shortstr_cached(envelope.content_encoding, "content_encoding"))
     if headers:
         flags |= 0x2000
         parts.append(encode_table(headers))
-    flags |= 0x1000
-    parts.append(bytes((envelope.delivery_mode,)))
+    parts.append(b"\x02" if envelope.delivery_mode == 2 else bytes((envelope.delivery_mode,)))
     if envelope.priority is not None:
         flags |= 0x0800
         parts.append(bytes((envelope.priority,)))
@@ -511,11 +574,10 @@ def encode_properties(
         parts.append(shortstr(envelope.correlation_id, "correlation_id"))
     if envelope.reply_to is not None:
         flags |= 0x0200
-        parts.append(shortstr(envelope.reply_to, "reply_to"))
+        parts.append(_shortstr_cached(envelope.reply_to, "reply_to"))
     if envelope.expiration is not None:
         flags |= 0x0100
         parts.append(shortstr(str(round(envelope.expiration * 1000)), "expiration"))
-    flags |= 0x0080
     parts.append(shortstr(message_id, "message_id"))
     if envelope.timestamp is not None:
         flags |= 0x0040

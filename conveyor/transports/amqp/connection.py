@@ -1,8 +1,9 @@
 """One AMQP 0-9-1 connection over asyncio: the handshake, the frame reader, writes and heartbeats.
 
 Frames are parsed straight from the receive buffer and handed to their channel without a task
-per message, and everything written in one event-loop turn leaves in one socket write; a thread
-may write whole frames straight to the socket when nothing is queued ahead of them.
+per message, and everything written in one event-loop turn leaves in one socket write. A thread
+may write whole frames straight to the socket when nothing is queued ahead of them, or add them
+to the output the loop writes next (a loop of sends then costs one socket write per batch).
 
 Errors: :class:`~.errors.ConnectionClosed` when the connection is gone (with RabbitMQ's reply
 code and text when it closed it).
@@ -59,9 +60,12 @@ class Connection(asyncio.Protocol):
         self.blocked = asyncio.Event()
         self.blocked.set()  # set while *not* blocked
         self._transport: asyncio.Transport | None = None
+        self._fd = -1  # the socket's, for threads' writes: -1 over TLS
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._flushing = False
+        self._writing = False  # flush is writing outside the lock
+        self._wake_due = False  # a thread gathered output and must ask the loop to flush it
         self.write_lock = threading.Lock()  # write, flush and write_from_thread
         self._lost = False  # connection_lost ran: the socket is about to close
         self._writable = asyncio.Event()
@@ -172,6 +176,10 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        # Threads write only to a plain TCP socket (TLS state belongs to the loop's transport).
+        tls = transport.get_extra_info("sslcontext") is not None
+        self._fd = sock.fileno() if sock is not None and not tls else -1
 
     def connection_lost(self, exc: Exception | None) -> None:
         # asyncio closes the socket right after this returns: a thread still writing to it
@@ -273,54 +281,87 @@ class Connection(asyncio.Protocol):
             self._last_sent = self.loop.time()
 
     def flush(self) -> None:
+        """Write what was gathered (on the loop), in one write."""
         with self.write_lock:
             self._flushing = False
             if not self._out:
                 return
             data = b"".join(self._out)
             self._out.clear()
+            # Written outside the lock (the socket write lets threads run, and they may gather
+            # meanwhile); no thread writes straight to the socket until it is done.
+            self._writing = True
+        try:
             if self._transport is not None and not self._transport.is_closing():
                 self._transport.write(data)
                 self._last_sent = self.loop.time()
+        finally:
+            self._writing = False
 
-    def write_from_thread(self, data: bytes) -> bool:
-        """Send whole frames from a thread other than the event loop's, straight to the socket.
+    def write_from_thread(self, data: bytes, *, gather: bool = False) -> bool:
+        """Send whole frames from a thread other than the event loop's.
 
-        Only when nothing is ahead of them: a plain TCP connection (not TLS), RabbitMQ not
-        blocking publishers, nothing gathered or buffered for sending. Otherwise nothing is
-        written and the result is False: send through the loop instead. Holds the lock every
-        write takes, so frames never interleave, and never waits on the socket: what it does
-        not take at once goes first in the loop's next flush, and writes meanwhile queue behind
-        it.
+        Only while RabbitMQ does not block publishers, the socket took everything written so
+        far (nothing waits in the transport's buffer), and the connection is plain TCP (not
+        TLS); otherwise nothing is written and the result is False: send through the loop
+        instead. Holds the lock every write takes, so frames
+        never interleave and leave in the order they were given.
+
+        With nothing queued ahead of them and ``gather`` false, the frames go straight to the
+        socket (the lowest latency: one send waiting for its answer). Otherwise (``gather``:
+        more are on their way, as in a loop of pipelined sends) they join the output the loop
+        writes in its next flush, one socket write for all that gathered meanwhile: a thread
+        writing each message itself gives the GIL away on every write. Never waits on the
+        socket: what it does not take at once goes first in the loop's next flush.
         """
         with self.write_lock:
-            return self.write_from_thread_locked(data)
+            written = self.write_from_thread_locked(data, gather=gather)
+        self.wake_from_thread()
+        return written
 
-    def write_from_thread_locked(self, data: bytes) -> bool:
-        """:meth:`write_from_thread`, with ``write_lock`` held by the caller."""
+    def write_from_thread_locked(self, data: bytes, *, gather: bool = False) -> bool:
+        """:meth:`write_from_thread`, with ``write_lock`` held by the caller, who calls
+        :meth:`wake_from_thread` once it has released the lock."""
         transport = self._transport
         if (
             transport is None
+            or self._fd < 0
             or self._lost
             or transport.is_closing()
             or not self.blocked.is_set()
-            or self._out
             or transport.get_write_buffer_size()
-            or transport.get_extra_info("sslcontext") is not None
         ):
             return False
+        if gather or self._out or self._writing:
+            return self._gather_from_thread(data)
         try:
-            sent = os.write(transport.get_extra_info("socket").fileno(), data)
+            sent = os.write(self._fd, data)
         except OSError:  # would block, or the connection is going (the loop will see)
             return False
-        if sent < len(data):
-            self._out.append(data[sent:])
-            if not self._flushing:
-                self._flushing = True
-                with contextlib.suppress(RuntimeError):  # a closed loop: the socket is gone
-                    self.loop.call_soon_threadsafe(self.flush)
         self._last_sent = time.monotonic()  # the loop's clock
+        if sent < len(data):
+            self._gather_from_thread(data[sent:])
         return True
+
+    def _gather_from_thread(self, data: bytes) -> bool:
+        """Queue ``data`` for the loop's next flush (the caller then calls
+        :meth:`wake_from_thread`); False if the loop is closed (then nothing is queued)."""
+        if self.loop.is_closed():
+            return False
+        self._out.append(data)
+        if not self._flushing:
+            self._flushing = True
+            self._wake_due = True
+        return True
+
+    def wake_from_thread(self) -> None:
+        """Ask the loop for the flush that output gathered from a thread waits for, if none is
+        asked yet; called after ``write_lock`` is released (waking the loop is a socket write,
+        and the loop's flush takes the lock)."""
+        if self._wake_due:
+            self._wake_due = False
+            with contextlib.suppress(RuntimeError):  # a closed loop: the socket is gone
+                self.loop.call_soon_threadsafe(self.flush)
 
     @property
     def can_write(self) -> bool:

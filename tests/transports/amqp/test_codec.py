@@ -79,3 +79,43 @@ async def test_a_thread_write_the_socket_cannot_take_at_once_stays_ahead_of_late
     finally:
         connection.abort()
         peer.close()
+
+
+def test_header_entries_remembered_between_messages_are_only_reused_for_the_same_value() -> None:
+    from conveyor.transports.amqp.codec import _table, encode_table
+
+    def decoded(table: dict[str, object]) -> dict[str, object]:
+        return _table(encode_table(table), 0)[0]
+
+    shared = ["a"]
+    assert decoded({"h": "one", "n": 1, "l": shared}) == {"h": "one", "n": 1, "l": ["a"]}
+    shared.append("b")  # the same list, changed: encoded afresh
+    assert decoded({"h": "two", "n": True, "l": shared}) == {"h": "two", "n": True, "l": ["a", "b"]}
+    assert decoded({"h": "two", "n": 1, "l": None}) == {"h": "two", "n": 1, "l": None}
+    assert decoded({"n": 2**40, "h": 2.5}) == {"n": 2**40, "h": 2.5}
+    assert decoded({"n": 2**40, "h": 2.5}) == {"n": 2**40, "h": 2.5}
+
+
+def test_publish_frames_hold_the_body_in_frames_of_at_most_frame_max() -> None:
+    from conveyor.transports.amqp.codec import message_frames
+
+    envelope = env(b"x")
+    flags, properties = encode_properties(envelope, envelope.headers, "m.1")
+    for size in (0, 1, 10, 11, 25):
+        body = bytes(range(size))
+        data = message_frames(3, 10, "ex", "key", True, properties, flags, body)
+        frames = []
+        pos = 0
+        while pos < len(data):
+            kind, channel, length = struct.unpack_from(">BHI", data, pos)
+            assert channel == 3
+            assert data[pos + 7 + length] == 0xCE
+            frames.append((kind, data[pos + 7 : pos + 7 + length]))
+            pos += 8 + length
+        method, header, *bodies = frames
+        assert method == (1, struct.pack(">HHH", 60, 40, 0) + b"\x02ex\x03key\x01")
+        assert header == (2, struct.pack(">HHQH", 60, 0, size, flags) + properties)
+        assert [kind for kind, _ in bodies] == [3] * len(bodies)
+        assert all(len(chunk) <= 10 for _, chunk in bodies)
+        assert b"".join(chunk for _, chunk in bodies) == body
+        assert len(bodies) == -(-size // 10)
