@@ -37,6 +37,7 @@ from conveyor.transports.storage import (
     Storage,
     StoredMessage,
     TopologySnapshot,
+    Writer,
 )
 from conveyor.transports.virtual import VirtualTransport, virtual_capabilities
 from conveyor.urls import parse_options
@@ -359,19 +360,14 @@ class MemoryStorage(Storage):
                 b.bump()
 
     async def enqueue(
-        self,
-        messages: Sequence[NewMessage],
-        *,
-        topology_version: int,
-        connection: str,
-        settle: Sequence[DeliveryTag] = (),
+        self, messages: Sequence[NewMessage], writer: Writer, *, settle: Sequence[DeliveryTag] = ()
     ) -> list[StoredMessage]:
         b = self._broker
         overflow: list[StoredMessage] = []
         with b.lock:
-            if b.version != topology_version:
-                raise StaleTopology(f"topology is at {b.version}, not {topology_version}")
-            b.remove_leased(settle, connection)
+            if b.version != writer.topology_version:
+                raise StaleTopology(f"topology is at {b.version}, not {writer.topology_version}")
+            b.remove_leased(settle, writer.connection)
             touched: dict[str, _QueueState] = {}
             now = time.time()
             for new in messages:
@@ -401,18 +397,13 @@ class MemoryStorage(Storage):
                     head = b.pop_head(state)
                     if head is None:
                         break
-                    b.lease(head, connection)
+                    b.lease(head, writer.connection)
                     overflow.append(head.stored())
             b.wake(list(touched))
         return overflow
 
     async def dequeue(
-        self,
-        queues: Sequence[str],
-        *,
-        connection: str,
-        limit: int,
-        ack: Sequence[DeliveryTag] = (),
+        self, queues: Sequence[str], *, connection: str, limit: int, ack: Sequence[DeliveryTag] = ()
     ) -> list[StoredMessage]:
         b = self._broker
         taken: list[StoredMessage] = []

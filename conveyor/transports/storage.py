@@ -47,6 +47,7 @@ __all__ = [
     "Storage",
     "StoredMessage",
     "TopologySnapshot",
+    "Writer",
 ]
 
 
@@ -68,6 +69,18 @@ class TopologySnapshot:
     topology: Topology
     owners: Mapping[str, str] = field(default_factory=dict)
     epoch: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """Who writes messages with :meth:`Storage.enqueue`, and against which topology.
+
+    ``connection`` holds the leases the write settles and the overflow it takes;
+    ``topology_version`` is the version of the topology the messages were routed by.
+    """
+
+    connection: str
+    topology_version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,15 +260,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def enqueue(
-        self,
-        messages: Sequence[NewMessage],
-        *,
-        topology_version: int,
-        connection: str,
-        settle: Sequence[DeliveryTag] = (),
+        self, messages: Sequence[NewMessage], writer: Writer, *, settle: Sequence[DeliveryTag] = ()
     ) -> list[StoredMessage]:
         """Store every message and remove the ``settle`` messages leased to ``connection``,
-        all in one atomic step, then wake listeners of the queues that got messages.
+        all in one atomic step, then wake listeners of the queues that got messages. The
+        ``writer`` gives the ``connection`` and the ``topology_version`` routed by.
 
         A storage may skip the wake-up for a queue that already had ready messages: a
         listener waits only on queues it found empty, so nobody is waiting there.
@@ -268,12 +277,7 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def dequeue(
-        self,
-        queues: Sequence[str],
-        *,
-        connection: str,
-        limit: int,
-        ack: Sequence[DeliveryTag] = (),
+        self, queues: Sequence[str], *, connection: str, limit: int, ack: Sequence[DeliveryTag] = ()
     ) -> list[StoredMessage]:
         """Ack ``ack`` (as :meth:`ack` does), then lease up to ``limit`` ready, due messages
         to ``connection``, in one atomic step; return them in delivery order.

@@ -20,7 +20,7 @@ from conveyor import Envelope, Exchange, Queue
 from conveyor.routing.entities import ExchangeType
 from conveyor.routing.topology import BoundBinding
 from conveyor.transports import open_transport
-from conveyor.transports.storage import NewMessage, StaleTopology, Storage, StoredMessage
+from conveyor.transports.storage import NewMessage, StaleTopology, Storage, StoredMessage, Writer
 from conveyor.transports.virtual import VirtualTransport
 
 MakeStorage = Callable[[], Awaitable[Storage]]
@@ -99,7 +99,7 @@ async def declare(storage: Storage, *queues: Queue | str) -> int:
 async def put(storage: Storage, *messages: NewMessage, connection: str = "producer") -> None:
     """Enqueue ``messages`` at the current topology version, expecting no overflow."""
     version = await storage.topology_version()
-    assert await storage.enqueue(messages, topology_version=version, connection=connection) == []
+    assert await storage.enqueue(messages, Writer(connection, version)) == []
 
 
 async def take(storage: Storage, queue: str, connection: str, limit: int = 100) -> list[str]:
@@ -224,17 +224,14 @@ async def test_enqueue_to_several_queues_is_all_or_nothing_against_the_topology_
     with pytest.raises(StaleTopology):
         await storage.enqueue(
             [new("q1", "a"), new("q2", "b")],
-            topology_version=version,
-            connection=c,
+            Writer(c, version),
             settle=[held.tag],
         )
     assert (await storage.stats("q1")).ready == 0
     assert (await storage.stats("q1")).unacked == 1
     assert (await storage.stats("q2")).ready == 0
     version = await storage.topology_version()
-    await storage.enqueue(
-        [new("q1", "a"), new("q2", "b")], topology_version=version, connection=c, settle=[held.tag]
-    )
+    await storage.enqueue([new("q1", "a"), new("q2", "b")], Writer(c, version), settle=[held.tag])
     assert [
         (s.ready, s.unacked) for s in [await storage.stats("q1"), await storage.stats("q2")]
     ] == [
@@ -251,7 +248,7 @@ async def test_enqueue_settles_only_what_the_connection_holds(storage: Storage) 
     [a] = await storage.dequeue(["q"], connection=mine, limit=1)
     [b] = await storage.dequeue(["q"], connection=theirs, limit=1)
     version = await storage.topology_version()
-    await storage.enqueue([], topology_version=version, connection=mine, settle=[a.tag, b.tag])
+    await storage.enqueue([], Writer(mine, version), settle=[a.tag, b.tag])
     assert (await storage.stats("q")).unacked == 1
     assert await storage.ack([b.tag], connection=theirs) == 1
 
@@ -267,14 +264,11 @@ async def test_enqueue_pushes_the_head_out_of_a_full_queue_leased_to_the_caller(
     assert (
         await storage.enqueue(
             [new("q", "a"), new("q", "b"), new("q", "later", delay=30)],
-            topology_version=version,
-            connection=c,
+            Writer(c, version),
         )
         == []
     )  # a delayed message is not due: it does not count
-    overflow = await storage.enqueue(
-        [new("q", "c"), new("q", "d")], topology_version=version, connection=c
-    )
+    overflow = await storage.enqueue([new("q", "c"), new("q", "d")], Writer(c, version))
     assert bodies(overflow) == ["a", "b"]
     assert [m.delivery_count for m in overflow] == [0, 0]
     stats = await storage.stats("q")

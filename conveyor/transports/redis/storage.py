@@ -49,6 +49,7 @@ from conveyor.transports.storage import (
     Storage,
     StoredMessage,
     TopologySnapshot,
+    Writer,
 )
 from conveyor.urls import redacted
 
@@ -259,17 +260,13 @@ class RedisStorage(Storage):
     # messages
 
     async def enqueue(
-        self,
-        messages: Sequence[NewMessage],
-        *,
-        topology_version: int,
-        connection: str,
-        settle: Sequence[DeliveryTag] = (),
+        self, messages: Sequence[NewMessage], writer: Writer, *, settle: Sequence[DeliveryTag] = ()
     ) -> list[StoredMessage]:
         """See :meth:`Storage.enqueue`. Concurrent calls share one script call (group commit);
         each keeps its own topology check, settlement and overflow."""
         settled = redis_tags(settle)
-        group: list[Any] = [topology_version, connection, len(settled), *settled, len(messages)]
+        group: list[Any] = [writer.topology_version, writer.connection, len(settled), *settled]
+        group.append(len(messages))
         group.extend(pack(m, self._new_id()) for m in messages)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._publishes.append((group, len(messages), done))
@@ -288,7 +285,7 @@ class RedisStorage(Storage):
                     self._writing = False
         reply = await done
         if reply == -1:
-            raise StaleTopology(f"topology changed since version {topology_version}")
+            raise StaleTopology(f"topology changed since version {writer.topology_version}")
         return stored_messages(reply)
 
     async def _write_rest(self) -> None:
@@ -334,12 +331,7 @@ class RedisStorage(Storage):
                 done.set_result(reply)
 
     async def dequeue(
-        self,
-        queues: Sequence[str],
-        *,
-        connection: str,
-        limit: int,
-        ack: Sequence[DeliveryTag] = (),
+        self, queues: Sequence[str], *, connection: str, limit: int, ack: Sequence[DeliveryTag] = ()
     ) -> list[StoredMessage]:
         acks = redis_tags(ack)
         args: list[Any] = [

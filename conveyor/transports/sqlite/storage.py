@@ -44,6 +44,7 @@ from conveyor.transports.storage import (
     Storage,
     StoredMessage,
     TopologySnapshot,
+    Writer,
 )
 
 __all__ = ["SQLiteStorage"]
@@ -294,12 +295,7 @@ class SQLiteStorage(Storage):
         return True
 
     async def enqueue(
-        self,
-        messages: Sequence[NewMessage],
-        *,
-        topology_version: int,
-        connection: str,
-        settle: Sequence[DeliveryTag] = (),
+        self, messages: Sequence[NewMessage], writer: Writer, *, settle: Sequence[DeliveryTag] = ()
     ) -> list[StoredMessage]:
         """See :meth:`Storage.enqueue`. Concurrent calls share one transaction (group commit);
         each still succeeds or fails on its own topology version."""
@@ -314,7 +310,9 @@ class SQLiteStorage(Storage):
             )
         future: asyncio.Future[list[StoredMessage]] = asyncio.get_running_loop().create_future()
         targets = {m.queue for m in messages}
-        request = _Enqueue(rows, targets, topology_version, connection, settle, future)
+        request = _Enqueue(
+            rows, targets, writer.topology_version, writer.connection, settle, future
+        )
         if self._committing:
             self._enqueues.append(request)  # joins the next group commit
             return await future
@@ -425,12 +423,7 @@ class SQLiteStorage(Storage):
         return run
 
     async def dequeue(
-        self,
-        queues: Sequence[str],
-        *,
-        connection: str,
-        limit: int,
-        ack: Sequence[DeliveryTag] = (),
+        self, queues: Sequence[str], *, connection: str, limit: int, ack: Sequence[DeliveryTag] = ()
     ) -> list[StoredMessage]:
         now = time.time()
         touch = [q for q in queues if now - self._touched.get(q, 0.0) > _TOUCH_EVERY]

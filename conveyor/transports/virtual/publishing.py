@@ -12,7 +12,7 @@ from conveyor.errors import BrokerUnavailable, NotFound, Unroutable
 from conveyor.routing.matching import destinations
 from conveyor.routing.topology import Topology
 from conveyor.transports.base import DeliveryTag, Outgoing
-from conveyor.transports.storage import NewMessage, StaleTopology, StoredMessage
+from conveyor.transports.storage import NewMessage, StaleTopology, StoredMessage, Writer
 from conveyor.transports.virtual.connection import VirtualConnection
 from conveyor.transports.virtual.copies import Routed, copy_for
 from conveyor.transports.virtual.dead_letters import DeadLetter, route_dead_letters
@@ -110,12 +110,8 @@ class Publisher:
                 self._topology.invalidate()
                 continue
             try:
-                overflow = await self._storage.enqueue(
-                    routed.copies,
-                    topology_version=snap.version,
-                    connection=self._connection,
-                    settle=settle,
-                )
+                writer = Writer(self._connection, snap.version)
+                overflow = await self._storage.enqueue(routed.copies, writer, settle=settle)
             except StaleTopology:
                 self._topology.invalidate()
                 continue

@@ -20,7 +20,7 @@ from conveyor import Envelope, Queue
 from conveyor.errors import BrokerUnavailable, ConfigurationError
 from conveyor.transports import Delivery, Outgoing, open_transport
 from conveyor.transports.redis import RedisStorage, RedisTransport, lua
-from conveyor.transports.storage import NewMessage, StaleTopology
+from conveyor.transports.storage import NewMessage, StaleTopology, Writer
 from tests.conftest import kill_redis_clients, redis_namespace
 from tests.transports.helpers import bodies, drain, env, take
 from tests.transports.multiprocess import (
@@ -124,12 +124,10 @@ async def test_a_stale_topology_version_stores_nothing(url: str) -> None:
             for q in ("a", "b")
         ]
         with pytest.raises(StaleTopology):
-            await storage.enqueue(copies, topology_version=version, connection="c")
+            await storage.enqueue(copies, Writer("c", version))
         assert (await storage.stats("a")).ready == 0
         assert (await storage.stats("b")).ready == 0
-        await storage.enqueue(
-            copies, topology_version=await storage.topology_version(), connection="c"
-        )
+        await storage.enqueue(copies, Writer("c", await storage.topology_version()))
         assert (await storage.stats("a")).ready == (await storage.stats("b")).ready == 1
     finally:
         await storage.close()
