@@ -426,22 +426,15 @@ class App:
     ) -> AsyncResult:
         """:meth:`asend_task` with the options as one record; ``task`` is the registered task
         when the caller holds it (else looked up by ``name``). Raises as :meth:`asend_task`."""
-        if self.conf.task_always_eager:
-            return await eager.aapply_eagerly(self._eager(name, args, kwargs, options, task))
-        plan, tid, envelope, backend = await self._prepare(name, args, kwargs, options, task)
-        return await self._publish_task(plan, tid, envelope, backend)
+        begun = self._begin(name, args, kwargs, options, task)
+        if isinstance(begun, eager.EagerRun):
+            return await eager.aapply_eagerly(begun)
+        tid, envelope, backend = await self._prepare(begun)
+        return await self._publish_task(begun, tid, envelope, backend)
 
-    async def _prepare(
-        self,
-        name: str,
-        args: Sequence[Any] | None,
-        kwargs: Mapping[str, Any] | None,
-        options: SendOptions,
-        task: Task | None,
-    ) -> tuple[sending.Plan, str, Envelope, ResultBackend | None]:
-        """A send's plan, its task id and signed message, and the backend its result comes
-        back through (None: results ignored), the reply address prepared on this loop."""
-        plan = self._plan(name, args, kwargs, options, task)
+    async def _prepare(self, plan: sending.Plan) -> tuple[str, Envelope, ResultBackend | None]:
+        """The task id and signed message of ``plan``, and the backend its result comes back
+        through (None: results ignored), the reply address prepared on this loop."""
         res = self._resources()
         backend = None
         reply_to = None
@@ -450,18 +443,12 @@ class App:
             reply_to = await backend.prepare_reply()
             res.reply_to, res.reply_from = reply_to, backend
         tid, envelope = self._compose(plan, reply_to)
-        return plan, tid, envelope, backend
+        return tid, envelope, backend
 
-    async def _asend_early(
-        self,
-        name: str,
-        args: Sequence[Any] | None,
-        kwargs: Mapping[str, Any] | None,
-        options: SendOptions,
-        task: Task | None,
-    ) -> AsyncResult:
-        """The sync API's send: :meth:`asend`, returning early (see :meth:`_publish_early`)."""
-        plan, tid, envelope, backend = await self._prepare(name, args, kwargs, options, task)
+    async def _asend_early(self, plan: sending.Plan) -> AsyncResult:
+        """The sync API's send of ``plan``: :meth:`asend`, returning early (see
+        :meth:`_publish_early`)."""
+        tid, envelope, backend = await self._prepare(plan)
         return await self._publish_early(plan, tid, envelope, backend)
 
     async def _publish_early(
@@ -541,14 +528,21 @@ class App:
             res.confirmed_routes.add((route.exchange.name, route.routing_key))
         return plan.result(tid, self, backend, loop)
 
-    def _plan(
+    def _begin(
         self,
         name: str,
         args: Sequence[Any] | None,
         kwargs: Mapping[str, Any] | None,
         options: SendOptions,
         task: Task | None,
-    ) -> sending.Plan:
+    ) -> sending.Plan | eager.EagerRun:
+        """The first step of every send, the only one given its five parts: with
+        ``task_always_eager`` its run here and now (NotRegistered for a task not registered
+        in this process), else its plan (RoutingError for a route that cannot be resolved),
+        which the sync and async paths then carry."""
+        if self.conf.task_always_eager:
+            found = eager.registered(self._tasks, name, task)
+            return eager.EagerRun.start(self, self.conf, found, args, kwargs, options)
         return sending.plan(
             name,
             args,
@@ -558,19 +552,6 @@ class App:
             router=self.router,
             conf=self.conf,
         )
-
-    def _eager(
-        self,
-        name: str,
-        args: Sequence[Any] | None,
-        kwargs: Mapping[str, Any] | None,
-        options: SendOptions,
-        task: Task | None,
-    ) -> eager.EagerRun:
-        """A send's run here and now (``task_always_eager``); NotRegistered for a task not
-        registered in this process."""
-        found = eager.registered(self._tasks, name, task)
-        return eager.EagerRun.start(self, self.conf, found, args, kwargs, options)
 
     def send_task(
         self,
@@ -592,22 +573,16 @@ class App:
         task: Task | None = None,
     ) -> AsyncResult:
         """Sync twin of :meth:`asend`."""
-        if self.conf.task_always_eager:
-            return eager.apply_eagerly(self._eager(name, args, kwargs, options, task))
-        sent = self._send_from_thread(name, args, kwargs, options, task)
+        begun = self._begin(name, args, kwargs, options, task)
+        if isinstance(begun, eager.EagerRun):
+            return eager.apply_eagerly(begun)
+        sent = self._send_from_thread(begun)
         if sent is not None:
             return sent
-        return self.run_sync(self._asend_early(name, args, kwargs, options, task))
+        return self.run_sync(self._asend_early(begun))
 
-    def _send_from_thread(
-        self,
-        name: str,
-        args: Sequence[Any] | None,
-        kwargs: Mapping[str, Any] | None,
-        options: SendOptions,
-        task: Task | None,
-    ) -> AsyncResult | None:
-        """:meth:`send_task` without a coroutine, when the transport can publish from a
+    def _send_from_thread(self, plan: sending.Plan) -> AsyncResult | None:
+        """:meth:`send` of ``plan`` without a coroutine, when the transport can publish from a
         thread (RabbitMQ) and the private loop already declared the route and prepared the
         reply address; None to send through the loop.
 
@@ -623,7 +598,6 @@ class App:
             return None
         unconfirmed = res.unconfirmed
         unconfirmed.raise_failure()
-        plan = self._plan(name, args, kwargs, options, task)
         route = plan.route
         if plan.delay is not None or res.declared_routes.get(id(route)) is not route:
             return None
