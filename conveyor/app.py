@@ -629,13 +629,7 @@ class App:
             and backend.watch_replies_from_thread(tid, wakeup)
         )
         try:
-            published = transport.publish_from_thread(
-                envelope,
-                exchange=route.exchange.name,
-                routing_key=route.routing_key,
-                mandatory=True,
-                wakeup=wakeup,
-            )
+            published = plan.publish_from_thread(transport, envelope, wakeup)
             if published is not None:
                 if not self._wait_for(wakeup, published.timeout):
                     raise published.expire()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from conveyor.results.base import ResultBackend
     from conveyor.routing.router import Route, Router
     from conveyor.task import Task
+    from conveyor.transports.base import Published, Transport, Wakeup
 
 __all__ = ["Plan", "plan"]
 
@@ -94,6 +95,21 @@ class Plan:
             loop=loop,
             ignored=self.ignore_result,
             broadcast=queue.name if isinstance(queue, Broadcast) else None,
+        )
+
+    def publish_from_thread(
+        self, transport: Transport, envelope: Envelope, wakeup: Wakeup
+    ) -> Published | None:
+        """Write this send's ``envelope`` (mandatory, on its route, declared already) onto
+        ``transport``'s connection from a thread other than its loop's, as
+        :meth:`Transport.publish_from_thread` does: None if the transport cannot."""
+        route = self.route
+        return transport.publish_from_thread(
+            envelope,
+            exchange=route.exchange.name,
+            routing_key=route.routing_key,
+            mandatory=True,
+            wakeup=wakeup,
         )
 
     def _workflow_message(self, tid: str, reply_to: str | None) -> TaskMessage:

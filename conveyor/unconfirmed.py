@@ -155,16 +155,9 @@ class Unconfirmed:
         is full): send it through the loop."""
         if len(self) >= self.window or self._loop is None:
             return False
-        route = plan.route
         send = _ThreadSend(self, plan, task_id, envelope)
         self._from_threads[send] = None  # before the frames leave: the answer may come at once
-        published = transport.publish_from_thread(
-            envelope,
-            exchange=route.exchange.name,
-            routing_key=route.routing_key,
-            mandatory=True,
-            wakeup=send,
-        )
+        published = plan.publish_from_thread(transport, envelope, send)
         if published is None:
             del self._from_threads[send]
             return False
