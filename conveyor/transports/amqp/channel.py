@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as spec
@@ -51,6 +52,7 @@ _NEVER = math.inf
 Callback = Callable[[Message], None]
 
 
+@dataclass(slots=True, eq=False)
 class ThreadConfirm:
     """The confirm of a message a thread published (:meth:`Channel.publish_from_thread`).
 
@@ -59,15 +61,12 @@ class ThreadConfirm:
     thread reads :attr:`value` / :attr:`error` once :attr:`settled`.
     """
 
-    __slots__ = ("channel", "error", "settled", "tag", "value", "wakeup")
-
-    def __init__(self, channel: Channel, tag: int, wakeup: Wakeup | None) -> None:
-        self.channel = channel
-        self.tag = tag
-        self.wakeup = wakeup
-        self.settled = False
-        self.value = False
-        self.error: BaseException | None = None
+    channel: Channel
+    tag: int
+    wakeup: Wakeup | None
+    settled: bool = False
+    value: bool = False
+    error: BaseException | None = None
 
     def done(self) -> bool:
         return self.settled

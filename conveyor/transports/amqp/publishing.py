@@ -34,7 +34,7 @@ from conveyor.transports.amqp.errors import (
     unroutable,
 )
 from conveyor.transports.amqp.session import ChannelRole, Session
-from conveyor.transports.base import Published
+from conveyor.transports.base import Outgoing, Published
 
 __all__ = ["DIRECT_REPLY_TO", "REPLY_PREFIX", "WRITTEN", "Publisher", "ThreadPublished", "Written"]
 
@@ -168,18 +168,9 @@ WRITTEN = Written()
 class ThreadPublished(Published):
     """A thread's publish on the ``PUBLISH`` channel, waiting for RabbitMQ's confirm."""
 
-    def __init__(
-        self,
-        confirm: ThreadConfirm,
-        exchange: str,
-        routing_key: str,
-        mandatory: bool,
-        timeout: float,
-    ) -> None:
+    def __init__(self, confirm: ThreadConfirm, message: Outgoing, timeout: float) -> None:
         self._confirm = confirm
-        self._exchange = exchange
-        self._routing_key = routing_key
-        self._mandatory = mandatory
+        self._message = message
         self.timeout = timeout
 
     @property
@@ -187,16 +178,16 @@ class ThreadPublished(Published):
         return self._confirm.settled
 
     def result(self) -> int | None:
-        confirm = self._confirm
+        confirm, message = self._confirm, self._message
         if confirm.error is not None:
             if isinstance(confirm.error, Nacked):
-                raise nacked(self._exchange) from confirm.error
+                raise nacked(message.exchange) from confirm.error
             return None  # channel or connection gone: publish again on the loop
         if confirm.value:
             return 1
-        if not self._mandatory:
+        if not message.mandatory:
             return 0
-        raise unroutable(self._exchange, self._routing_key)
+        raise unroutable(message.exchange, message.routing_key)
 
     def expire(self) -> BaseException:
         self._confirm.forget()

@@ -208,9 +208,7 @@ class AMQPTransport(Transport):
         confirm = raw.publish_from_thread(frames, message_id, wakeup)
         if confirm is None:
             return None
-        return ThreadPublished(
-            confirm, exchange, routing_key, mandatory, self._options.confirm_timeout
-        )
+        return ThreadPublished(confirm, message, self._options.confirm_timeout)
 
     async def _publish_many(self, messages: Sequence[Outgoing]) -> list[int]:
         """Publish all at once (confirms pipelined); the first failure, in order, raises."""
