@@ -475,6 +475,8 @@ class App:
             transport is None
             or unconfirmed.window <= 0
             or (route.exchange.name, route.routing_key) not in res.confirmed_routes
+            # declared once through the waited path, so that later sends take the thread's
+            or res.declared_routes.get(id(route)) is not route
         ):
             result = await self._publish_task(plan, tid, envelope, backend)
             unconfirmed.attach(res.transport)
