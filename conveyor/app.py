@@ -474,6 +474,10 @@ class App:
             result = await self._publish_task(plan, tid, envelope, backend)
             unconfirmed.attach(res.transport)
             return result
+        if res.declared_routes.get(id(route)) is not route:
+            # Another route object to a confirmed exchange and routing key (another task's):
+            # known from now on, so that the next sends of it need not come through here.
+            transport = await self._declare_route(route)
         await unconfirmed.add(publish_planned(transport, plan, envelope), tid, plan.name)
         return plan.result(tid, self, backend, loop)
 

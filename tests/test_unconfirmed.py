@@ -56,7 +56,8 @@ def task_ids(app: App, queue: str) -> list[str]:
 
 
 class Gate:
-    """Holds every publish of ``app``'s transport until opened (the broker's confirm late)."""
+    """Holds every publish of ``app``'s transport until opened (the broker's confirm late);
+    ``started`` counts the messages held."""
 
     def __init__(self, app: App) -> None:
         self.opened: asyncio.Event | None = None
@@ -64,7 +65,7 @@ class Gate:
 
         async def install() -> None:
             transport = await app.atransport()
-            publish = transport.publish
+            publish, publish_many = transport.publish, transport.publish_many
             self.opened = asyncio.Event()
             self.loop = asyncio.get_running_loop()
 
@@ -74,7 +75,14 @@ class Gate:
                 await self.opened.wait()
                 return await publish(*args, **kwargs)
 
+            async def held_many(messages: Any, *args: Any, **kwargs: Any) -> Any:
+                self.started += len(messages)
+                assert self.opened is not None
+                await self.opened.wait()
+                return await publish_many(messages, *args, **kwargs)
+
             transport.publish = held  # type: ignore[method-assign]
+            transport.publish_many = held_many  # type: ignore[method-assign]
 
         app.run_sync(install())
 
@@ -98,6 +106,24 @@ def test_a_send_returns_before_its_confirm_and_flush_waits_for_it(app: App) -> N
     flushing.join(5)
     assert not flushing.is_alive()
     assert task_ids(app, "work")[1:] == sent
+
+
+def test_another_task_on_a_confirmed_route_is_sent_without_running_the_loop(app: App) -> None:
+    app.send_task("t.first")  # confirmed: the route is known to take messages
+    app.send_task("t.other")  # another task's route to the same queue, learnt by this send
+    through_loop: list[object] = []
+    run_sync = app.run_sync
+
+    def counted(coro: Any) -> Any:
+        through_loop.append(coro)
+        return run_sync(coro)
+
+    app.run_sync = counted  # type: ignore[method-assign]
+    sent = [app.send_task("t.other", (n,)).id for n in range(3)]
+    app.run_sync = run_sync  # type: ignore[method-assign]
+    assert through_loop == []  # handed to the loop, not run by this thread
+    app.flush()
+    assert task_ids(app, "work")[2:] == sent
 
 
 def test_with_a_window_of_zero_every_send_waits_for_its_confirm(app: App) -> None:
