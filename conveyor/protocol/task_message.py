@@ -261,7 +261,6 @@ def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
         m.id,
         m.args,
         m.kwargs,
-        serializer,
         given_embed=m.embed,
         retries=m.retries,
         eta=m.eta,
@@ -278,6 +277,7 @@ def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
         priority=m.priority,
         given_headers=m.headers,
         group_index=m.group_index,
+        serializer=serializer,
     )
 
 
@@ -319,7 +319,6 @@ def encode_new_task(
         task_id,
         args,
         kwargs,
-        serializer,
         eta=eta,
         expires=expires,
         timelimit=(time_limit, None),
@@ -329,6 +328,7 @@ def encode_new_task(
         reply_to=reply_to,
         priority=priority,
         given_headers=headers,
+        serializer=serializer,
     )
 
 
@@ -337,7 +337,6 @@ def _encode(
     task_id: str,
     args: tuple[Any, ...],
     given_kwargs: Mapping[str, Any],
-    serializer: str,
     *,
     given_embed: Mapping[str, Any] | None = None,
     retries: int = 0,
@@ -355,13 +354,14 @@ def _encode(
     priority: int | None,
     given_headers: Mapping[str, Any] | None,
     group_index: int | None = None,
+    serializer: str,
 ) -> Envelope:
     """:func:`encode_task` of a message's fields (see the module docstring for the headers).
 
-    The keywords stand in the order of TaskMessage's fields. Those every send sets are
-    required; those only a retry, a workflow or a message built by hand sets (embed, retries,
-    group, origin, shadow, correlation id, group index) default to what a plain send writes,
-    so a caller names only what it sets.
+    The keywords stand in the order of TaskMessage's fields, then the serializer. Those every
+    send sets are required; those only a retry, a workflow or a message built by hand sets
+    (embed, retries, group, origin, shadow, correlation id, group index) default to what a
+    plain send writes, so a caller names only what it sets.
     """
     kwargs = given_kwargs if type(given_kwargs) is dict else dict(given_kwargs)
     embed = dict(given_embed) if given_embed is not None else _NO_EMBED
