@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "conveyor.urls",
             "conveyor.task_ids",
             "conveyor.seconds",
+            "conveyor.lifecycle",
         ),
     ),
     ("routing", ("conveyor.routing",)),

@@ -255,28 +255,29 @@ def encode_task(message: TaskMessage, serializer: str = "json") -> Envelope:
     Raises ProtocolError when the arguments cannot be serialized or a header is not a JSON value.
     """
     m = message
+    # In the order of TaskMessage's fields.
     return _encode(
         m.task,
         m.id,
         m.args,
         m.kwargs,
-        m.embed,
-        m.retries,
-        m.eta,
-        m.expires,
-        m.timelimit,
-        m.root_id,
-        m.parent_id,
-        m.group,
-        m.origin,
-        m.shadow,
-        m.ignore_result,
-        m.reply_to,
-        m.correlation_id,
-        m.priority,
-        m.headers,
-        m.group_index,
-        serializer,
+        given_embed=m.embed,
+        retries=m.retries,
+        eta=m.eta,
+        expires=m.expires,
+        timelimit=m.timelimit,
+        root_id=m.root_id,
+        parent_id=m.parent_id,
+        group=m.group,
+        origin=m.origin,
+        shadow=m.shadow,
+        ignore_result=m.ignore_result,
+        reply_to=m.reply_to,
+        correlation_id=m.correlation_id,
+        priority=m.priority,
+        given_headers=m.headers,
+        group_index=m.group_index,
+        serializer=serializer,
     )
 
 
@@ -309,45 +310,25 @@ def encode_new_task(
         or type(kwargs) is not dict
         or not all(type(key) is str for key in kwargs)
     ):
-        # Anything unusual goes the whole way, whose checks say what is wrong with it.
-        message = TaskMessage(
-            task=task,
-            id=task_id,
-            args=args,
-            kwargs=kwargs,
-            eta=eta,
-            expires=expires,
-            timelimit=(time_limit, None),
-            root_id=root_id,
-            parent_id=parent_id,
-            ignore_result=ignore_result,
-            reply_to=reply_to,
-            priority=priority,
-            headers=headers or {},
-        )
-        return encode_task(message, serializer)
+        # Anything unusual is checked (and args made a tuple) as TaskMessage checks it, which
+        # says what is wrong with it; the other fields TaskMessage takes as they are.
+        message = TaskMessage(task=task, id=task_id, args=args, kwargs=kwargs)
+        args, kwargs = message.args, dict(message.kwargs)
     return _encode(
         task,
         task_id,
         args,
         kwargs,
-        None,
-        0,
-        eta,
-        expires,
-        (time_limit, None),
-        root_id,
-        parent_id,
-        None,
-        None,
-        None,
-        ignore_result,
-        reply_to,
-        None,
-        priority,
-        headers,
-        None,
-        serializer,
+        eta=eta,
+        expires=expires,
+        timelimit=(time_limit, None),
+        root_id=root_id,
+        parent_id=parent_id,
+        ignore_result=ignore_result,
+        reply_to=reply_to,
+        priority=priority,
+        given_headers=headers,
+        serializer=serializer,
     )
 
 
@@ -356,25 +337,32 @@ def _encode(
     task_id: str,
     args: tuple[Any, ...],
     given_kwargs: Mapping[str, Any],
-    given_embed: Mapping[str, Any] | None,
-    retries: int,
+    *,
+    given_embed: Mapping[str, Any] | None = None,
+    retries: int = 0,
     eta: datetime | None,
     expires: datetime | None,
     timelimit: tuple[float | None, float | None],
     root_id: str | None,
     parent_id: str | None,
-    group: str | None,
-    origin: str | None,
-    shadow: str | None,
+    group: str | None = None,
+    origin: str | None = None,
+    shadow: str | None = None,
     ignore_result: bool,
     reply_to: str | None,
-    correlation_id: str | None,
+    correlation_id: str | None = None,
     priority: int | None,
     given_headers: Mapping[str, Any] | None,
-    group_index: int | None,
+    group_index: int | None = None,
     serializer: str,
 ) -> Envelope:
-    """:func:`encode_task` of a message's fields (see the module docstring for the headers)."""
+    """:func:`encode_task` of a message's fields (see the module docstring for the headers).
+
+    The keywords stand in the order of TaskMessage's fields, then the serializer. Those every
+    send sets are required; those only a retry, a workflow or a message built by hand sets
+    (embed, retries, group, origin, shadow, correlation id, group index) default to what a
+    plain send writes, so a caller names only what it sets.
+    """
     kwargs = given_kwargs if type(given_kwargs) is dict else dict(given_kwargs)
     embed = dict(given_embed) if given_embed is not None else _NO_EMBED
     body, content_type, encoding = dumps((args, kwargs, embed), serializer)

@@ -33,10 +33,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from conveyor.errors import ConfigurationError, ResultTimeout
+from conveyor.lifecycle import Connectable
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.seconds import seconds
 from conveyor.transports.base import Wakeup
@@ -130,7 +130,7 @@ class ChordJoin:
     parts: tuple[ChordPart, ...]
 
 
-class ResultBackend(abc.ABC):
+class ResultBackend(Connectable):
     """Where task results are kept. Create with :func:`conveyor.results.open_backend`."""
 
     url: str
@@ -154,18 +154,6 @@ class ResultBackend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections and wake waiters with ResultTimeout (idempotent)."""
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def prepare_reply(self) -> str | None:
         """Called by a sender before it publishes: the ``reply_to`` to put on the message.
@@ -192,7 +180,7 @@ class ResultBackend(abc.ABC):
         """
         return None
 
-    def unwatch_replies(self, task_id: str, watch: asyncio.Future[None]) -> None:  # noqa: B027
+    def unwatch_replies(self, task_id: str, watch: asyncio.Future[None]) -> None:
         """Forget a future from :meth:`watch_replies`; idempotent (nothing to forget here)."""
 
     def watch_replies_from_thread(self, task_id: str, wakeup: Wakeup) -> bool:
@@ -201,7 +189,7 @@ class ResultBackend(abc.ABC):
         thread; pair with :meth:`unwatch_replies_from_thread`."""
         return False
 
-    def unwatch_replies_from_thread(self, task_id: str, wakeup: Wakeup) -> None:  # noqa: B027
+    def unwatch_replies_from_thread(self, task_id: str, wakeup: Wakeup) -> None:
         """Forget ``wakeup`` from :meth:`watch_replies_from_thread`; idempotent. Any thread."""
 
     def wait_from_thread(

@@ -17,6 +17,7 @@ from typing import Self
 from urllib.parse import urlsplit
 
 from conveyor.errors import ConfigurationError
+from conveyor.lifecycle import PerName
 from conveyor.results.base import (
     CHORD_CLAIM_SECONDS,
     BackendHost,
@@ -83,16 +84,8 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-_STORES: dict[str, _Store] = {}
-_STORES_LOCK = threading.Lock()
-
-
-def _store_for(name: str) -> _Store:
-    with _STORES_LOCK:
-        store = _STORES.get(name)
-        if store is None:
-            store = _STORES[name] = _Store()
-        return store
+# The process-wide stores, one per URL name.
+_store_for: PerName[_Store] = PerName(lambda name: _Store())
 
 
 class MemoryBackend(BatchingBackend):

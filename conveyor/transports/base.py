@@ -35,11 +35,11 @@ import abc
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from conveyor._frozen import fast_init
 from conveyor.errors import ConfigurationError, ProtocolError
+from conveyor.lifecycle import Connectable, Scoped
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import Exchange, Queue, check_routing_key
 from conveyor.routing.topology import BoundBinding
@@ -157,7 +157,7 @@ class Subscription:
         return cls(names, prefetch, no_ack, tag)
 
 
-class Consumer(abc.ABC):
+class Consumer(Scoped):
     """A subscription to one or more queues, iterated with ``async for``.
 
     At most ``prefetch`` deliveries are outstanding (handed out and not yet settled) at a time;
@@ -188,15 +188,8 @@ class Consumer(abc.ABC):
         transport had prefetched but not yielded go back to their queues at once.
         """
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self) -> None:
+        # Leaving ``async with consumer:`` cancels it.
         await self.cancel()
 
 
@@ -270,7 +263,7 @@ class Published(abc.ABC):
         """Stop waiting for the answer and return the error to raise (no answer in time)."""
 
 
-class Transport(abc.ABC):
+class Transport(Connectable):
     """A connection to one broker. Create with :func:`conveyor.transports.open_transport`.
 
     Use as ``async with transport:`` or call :meth:`connect` and :meth:`close`. Methods other than
@@ -296,18 +289,6 @@ class Transport(abc.ABC):
         Unsettled deliveries return to their queues; exclusive queues of this connection are
         deleted; pending acks are flushed first.
         """
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @abc.abstractmethod
     async def declare_exchange(self, exchange: Exchange, *, passive: bool = False) -> None:

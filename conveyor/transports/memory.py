@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Self
 from urllib.parse import unquote, urlsplit
 
 from conveyor.errors import BrokerUnavailable, ConfigurationError
+from conveyor.lifecycle import PerName
 from conveyor.protocol.envelope import Envelope
 from conveyor.routing.entities import Exchange, Queue
 from conveyor.routing.topology import BoundBinding, Topology
@@ -265,22 +266,13 @@ class _MemoryBroker:
         return counts
 
 
-_BROKERS: dict[str, _MemoryBroker] = {}
-_BROKERS_LOCK = threading.Lock()
-
-
-def _broker(name: str) -> _MemoryBroker:
-    with _BROKERS_LOCK:
-        broker = _BROKERS.get(name)
-        if broker is None:
-            broker = _BROKERS[name] = _MemoryBroker(name)
-        return broker
+# The process-wide brokers, one per URL name.
+_broker: PerName[_MemoryBroker] = PerName(_MemoryBroker)
 
 
 def memory_broker_names() -> list[str]:
     """The names of the in-process brokers created so far."""
-    with _BROKERS_LOCK:
-        return sorted(_BROKERS)
+    return _broker.names()
 
 
 class MemoryStorage(Storage):
