@@ -327,6 +327,11 @@ class ResultBackend(Connectable):
         On Redis the keys and the script are Celery's, so Celery and conveyor workers finish
         each other's chords.
         """
+        return await self._join_part(part, claim_seconds)
+
+    async def _join_part(self, part: ChordPart, claim_seconds: float) -> ChordJoin | None:
+        """The primitive behind :meth:`chord_part_done` (its contract), which a backend that
+        joins chords writes; ConfigurationError here (the default: no joins)."""
         raise self._no_chords()
 
     async def chord_done(self, group_id: str, claim: str) -> bool:

@@ -18,14 +18,7 @@ from urllib.parse import urlsplit
 
 from conveyor.errors import ConfigurationError
 from conveyor.lifecycle import PerName
-from conveyor.results.base import (
-    CHORD_CLAIM_SECONDS,
-    BackendHost,
-    BatchingBackend,
-    ChordJoin,
-    ChordPart,
-    StoreRequest,
-)
+from conveyor.results.base import BackendHost, BatchingBackend, ChordJoin, ChordPart, StoreRequest
 from conveyor.results.chords import ChordBook
 from conveyor.results.meta import ResultMeta, pick_result
 from conveyor.results.waiters import FutureWatch
@@ -143,9 +136,7 @@ class MemoryBackend(BatchingBackend):
     async def chord_start(self, group_id: str, size: int) -> None:
         self._store.chords.start(group_id, size)
 
-    async def chord_part_done(
-        self, part: ChordPart, *, claim_seconds: float = CHORD_CLAIM_SECONDS
-    ) -> ChordJoin | None:
+    async def _join_part(self, part: ChordPart, claim_seconds: float) -> ChordJoin | None:
         return self._store.chords.part_done(part, claim_seconds)
 
     async def chord_done(self, group_id: str, claim: str) -> bool:

@@ -32,7 +32,6 @@ from psycopg import sql
 from conveyor.errors import BrokerUnavailable
 from conveyor.results import postgres_listener
 from conveyor.results.base import (
-    CHORD_CLAIM_SECONDS,
     BackendHost,
     BatchingBackend,
     ChordJoin,
@@ -153,9 +152,7 @@ class PostgresBackend(BatchingBackend):
             lambda conn: self._joins.start(conn, group_id, size), f"starting chord {group_id}"
         )
 
-    async def chord_part_done(
-        self, part: ChordPart, *, claim_seconds: float = CHORD_CLAIM_SECONDS
-    ) -> ChordJoin | None:
+    async def _join_part(self, part: ChordPart, claim_seconds: float) -> ChordJoin | None:
         return await self._db.run(
             lambda conn: self._joins.part_done(conn, part, claim_seconds),
             f"counting a part of chord {part.group_id}",

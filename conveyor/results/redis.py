@@ -38,7 +38,6 @@ from redis import exceptions as rexc
 
 from conveyor.errors import BrokerUnavailable, ConveyorError, ProtocolError
 from conveyor.results.base import (
-    CHORD_CLAIM_SECONDS,
     BackendHost,
     BatchingBackend,
     Block,
@@ -474,9 +473,7 @@ class RedisBackend(BatchingBackend):
             start, f"starting chord {group_id}", timeout=self._connection.socket_timeout
         )
 
-    async def chord_part_done(
-        self, part: ChordPart, *, claim_seconds: float = CHORD_CLAIM_SECONDS
-    ) -> ChordJoin | None:
+    async def _join_part(self, part: ChordPart, claim_seconds: float) -> ChordJoin | None:
         keys = self._chord_keys(part.group_id)
         try:
             encoded = orjson.dumps([1, part.task_id, str(part.state), part.result])

@@ -25,7 +25,6 @@ from typing import Any, Self, TypeVar
 from conveyor.errors import BrokerUnavailable
 from conveyor.results import sqlite_chords
 from conveyor.results.base import (
-    CHORD_CLAIM_SECONDS,
     BackendHost,
     BatchingBackend,
     ChordJoin,
@@ -243,9 +242,7 @@ class SQLiteBackend(BatchingBackend):
     async def chord_start(self, group_id: str, size: int) -> None:
         await self._run(write_transaction(lambda db: sqlite_chords.chord_start(db, group_id, size)))
 
-    async def chord_part_done(
-        self, part: ChordPart, *, claim_seconds: float = CHORD_CLAIM_SECONDS
-    ) -> ChordJoin | None:
+    async def _join_part(self, part: ChordPart, claim_seconds: float) -> ChordJoin | None:
         return await self._run(
             write_transaction(lambda db: sqlite_chords.chord_part_done(db, part, claim_seconds))
         )
