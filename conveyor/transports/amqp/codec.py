@@ -504,31 +504,14 @@ def message_frames(
 ) -> bytes:
     """basic.publish, its content header and body frames, as bytes for ``channel``."""
     size = len(body)
-    header_size = 14 + len(properties)
-    if size <= frame_max:
-        return b"".join(
-            (
-                _method_frame(channel, exchange, routing_key, mandatory),
-                _HEADER_AND_BODY(2, channel, header_size, 60, 0, size, flags),
-                properties,
-                _END_AND_BODY_HEAD(FRAME_END, 3, channel, size),
-                body,
-                _END,
-            )
-            if size
-            else (
-                _method_frame(channel, exchange, routing_key, mandatory),
-                _HEADER_AND_BODY(2, channel, header_size, 60, 0, size, flags),
-                properties,
-                _END,
-            )
-        )
-    parts = [
-        _method_frame(channel, exchange, routing_key, mandatory),
-        _HEADER_AND_BODY(2, channel, header_size, 60, 0, size, flags),
-        properties,
-        _END,
-    ]
+    method = _method_frame(channel, exchange, routing_key, mandatory)
+    header = _HEADER_AND_BODY(2, channel, 14 + len(properties), 60, 0, size, flags)
+    if not size:
+        return b"".join((method, header, properties, _END))
+    if size <= frame_max:  # one body frame: its head packed with the header's frame end
+        body_head = _END_AND_BODY_HEAD(FRAME_END, 3, channel, size)
+        return b"".join((method, header, properties, body_head, body, _END))
+    parts = [method, header, properties, _END]
     for start in range(0, size, frame_max):
         chunk = body[start : start + frame_max]
         parts += (_FRAME_HEAD(3, channel, len(chunk)), chunk, _END)
