@@ -46,7 +46,7 @@ from conveyor.sync_loop import SYNC_LOOP
 from conveyor.task import Task
 from conveyor.transports import Transport, open_transport
 from conveyor.transports.base import Wakeup
-from conveyor.unconfirmed import Unconfirmed, publish_planned
+from conveyor.unconfirmed import Unconfirmed
 
 if TYPE_CHECKING:
     from conveyor.canvas.signatures import Signature
@@ -88,7 +88,7 @@ def default_backend_url(broker_url: str) -> str:
 
 
 async def _confirmed_or_replied(
-    publishing: Coroutine[Any, Any, int], replied: asyncio.Future[None]
+    publishing: Coroutine[Any, Any, None], replied: asyncio.Future[None]
 ) -> None:
     """Await ``publishing`` (a publish waiting for its confirm) unless ``replied`` resolves
     first; then stop waiting for the confirm. Raises what the publish raised, unless the reply
@@ -117,13 +117,6 @@ async def _confirmed_or_replied(
             confirm.result()
 
 
-def _remember(routes: dict[int, Route], route: Route) -> None:
-    """Add ``route`` to a cache of routes by identity (the router reuses them), kept small."""
-    if len(routes) >= 1024:
-        routes.clear()
-    routes[id(route)] = route
-
-
 class _LoopResources:
     """What an App holds for one event loop: its transport, its backend, what it declared."""
 
@@ -142,6 +135,34 @@ class _LoopResources:
         self.reply_to: str | None = None
         self.reply_from: ResultBackend | None = None
 
+    def forget_declared(self) -> None:
+        """Forget what was declared and confirmed: a new transport knows none of it."""
+        self.declared.clear()
+        self.declared_routes.clear()
+        self.confirmed_routes.clear()
+
+    def route_declared(self, route: Route) -> bool:
+        """Whether the exchange and queue of ``route`` (this very object) are declared on
+        this transport."""
+        return self.declared_routes.get(id(route)) is route
+
+    def remember_declared(self, route: Route) -> None:
+        """Note ``route`` as declared (a cache by identity, kept small)."""
+        if len(self.declared_routes) >= 1024:
+            self.declared_routes.clear()
+        self.declared_routes[id(route)] = route
+
+    def route_confirmed(self, route: Route) -> bool:
+        """Whether a send to the exchange and routing key of ``route`` was confirmed on this
+        transport (later sync sends there may return before their confirm)."""
+        return (route.exchange.name, route.routing_key) in self.confirmed_routes
+
+    def remember_confirmed(self, route: Route) -> None:
+        """Note that a send on ``route`` was confirmed (a cache kept small)."""
+        if len(self.confirmed_routes) >= 1024:
+            self.confirmed_routes.clear()
+        self.confirmed_routes.add((route.exchange.name, route.routing_key))
+
     async def close(self) -> None:
         SYNC_LOOP.forget(self)
         try:
@@ -151,9 +172,7 @@ class _LoopResources:
             raise
         backend, transport = self.backend, self.transport
         self.backend = self.transport = self.reply_from = None
-        self.declared.clear()
-        self.declared_routes.clear()
-        self.confirmed_routes.clear()
+        self.forget_declared()
         try:
             if backend is not None:
                 await backend.close()
@@ -305,9 +324,7 @@ class App:
                 transport = open_transport(self.broker_url, self.conf.broker_transport_options)
                 await transport.connect()
                 res.transport = transport
-                res.declared.clear()
-                res.declared_routes.clear()
-                res.confirmed_routes.clear()
+                res.forget_declared()
             return res.transport
 
     async def abackend(self) -> ResultBackend:
@@ -389,7 +406,7 @@ class App:
             await self.declare(transport, route.queue)
         res = self._resources()
         if res.transport is transport:
-            _remember(res.declared_routes, route)
+            res.remember_declared(route)
         return transport
 
     def asend_task(
@@ -466,19 +483,15 @@ class App:
         unconfirmed.window = self.conf.task_publish_window
         route = plan.route
         transport = res.transport
-        if (
-            transport is None
-            or unconfirmed.window <= 0
-            or (route.exchange.name, route.routing_key) not in res.confirmed_routes
-        ):
+        if transport is None or unconfirmed.window <= 0 or not res.route_confirmed(route):
             result = await self._publish_task(plan, tid, envelope, backend)
             unconfirmed.attach(res.transport)
             return result
-        if res.declared_routes.get(id(route)) is not route:
+        if not res.route_declared(route):
             # Another route object to a confirmed exchange and routing key (another task's):
             # known from now on, so that the next sends of it need not come through here.
             transport = await self._declare_route(route)
-        await unconfirmed.add(publish_planned(transport, plan, envelope), tid, plan.name)
+        await unconfirmed.add(plan.publish(transport, envelope), tid, plan.name)
         return plan.result(tid, self, backend, loop)
 
     def _compose(self, plan: sending.Plan, reply_to: str | None) -> tuple[str, Envelope]:
@@ -497,15 +510,9 @@ class App:
         res = self._resources(loop)
         route = plan.route
         transport = res.transport
-        if transport is None or res.declared_routes.get(id(route)) is not route:
+        if transport is None or not res.route_declared(route):
             transport = await self._declare_route(route)
-        publishing = transport.publish(
-            envelope,
-            exchange=route.exchange.name,
-            routing_key=route.routing_key,
-            mandatory=True,
-            delay=plan.delay,
-        )
+        publishing = plan.publish(transport, envelope)
         # A reply proves a worker holds the task as surely as the broker's confirm does, and
         # can come first (the confirm of a persistent message waits for a disk sync): the send
         # is done at whichever comes first. Only for ids made here and now, whose replies can
@@ -520,16 +527,12 @@ class App:
                 await publishing
             else:
                 await _confirmed_or_replied(publishing, replied)
-        except Unroutable as exc:
-            raise plan.unroutable(exc) from exc
         finally:
             if replied is not None:
                 assert backend is not None
                 backend.unwatch_replies(tid, replied)
         if res.transport is transport:
-            if len(res.confirmed_routes) >= 1024:
-                res.confirmed_routes.clear()
-            res.confirmed_routes.add((route.exchange.name, route.routing_key))
+            res.remember_confirmed(route)
         return plan.result(tid, self, backend, loop)
 
     def _begin(
@@ -603,7 +606,7 @@ class App:
         unconfirmed = res.unconfirmed
         unconfirmed.raise_failure()
         route = plan.route
-        if plan.delay is not None or res.declared_routes.get(id(route)) is not route:
+        if plan.delay is not None or not res.route_declared(route):
             return None
         transport = res.transport
         backend = None
@@ -614,10 +617,7 @@ class App:
                 return None
             reply_to = res.reply_to
         tid, envelope = self._compose(plan, reply_to)
-        if (
-            self.conf.task_publish_window > 0
-            and (route.exchange.name, route.routing_key) in res.confirmed_routes
-        ):
+        if self.conf.task_publish_window > 0 and res.route_confirmed(route):
             # Pipelined: written from here and left to the loop until confirmed, if it can be.
             unconfirmed.window = self.conf.task_publish_window
             if unconfirmed.transport is transport and (

@@ -97,6 +97,21 @@ class Plan:
             broadcast=queue.name if isinstance(queue, Broadcast) else None,
         )
 
+    async def publish(self, transport: Transport, envelope: Envelope) -> None:
+        """Publish this send's ``envelope`` (mandatory, on its route, declared already, with
+        its delay) and wait for the broker's confirm; Unroutable says where the route went."""
+        route = self.route
+        try:
+            await transport.publish(
+                envelope,
+                exchange=route.exchange.name,
+                routing_key=route.routing_key,
+                mandatory=True,
+                delay=self.delay,
+            )
+        except Unroutable as exc:
+            raise self.unroutable(exc) from exc
+
     def publish_from_thread(
         self, transport: Transport, envelope: Envelope, wakeup: Wakeup
     ) -> Published | None:

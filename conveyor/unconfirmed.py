@@ -38,25 +38,9 @@ if TYPE_CHECKING:
     from conveyor.sending import Plan
     from conveyor.transports import Transport
 
-__all__ = ["Unconfirmed", "publish_planned"]
+__all__ = ["Unconfirmed"]
 
 log = logging.getLogger("conveyor.sending")
-
-
-async def publish_planned(transport: Transport, plan: Plan, envelope: Envelope) -> None:
-    """Publish a planned task message on its route (declared already) and wait for the
-    broker's confirm; Unroutable says where the route went."""
-    route = plan.route
-    try:
-        await transport.publish(
-            envelope,
-            exchange=route.exchange.name,
-            routing_key=route.routing_key,
-            mandatory=True,
-            delay=plan.delay,
-        )
-    except Unroutable as exc:
-        raise plan.unroutable(exc) from exc
 
 
 _BATCH = 500
@@ -193,7 +177,7 @@ class Unconfirmed:
             while handed and len(batch) < _BATCH and target and _target(handed[0][0]) == target:
                 batch.append(handed.popleft())
             if len(batch) == 1:
-                self._start(publish_planned(transport, plan, envelope), task_id, plan.name)
+                self._start(plan.publish(transport, envelope), task_id, plan.name)
             else:
                 self._start(
                     self._publish_batch(transport, batch),
@@ -235,7 +219,7 @@ class Unconfirmed:
             if routed is None and transport is not None:
                 # The connection went before the confirm: publish it again (on the new one).
                 self._start(
-                    publish_planned(transport, send.plan, send.envelope),
+                    send.plan.publish(transport, send.envelope),
                     send.task_id,
                     send.plan.name,
                 )
