@@ -1,4 +1,5 @@
-"""Start a real Celery 5 worker (the app in tests/worker/celery_side.py) as a child process."""
+"""Start a real Celery 5 worker (by default the app in tests/worker/celery_side.py) as a child
+process."""
 
 from __future__ import annotations
 
@@ -22,9 +23,13 @@ async def celery_worker(
     backend_url: str = "rpc://",
     pool: str = "solo",
     keyprefix: str = "",
+    app: str = "tests.worker.celery_side",
+    hostname: str | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A Celery worker consuming ``queues`` on ``broker_url``, its output in ``log``; killed
-    on exit (Celery's own shutdown takes seconds and holds nothing a test needs)."""
+    """A Celery worker of ``app`` (a module reading its broker and backend from
+    INTEROP_BROKER_URL and INTEROP_BACKEND_URL) consuming ``queues`` on ``broker_url``, its
+    output in ``log``; killed on exit (Celery's own shutdown takes seconds and holds nothing a
+    test needs)."""
     env = dict(
         os.environ,
         INTEROP_BROKER_URL=broker_url,
@@ -38,10 +43,11 @@ async def celery_worker(
             "-m",
             "celery",
             "-A",
-            "tests.worker.celery_side",
+            app,
             "worker",
             "-Q",
             ",".join(queues),
+            *(("-n", hostname) if hostname else ()),
             "-P",
             pool,
             "-c",

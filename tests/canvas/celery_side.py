@@ -1,5 +1,5 @@
-"""A Celery 5 app for the workflow interoperation tests: broker INTEROP_AMQP_URL, results in
-INTEROP_REDIS_URL (chords need a backend that joins)."""
+"""A Celery 5 app for the workflow interoperation tests: broker INTEROP_BROKER_URL, results in
+INTEROP_BACKEND_URL (Redis: chords need a backend that joins)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from celery import Celery
 
 app = Celery(
     "celery_side",
-    broker=os.environ.get("INTEROP_AMQP_URL"),
-    backend=os.environ.get("INTEROP_REDIS_URL"),
+    broker=os.environ.get("INTEROP_BROKER_URL"),
+    backend=os.environ.get("INTEROP_BACKEND_URL"),
 )
 
 

@@ -5,10 +5,7 @@ embeds; chords join in Celery's Redis keys)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +21,7 @@ from conveyor.app import App
 from conveyor.canvas import chord, group
 from conveyor.worker import Worker
 from tests.canvas.conftest import define
-from tests.worker.helpers import ROOT
+from tests.celery_worker import celery_worker
 
 T = 30.0
 
@@ -100,92 +97,73 @@ async def test_conveyor_chain_group_chord_and_link_run_on_a_celery_worker(
 ) -> None:
     """Also: chords whose header tasks run half on the Celery worker, half on a conveyor one,
     sent by conveyor and by Celery, complete (both join in Celery's Redis keys)."""
-    env = dict(os.environ, INTEROP_AMQP_URL=rabbitmq_url, INTEROP_REDIS_URL=redis_url)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log_path = tmp_path / "celery.log"
-    log = log_path.open("wb")
-    celery_worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tests.canvas.celery_side",
-        "worker",
-        "-Q",
-        queue,
-        "-n",
-        f"{queue}@%h",
-        "-P",
-        "solo",
-        "-c",
-        "1",
-        "--without-heartbeat",
-        "--without-mingle",
-        "--without-gossip",
-        "-l",
-        "WARNING",
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=log,
-    )
-    client = App("client", broker=rabbitmq_url, result_backend=redis_url)
-    # A conveyor worker too, on a queue of its own: mixed chords have parts on both.
-    conveyor_queue = f"{queue}-conveyor"
-    conveyor_side = App("conveyor-side", broker=rabbitmq_url, result_backend=redis_url)
-    define(conveyor_side, [])
-    conveyor_worker = Worker(conveyor_side, queues=[conveyor_queue], concurrency=2)
-    await conveyor_worker.start()
-    celery_client = Celery("client", broker=rabbitmq_url, backend=redis_url, set_as_current=False)
-
-    def sig(name: str, *args: Any) -> Any:
-        return client.signature(name, args, queue=queue)
-
-    def mixed_header(make: Any) -> list[Any]:
-        return [make("wf.mul", (i, 3), queue=queue if i % 2 else conveyor_queue) for i in range(6)]
-
-    def celery_sends_a_mixed_chord() -> Any:
-        try:
-            header = mixed_header(celery_client.signature)
-            body = celery_client.signature("wf.listed", queue=queue)
-            return celery_chord(header, body).apply_async().get(timeout=T)
-        finally:
-            celery_client.close()
-
-    try:
-        chained = await (sig("wf.add", 1, 2) | sig("wf.add", 10) | sig("wf.mul", 2)).aapply_async()
-        header = [sig("wf.mul", i, 3) for i in range(5)]
-        joined = await chord(header, sig("wf.listed")).aapply_async()
-        fanned = await group(sig("wf.add", i, i) for i in range(4)).aapply_async()
-        linked_id = str(uuid.uuid4())
-        first = await sig("wf.add", 4, 4).aapply_async(
-            link=sig("wf.mul", 10).set(task_id=linked_id)
+    async with celery_worker(
+        rabbitmq_url,
+        [queue],
+        log_path,
+        backend_url=redis_url,
+        app="tests.canvas.celery_side",
+        hostname=f"{queue}@%h",
+    ):
+        client = App("client", broker=rabbitmq_url, result_backend=redis_url)
+        # A conveyor worker too, on a queue of its own: mixed chords have parts on both.
+        conveyor_queue = f"{queue}-conveyor"
+        conveyor_side = App("conveyor-side", broker=rabbitmq_url, result_backend=redis_url)
+        define(conveyor_side, [])
+        conveyor_worker = Worker(conveyor_side, queues=[conveyor_queue], concurrency=2)
+        await conveyor_worker.start()
+        celery_client = Celery(
+            "client", broker=rabbitmq_url, backend=redis_url, set_as_current=False
         )
+
+        def sig(name: str, *args: Any) -> Any:
+            return client.signature(name, args, queue=queue)
+
+        def mixed_header(make: Any) -> list[Any]:
+            return [
+                make("wf.mul", (i, 3), queue=queue if i % 2 else conveyor_queue) for i in range(6)
+            ]
+
+        def celery_sends_a_mixed_chord() -> Any:
+            try:
+                header = mixed_header(celery_client.signature)
+                body = celery_client.signature("wf.listed", queue=queue)
+                return celery_chord(header, body).apply_async().get(timeout=T)
+            finally:
+                celery_client.close()
+
         try:
-            assert await first.aget(timeout=T) == 8
-            assert await client.result(linked_id).aget(timeout=T) == 80
-            mixed = mixed_header(
-                lambda name, args, queue: client.signature(name, args, queue=queue)
+            chained = await (
+                sig("wf.add", 1, 2) | sig("wf.add", 10) | sig("wf.mul", 2)
+            ).aapply_async()
+            header = [sig("wf.mul", i, 3) for i in range(5)]
+            joined = await chord(header, sig("wf.listed")).aapply_async()
+            fanned = await group(sig("wf.add", i, i) for i in range(4)).aapply_async()
+            linked_id = str(uuid.uuid4())
+            first = await sig("wf.add", 4, 4).aapply_async(
+                link=sig("wf.mul", 10).set(task_id=linked_id)
             )
-            joined_mixed = await chord(mixed, sig("wf.listed")).aapply_async()
-            assert await joined_mixed.aget(timeout=T) == [0, 3, 6, 9, 12, 15]
-            assert await asyncio.to_thread(celery_sends_a_mixed_chord) == [0, 3, 6, 9, 12, 15]
-            assert await chained.aget(timeout=T) == 26
-            assert await joined.aget(timeout=T) == [0, 3, 6, 9, 12]
-            assert await fanned.aget(timeout=T) == [0, 2, 4, 6]
-        except Exception:
-            log.flush()
-            pytest.fail("the Celery worker did not finish:\n" + log_path.read_text())
-    finally:
-        await client.aclose()
-        await conveyor_worker.stop()
-        cleanup = App(broker=rabbitmq_url)
-        await (await cleanup.atransport()).delete_queue(conveyor_queue)
-        await cleanup.aclose()
-        with contextlib.suppress(ProcessLookupError):
-            celery_worker.kill()
-        await celery_worker.wait()
-        log.close()
+            try:
+                assert await first.aget(timeout=T) == 8
+                assert await client.result(linked_id).aget(timeout=T) == 80
+                mixed = mixed_header(
+                    lambda name, args, queue: client.signature(name, args, queue=queue)
+                )
+                joined_mixed = await chord(mixed, sig("wf.listed")).aapply_async()
+                assert await joined_mixed.aget(timeout=T) == [0, 3, 6, 9, 12, 15]
+                assert await asyncio.to_thread(celery_sends_a_mixed_chord) == [0, 3, 6, 9, 12, 15]
+                assert await chained.aget(timeout=T) == 26
+                assert await joined.aget(timeout=T) == [0, 3, 6, 9, 12]
+                assert await fanned.aget(timeout=T) == [0, 2, 4, 6]
+            except Exception:
+                pytest.fail("the Celery worker did not finish:\n" + log_path.read_text())
+        finally:
+            await client.aclose()
+            await conveyor_worker.stop()
+            cleanup = App(broker=rabbitmq_url)
+            await (await cleanup.atransport()).delete_queue(conveyor_queue)
+            await cleanup.aclose()
 
 
 async def test_celery_chain_and_group_with_rpc_results_run_on_a_conveyor_worker(

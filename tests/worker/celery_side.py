@@ -1,5 +1,5 @@
-"""A Celery 5 app for the interoperation tests: the broker comes from INTEROP_BROKER_URL (or
-INTEROP_AMQP_URL), results go to INTEROP_BACKEND_URL (default rpc://)."""
+"""A Celery 5 app for the interoperation tests: the broker comes from INTEROP_BROKER_URL,
+results go to INTEROP_BACKEND_URL (default rpc://)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from celery import Celery
 
 app = Celery(
     "celery_side",
-    broker=os.environ.get("INTEROP_BROKER_URL") or os.environ.get("INTEROP_AMQP_URL"),
+    broker=os.environ.get("INTEROP_BROKER_URL"),
     backend=os.environ.get("INTEROP_BACKEND_URL", "rpc://"),
 )
 if str(app.conf.broker_url).startswith("redis"):

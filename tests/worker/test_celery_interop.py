@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +13,7 @@ from celery import Celery
 from conveyor.app import App
 from conveyor.errors import ResultTimeout
 from conveyor.worker import Worker
-from tests.worker.helpers import ROOT
+from tests.celery_worker import celery_worker
 
 
 @pytest.fixture
@@ -65,50 +62,18 @@ async def test_conveyor_client_and_celery_worker(
     rabbitmq_url: str, queues: tuple[str, str], tmp_path: Path
 ) -> None:
     queue = queues[0]
-    env = dict(os.environ, INTEROP_AMQP_URL=rabbitmq_url)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    log = (tmp_path / "celery.log").open("wb")
-    celery_worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tests.worker.celery_side",
-        "worker",
-        "-Q",
-        queue,
-        "-P",
-        "solo",
-        "-c",
-        "1",
-        "--without-heartbeat",
-        "--without-mingle",
-        "--without-gossip",
-        "-l",
-        "WARNING",
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=log,
-    )
+    log = tmp_path / "celery.log"
     client = App("client", broker=rabbitmq_url, result_backend="rpc://")
-    try:
-        product = await client.asend_task("interop.mul", [6, 7], queue=queue)
-        failing = await client.asend_task("interop.boom", queue=queue)
+    async with celery_worker(rabbitmq_url, [queue], log):
         try:
-            assert await product.aget(timeout=30) == 42
-        except ResultTimeout:
-            log.flush()
-            pytest.fail(
-                "the Celery worker did not answer:\n" + (tmp_path / "celery.log").read_text()
-            )
-        with pytest.raises(ValueError, match="raised in a Celery worker") as info:
-            await failing.aget(timeout=30)
-        assert "celery_side.py" in info.value.remote_traceback  # type: ignore[attr-defined]
-    finally:
-        await client.aclose()
-        # Celery's own shutdown takes seconds; it holds nothing that matters here.
-        with contextlib.suppress(ProcessLookupError):
-            celery_worker.kill()
-        await celery_worker.wait()
-        log.close()
+            product = await client.asend_task("interop.mul", [6, 7], queue=queue)
+            failing = await client.asend_task("interop.boom", queue=queue)
+            try:
+                assert await product.aget(timeout=30) == 42
+            except ResultTimeout:
+                pytest.fail("the Celery worker did not answer:\n" + log.read_text())
+            with pytest.raises(ValueError, match="raised in a Celery worker") as info:
+                await failing.aget(timeout=30)
+            assert "celery_side.py" in info.value.remote_traceback  # type: ignore[attr-defined]
+        finally:
+            await client.aclose()
